@@ -1,0 +1,234 @@
+"""The waiting-room state machine: every command is a pure function returning (ticket, events).
+
+States and moves (anything else raises ``IllegalTransition`` naming the state)::
+
+    (join) -> waiting -> called -> in_consultation -> done
+              waiting -> left | expired
+              called  -> no_show | left | expired | waiting (returned) | waiting elsewhere (transferred)
+              in_consultation -> done | waiting (returned) | waiting elsewhere (transferred)
+
+A returned or transferred ticket keeps its ``seq``, so it keeps its original place in arrival order.
+No function here awaits, reads a clock or touches storage: ``now`` is passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..rooms.departments import Department
+from .errors import (
+    DepartmentClosed,
+    IllegalTransition,
+    InvalidInput,
+    NotAuthorised,
+    NotYourTicket,
+    QueueEmpty,
+    QueueFull,
+)
+from .model import Clerk, JoinRequest, Ticket, TicketEvent, TicketState
+
+MAX_NAME = 60
+MAX_CONCERN = 500
+MAX_NOTE = 500
+LANGUAGES = frozenset({"de", "en", "tr", "ar", "ru", "uk", "pl", "fr", "es", "it", "fa"})
+
+W, C, IC = TicketState.WAITING, TicketState.CALLED, TicketState.IN_CONSULTATION
+
+Result = tuple[Ticket, list[TicketEvent]]
+
+
+def _clean(text: str, limit: int, what: str) -> str:
+    if not isinstance(text, str):
+        raise InvalidInput(f"{what} must be text")
+    text = " ".join(text.split())  # no control characters or line breaks in names and concerns
+    if len(text) > limit:
+        raise InvalidInput(f"{what} is longer than {limit} characters")
+    return text
+
+
+def validate_join(department: Department, request: JoinRequest) -> JoinRequest:
+    """Check and normalise a check-in; raises ``InvalidInput``."""
+    if request.consent is not True:
+        raise InvalidInput("the privacy notice must be accepted")
+    name = _clean(request.name, MAX_NAME, "name")
+    concern = _clean(request.concern, MAX_CONCERN, "concern")
+    if department.require_name and not name:
+        raise InvalidInput("this department needs a name")
+    if department.require_concern and not concern:
+        raise InvalidInput("this department needs a short description of your concern")
+    if request.language not in LANGUAGES:
+        raise InvalidInput(f"unsupported language {request.language!r}")
+    if not isinstance(request.interpreter, bool):
+        raise InvalidInput("interpreter must be true or false")
+    return JoinRequest(name, concern, request.language, request.interpreter, True)
+
+
+def join(
+    department: Department,
+    *,
+    is_open: bool,
+    waiting_count: int,
+    request: JoinRequest,
+    ticket_id: str,
+    token_hash: str,
+    seq: int,
+    now: float,
+) -> Result:
+    """A citizen joins a department's queue."""
+    request = validate_join(department, request)
+    if not is_open:
+        raise DepartmentClosed(f"{department.name} is closed now")
+    if department.queue_cap is not None and waiting_count >= department.queue_cap:
+        raise QueueFull(f"the queue of {department.name} is full")
+    ticket = Ticket(
+        id=ticket_id,
+        token_hash=token_hash,
+        department=department.id,
+        seq=seq,
+        state=W,
+        arrived_at=now,
+        enqueued_at=now,
+        origin_department=department.id,
+        name=request.name,
+        concern=request.concern,
+        language=request.language,
+        interpreter=request.interpreter,
+    )
+    return ticket, [TicketEvent("joined", ticket)]
+
+
+def pick_next(waiting: Sequence[tuple[int, str]]) -> str:
+    """The ticket a clerk's "call next" takes: the earliest arrival. ``waiting`` is (seq, id)."""
+    if not waiting:
+        raise QueueEmpty()
+    return min(waiting)[1]
+
+
+def _require(ticket: Ticket, allowed: tuple[TicketState, ...], action: str) -> None:
+    if ticket.state not in allowed:
+        raise IllegalTransition(f'Cannot {action} ticket {ticket.id} in state "{ticket.state.value}"')
+
+
+def _require_department(clerk: Clerk, department: str) -> None:
+    if department not in clerk.departments:
+        raise NotAuthorised(f"clerk does not serve department {department!r}")
+
+
+def _require_holder(ticket: Ticket, clerk: Clerk) -> None:
+    _require_department(clerk, ticket.department)
+    if ticket.clerk != clerk.username:
+        raise NotYourTicket(f"ticket {ticket.id} is held by another clerk")
+
+
+def call(ticket: Ticket, clerk: Clerk, now: float) -> Result:
+    """waiting -> called, by a clerk of the ticket's department."""
+    _require_department(clerk, ticket.department)
+    _require(ticket, (W,), "call")
+    new = ticket.replace(
+        state=C,
+        clerk=clerk.username,
+        clerk_name=clerk.display_name,
+        called_at=now,
+        times_called=ticket.times_called + 1,
+    )
+    return new, [TicketEvent("called", new, W)]
+
+
+def start(ticket: Ticket, now: float, clerk: Clerk | None = None) -> Result:
+    """called -> in_consultation: the citizen answered (or the holding clerk says they did)."""
+    if clerk is not None:
+        _require_holder(ticket, clerk)
+    _require(ticket, (C,), "start a consultation with")
+    new = ticket.replace(state=IC, started_at=now)
+    return new, [TicketEvent("started", new, C)]
+
+
+def finish(ticket: Ticket, clerk: Clerk, now: float) -> Result:
+    """called | in_consultation -> done, by the holding clerk."""
+    _require_holder(ticket, clerk)
+    _require(ticket, (C, IC), "finish")
+    new = ticket.replace(state=TicketState.DONE, ended_at=now)
+    return new, [TicketEvent("finished", new, ticket.state)]
+
+
+def no_show(ticket: Ticket, clerk: Clerk, now: float) -> Result:
+    """called -> no_show: the citizen did not answer."""
+    _require_holder(ticket, clerk)
+    _require(ticket, (C,), "mark as no-show")
+    new = ticket.replace(state=TicketState.NO_SHOW, ended_at=now)
+    return new, [TicketEvent("no_show", new, C)]
+
+
+def _back_to_waiting(ticket: Ticket, department: str, now: float, **changes: object) -> Ticket:
+    return ticket.replace(
+        state=W,
+        department=department,
+        enqueued_at=now,
+        clerk=None,
+        clerk_name=None,
+        called_at=None,
+        started_at=None,
+        **changes,
+    )
+
+
+def return_to_queue(ticket: Ticket, clerk: Clerk, now: float) -> Result:
+    """called | in_consultation -> waiting in the same department, at the original place."""
+    _require_holder(ticket, clerk)
+    _require(ticket, (C, IC), "return")
+    new = _back_to_waiting(ticket, ticket.department, now)
+    return new, [TicketEvent("returned", new, ticket.state)]
+
+
+def transfer(ticket: Ticket, clerk: Clerk, target: Department, note: str, now: float) -> Result:
+    """called | in_consultation -> waiting in another department, keeping arrival order."""
+    _require_holder(ticket, clerk)
+    _require(ticket, (C, IC), "transfer")
+    if target.id == ticket.department:
+        raise InvalidInput("transfer to the same department: return the ticket instead")
+    note = _clean(note, MAX_NOTE, "note")
+    new = _back_to_waiting(
+        ticket, target.id, now, transferred_from=ticket.department, transfer_note=note
+    )
+    return new, [TicketEvent("transferred", new, ticket.state, ticket.department)]
+
+
+def leave(ticket: Ticket, now: float) -> Result:
+    """The citizen leaves while waiting or called."""
+    _require(ticket, (W, C), "leave with")
+    new = ticket.replace(state=TicketState.LEFT, ended_at=now)
+    return new, [TicketEvent("left", new, ticket.state)]
+
+
+def disconnect(ticket: Ticket, now: float) -> Result:
+    """No page of the citizen is connected any more; the grace period starts."""
+    if ticket.state.is_final or ticket.disconnected_at is not None:
+        return ticket, []
+    new = ticket.replace(disconnected_at=now)
+    return new, [TicketEvent("disconnected", new, ticket.state)]
+
+
+def reconnect(ticket: Ticket) -> Result:
+    if ticket.disconnected_at is None or ticket.state.is_final:
+        return ticket, []
+    new = ticket.replace(disconnected_at=None)
+    return new, [TicketEvent("reconnected", new, ticket.state)]
+
+
+def expire(ticket: Ticket, now: float, grace_seconds: float) -> Result:
+    """waiting | called -> expired, once disconnected for longer than the grace period."""
+    _require(ticket, (W, C), "expire")
+    if ticket.disconnected_at is None or now - ticket.disconnected_at < grace_seconds:
+        raise IllegalTransition(f"ticket {ticket.id} is still within its grace period")
+    new = ticket.replace(state=TicketState.EXPIRED, ended_at=now)
+    return new, [TicketEvent("expired", new, ticket.state)]
+
+
+def position(waiting_seqs: Sequence[int], seq: int) -> int | None:
+    """1-based position of ``seq`` among the sorted waiting seqs, None if not waiting."""
+    import bisect
+
+    i = bisect.bisect_left(waiting_seqs, seq)
+    if i < len(waiting_seqs) and waiting_seqs[i] == seq:
+        return i + 1
+    return None

@@ -1,0 +1,132 @@
+"""Values of the waiting-room core: tickets, clerks, events. Frozen, serialisable, no I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class TicketState(str, Enum):
+    """Where a ticket is in its life. Positions and estimated waits are derived, never stored."""
+
+    WAITING = "waiting"
+    CALLED = "called"
+    IN_CONSULTATION = "in_consultation"
+    DONE = "done"
+    LEFT = "left"
+    NO_SHOW = "no_show"
+    EXPIRED = "expired"
+
+    @property
+    def is_active(self) -> bool:
+        """Called or in a consultation: held by a clerk."""
+        return self in (TicketState.CALLED, TicketState.IN_CONSULTATION)
+
+    @property
+    def is_final(self) -> bool:
+        return self in (TicketState.DONE, TicketState.LEFT, TicketState.NO_SHOW, TicketState.EXPIRED)
+
+
+class Presence(str, Enum):
+    """A clerk's availability, visible to colleagues; feeds the estimated wait."""
+
+    AVAILABLE = "available"
+    BUSY = "busy"
+    AWAY = "away"
+    OFFLINE = "offline"
+
+
+@dataclass(frozen=True)
+class Clerk:
+    """The authenticated member of staff issuing a command."""
+
+    username: str
+    display_name: str
+    departments: frozenset[str]
+    roles: frozenset[str] = frozenset({"clerk"})
+
+
+@dataclass(frozen=True)
+class JoinRequest:
+    """What a citizen says at check-in. Everything personal is optional."""
+
+    name: str = ""
+    """Display name or pseudonym, shown to clerks only."""
+    concern: str = ""
+    """A short description of what they need, shown to clerks only."""
+    language: str = "de"
+    interpreter: bool = False
+    """Needs a sign-language interpreter."""
+    consent: bool = False
+    """Accepted the privacy notice."""
+
+
+@dataclass(frozen=True)
+class Ticket:
+    id: str
+    """Public identifier, used in URLs and by staff; not a credential."""
+    token_hash: str
+    """SHA-256 of the citizen's secret token; the token itself is never stored."""
+    department: str
+    """The department whose queue holds the ticket now."""
+    seq: int
+    """Arrival order key, global and increasing; kept on transfer and return."""
+    state: TicketState
+    arrived_at: float
+    """When the citizen first joined (epoch seconds); kept on transfer."""
+    enqueued_at: float
+    """When the ticket entered its current department's queue."""
+    origin_department: str
+    name: str = ""
+    concern: str = ""
+    language: str = "de"
+    interpreter: bool = False
+    clerk: str | None = None
+    """Username of the clerk who called the ticket, while it is active."""
+    clerk_name: str | None = None
+    """That clerk's display name, shown to the citizen."""
+    called_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    transferred_from: str | None = None
+    transfer_note: str = ""
+    disconnected_at: float | None = None
+    """Set while no page of the citizen is connected; the ticket expires after a grace period."""
+    times_called: int = 0
+
+    def replace(self, **changes: Any) -> Ticket:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["state"] = self.state.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Ticket:
+        d = dict(d)
+        d["state"] = TicketState(d["state"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TicketEvent:
+    """Something that happened to a ticket; the shell turns it into messages."""
+
+    kind: str
+    """joined, called, started, finished, no_show, returned, transferred, left, expired,
+    disconnected, reconnected."""
+    ticket: Ticket
+    previous_state: TicketState | None = None
+    previous_department: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def departments(self) -> set[str]:
+        """Departments whose queue view changes."""
+        deps = {self.ticket.department}
+        if self.previous_department:
+            deps.add(self.previous_department)
+        return deps
