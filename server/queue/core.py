@@ -148,7 +148,7 @@ def finish(ticket: Ticket, clerk: Clerk, now: float) -> Result:
     _require_holder(ticket, clerk)
     _require(ticket, (C, IC), "finish")
     new = ticket.replace(state=TicketState.DONE, ended_at=now)
-    return new, [TicketEvent("finished", new, ticket.state)]
+    return new, [TicketEvent("finished", new, ticket.state, meta=_service_meta(ticket, now))]
 
 
 def no_show(ticket: Ticket, clerk: Clerk, now: float) -> Result:
@@ -157,6 +157,13 @@ def no_show(ticket: Ticket, clerk: Clerk, now: float) -> Result:
     _require(ticket, (C,), "mark as no-show")
     new = ticket.replace(state=TicketState.NO_SHOW, ended_at=now)
     return new, [TicketEvent("no_show", new, C)]
+
+
+def _service_meta(ticket: Ticket, now: float) -> dict[str, object]:
+    """How long the consultation that ends now took, for the department's estimated wait."""
+    if ticket.state is IC and ticket.started_at is not None:
+        return {"service_seconds": max(0.0, now - ticket.started_at), "service_department": ticket.department}
+    return {}
 
 
 def _back_to_waiting(ticket: Ticket, department: str, now: float, **changes: object) -> Ticket:
@@ -177,7 +184,7 @@ def return_to_queue(ticket: Ticket, clerk: Clerk, now: float) -> Result:
     _require_holder(ticket, clerk)
     _require(ticket, (C, IC), "return")
     new = _back_to_waiting(ticket, ticket.department, now)
-    return new, [TicketEvent("returned", new, ticket.state)]
+    return new, [TicketEvent("returned", new, ticket.state, meta=_service_meta(ticket, now))]
 
 
 def transfer(ticket: Ticket, clerk: Clerk, target: Department, note: str, now: float) -> Result:
@@ -190,7 +197,9 @@ def transfer(ticket: Ticket, clerk: Clerk, target: Department, note: str, now: f
     new = _back_to_waiting(
         ticket, target.id, now, transferred_from=ticket.department, transfer_note=note
     )
-    return new, [TicketEvent("transferred", new, ticket.state, ticket.department)]
+    return new, [
+        TicketEvent("transferred", new, ticket.state, ticket.department, meta=_service_meta(ticket, now))
+    ]
 
 
 def leave(ticket: Ticket, now: float) -> Result:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class TicketState(str, Enum):
+class TicketState(StrEnum):
     """Where a ticket is in its life. Positions and estimated waits are derived, never stored."""
 
     WAITING = "waiting"
@@ -29,7 +29,7 @@ class TicketState(str, Enum):
         return self in (TicketState.DONE, TicketState.LEFT, TicketState.NO_SHOW, TicketState.EXPIRED)
 
 
-class Presence(str, Enum):
+class Presence(StrEnum):
     """A clerk's availability, visible to colleagues; feeds the estimated wait."""
 
     AVAILABLE = "available"

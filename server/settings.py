@@ -1,0 +1,154 @@
+"""One typed settings object, read once from a TOML file and the environment, validated, frozen."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .queue.errors import InvalidInput
+from .rooms.departments import Department, parse_hours
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "demo.toml"
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    departments: tuple[Department, ...]
+    host: str = "127.0.0.1"
+    port: int = 8080
+    timezone: str = "Europe/Berlin"
+    redis_url: str | None = None
+    """Keep live state in Redis when set; otherwise in this process's memory."""
+    redis_prefix: str = "sps:"
+    data_dir: Path = Path("var")
+    """Where the embedded store keeps staff accounts (staff.json)."""
+    grace_seconds: float = 300.0
+    """How long a disconnected citizen keeps their place."""
+    position_interval: float = 1.0
+    """Coalescing interval of position updates per department, in seconds."""
+    joins_per_address: int = 10
+    join_window_seconds: float = 600.0
+    login_attempts_per_address: int = 20
+    session_hours: float = 10.0
+    secure_cookies: bool = False
+    """Mark cookies Secure (set when served over HTTPS, which production must be)."""
+    trust_forwarded_for: bool = False
+    """Take the client address from X-Forwarded-For (only behind a trusted reverse proxy)."""
+    demo: bool = False
+    """Create a demo clerk per department when no staff account exists."""
+    max_body_bytes: int = 16 * 1024
+    max_socket_message_bytes: int = 16 * 1024
+    cors_origins: tuple[str, ...] = ()
+    """Extra origins allowed for socket.io (same origin is always allowed)."""
+    config_path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def department(self, department_id: str) -> Department | None:
+        for d in self.departments:
+            if d.id == department_id:
+                return d
+        return None
+
+
+_SERVER_KEYS = {
+    "host": str, "port": int, "timezone": str, "redis_url": str, "redis_prefix": str, "data_dir": str,
+    "grace_seconds": (int, float), "position_interval": (int, float), "joins_per_address": int,
+    "join_window_seconds": (int, float), "login_attempts_per_address": int, "session_hours": (int, float),
+    "secure_cookies": bool, "trust_forwarded_for": bool, "demo": bool, "max_body_bytes": int,
+    "max_socket_message_bytes": int, "cors_origins": list,
+}
+_DEPT_KEYS = {"id", "name", "description", "hours", "queue_cap", "service_minutes", "require_name",
+              "require_concern"}
+
+
+def _department(raw: dict[str, Any], where: str) -> Department:
+    unknown = set(raw) - _DEPT_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    for key in ("id", "name"):
+        if not isinstance(raw.get(key), str) or not raw[key].strip():
+            raise ConfigError(f"{where}: '{key}' is required")
+    try:
+        return Department(
+            id=raw["id"],
+            name=raw["name"],
+            description=raw.get("description", ""),
+            hours=parse_hours(raw.get("hours")),
+            queue_cap=raw.get("queue_cap"),
+            service_minutes=float(raw.get("service_minutes", 10.0)),
+            require_name=bool(raw.get("require_name", False)),
+            require_concern=bool(raw.get("require_concern", False)),
+        )
+    except (InvalidInput, TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None,
+                  **overrides: Any) -> Settings:
+    """Read the TOML file (``--config``, else SPRECHSTUNDE_CONFIG, else the demo), then the environment
+    (REDIS_URL, SPRECHSTUNDE_HOST, SPRECHSTUNDE_PORT), then keyword overrides."""
+    env = dict(os.environ) if env is None else env
+    config_path = Path(path or env.get("SPRECHSTUNDE_CONFIG") or DEFAULT_CONFIG)
+    try:
+        raw = tomllib.loads(config_path.read_text("utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(f"configuration file {config_path} not found") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{config_path}: {e}") from e
+    return settings_from_dict(raw, env=env, config_path=config_path, **overrides)
+
+
+def settings_from_dict(raw: dict[str, Any], env: dict[str, str] | None = None,
+                       config_path: Path | None = None, **overrides: Any) -> Settings:
+    env = {} if env is None else env
+    unknown = set(raw) - {"server", "departments"}
+    if unknown:
+        raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
+    server = dict(raw.get("server", {}))
+    for key, value in server.items():
+        expected = _SERVER_KEYS.get(key)
+        if expected is None:
+            raise ConfigError(f"[server]: unknown key {key!r}")
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(f"[server]: {key} has the wrong type")
+    if env.get("REDIS_URL"):
+        server["redis_url"] = env["REDIS_URL"]
+    if env.get("SPRECHSTUNDE_HOST"):
+        server["host"] = env["SPRECHSTUNDE_HOST"]
+    if env.get("SPRECHSTUNDE_PORT"):
+        server["port"] = int(env["SPRECHSTUNDE_PORT"])
+    server.update({k: v for k, v in overrides.items() if v is not None})
+    departments_raw = raw.get("departments", [])
+    if not isinstance(departments_raw, list) or not departments_raw:
+        raise ConfigError("at least one [[departments]] entry is required")
+    departments = tuple(_department(d, f"departments[{i}]") for i, d in enumerate(departments_raw))
+    ids = [d.id for d in departments]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("department ids must be unique")
+    data_dir = Path(server.pop("data_dir", "var"))
+    if config_path is not None and not data_dir.is_absolute():
+        data_dir = (config_path.parent / data_dir) if "data_dir" in raw.get("server", {}) else data_dir
+    if "cors_origins" in server:
+        server["cors_origins"] = tuple(server["cors_origins"])
+    if not server.get("redis_url"):
+        server["redis_url"] = None
+    settings = Settings(departments=departments, data_dir=data_dir, config_path=config_path, **server)
+    try:
+        settings.tz  # noqa: B018 - validate now, not at the first request
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise ConfigError(f"[server]: unknown timezone {settings.timezone!r}") from e
+    if settings.position_interval <= 0 or settings.grace_seconds < 0:
+        raise ConfigError("[server]: position_interval must be positive and grace_seconds not negative")
+    return settings
