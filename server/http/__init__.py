@@ -1,0 +1,1 @@
+"""HTTP layer: pages, JSON API, staff authentication."""

@@ -1,0 +1,18 @@
+"""Typed application keys (aiohttp AppKey): what the app holds once started."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from ..store.base import Store
+    from ..waitingroom import WaitingRoom
+    from .auth import Auth
+
+SETTINGS: web.AppKey["Settings"] = web.AppKey("settings")
+STORE: web.AppKey["Store"] = web.AppKey("store")
+ROOM: web.AppKey["WaitingRoom"] = web.AppKey("room")
+AUTH: web.AppKey["Auth"] = web.AppKey("auth")
