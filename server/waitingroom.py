@@ -257,6 +257,13 @@ class WaitingRoom:
         await self._after(events)
         return new
 
+    async def leave_ticket(self, ticket_id: str) -> Ticket:
+        """The citizen behind an authenticated socket leaves."""
+        return await self._apply(ticket_id, core.leave)
+
+    async def answer_ticket(self, ticket_id: str) -> Ticket:
+        return await self._apply(ticket_id, lambda t, now: core.start(t, now))
+
     async def leave(self, token: str) -> Ticket:
         return await self._citizen_command(token, core.leave)
 
@@ -364,6 +371,19 @@ class WaitingRoom:
             elif clerk is not None and e.kind in ("finished", "no_show", "returned", "transferred"):
                 await self.set_presence(clerk, Presence.AVAILABLE)
         await self._publish(events)
+
+    async def holds_ticket(self, clerk: Clerk) -> bool:
+        """Whether the clerk has a called or in-consultation ticket in one of their departments."""
+        for dep_id in clerk.departments:
+            for t in await self.store.get_tickets(await self.store.active(dep_id)):
+                if t.clerk == clerk.username:
+                    return True
+        return False
+
+    async def choose_presence(self, clerk: Clerk, requested: object) -> Presence:
+        presence = core.choose_presence(requested, await self.holds_ticket(clerk))
+        await self.set_presence(clerk, presence)
+        return presence
 
     async def set_presence(self, clerk: Clerk, presence: Presence) -> None:
         await self.store.set_presence(clerk.username, sorted(clerk.departments), presence, PRESENCE_TTL)

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from ..waitingroom import WaitingRoom
     from .auth import Auth
 
-SETTINGS: web.AppKey["Settings"] = web.AppKey("settings")
-STORE: web.AppKey["Store"] = web.AppKey("store")
-ROOM: web.AppKey["WaitingRoom"] = web.AppKey("room")
-AUTH: web.AppKey["Auth"] = web.AppKey("auth")
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+STORE: web.AppKey[Store] = web.AppKey("store")
+ROOM: web.AppKey[WaitingRoom] = web.AppKey("room")
+AUTH: web.AppKey[Auth] = web.AppKey("auth")

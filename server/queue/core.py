@@ -25,7 +25,7 @@ from .errors import (
     QueueEmpty,
     QueueFull,
 )
-from .model import Clerk, JoinRequest, Ticket, TicketEvent, TicketState
+from .model import Clerk, JoinRequest, Presence, Ticket, TicketEvent, TicketState
 
 MAX_NAME = 60
 MAX_CONCERN = 500
@@ -241,3 +241,12 @@ def position(waiting_seqs: Sequence[int], seq: int) -> int | None:
     if i < len(waiting_seqs) and waiting_seqs[i] == seq:
         return i + 1
     return None
+
+
+def choose_presence(requested: object, holds_ticket: bool) -> Presence:
+    """What a clerk's own choice (available or away) becomes: busy while they hold a ticket."""
+    if requested not in (Presence.AVAILABLE.value, Presence.AWAY.value):
+        raise InvalidInput("status must be 'available' or 'away'")
+    if holds_ticket:
+        return Presence.BUSY
+    return Presence(requested)

@@ -1,0 +1,51 @@
+# Two commands for a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP_RUN  := $(VENV)/.installed-run
+STAMP_TEST := $(VENV)/.installed-test
+VENDOR := web/static/vendor/socket.io.min.js
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint bench assets chromium clean
+
+run: $(STAMP_RUN) assets
+	$(VENV)/bin/sprechstunde serve $(ARGS)
+
+test: $(STAMP_TEST) assets chromium
+	$(VENV)/bin/ruff check server tests bench
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP_TEST)
+	$(VENV)/bin/ruff check server tests bench
+
+bench: $(STAMP_TEST)
+	$(PY) bench/queue_load.py
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP_RUN): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(STAMP_TEST): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@ $(STAMP_RUN)
+
+# Browser assets come from npm at build time and are served by our server: no CDN.
+assets: $(VENDOR)
+
+$(VENDOR): web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p web/static/vendor
+	cp web/node_modules/socket.io-client/dist/socket.io.min.js web/static/vendor/
+
+# Debian's Chromium for the real-browser tests (Playwright drives it; no browser download).
+chromium:
+	@[ -x $(CHROMIUM) ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+clean:
+	rm -rf $(VENV) web/node_modules web/static/vendor

@@ -1,0 +1,103 @@
+"""Application assembly and lifecycle: store, service, auth, signaling, routes, background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from .errors import json_errors
+from .http import api
+from .http.auth import Auth
+from .http.keys import AUTH, ROOM, SETTINGS, STORE
+from .settings import Settings
+from .signaling import Signaling
+from .store.base import Store
+from .waitingroom import WaitingRoom
+
+log = logging.getLogger("sprechstunde")
+
+SIGNALING: web.AppKey[Signaling] = web.AppKey("signaling")
+
+
+def make_store(settings: Settings) -> Store:
+    if settings.redis_url:
+        from .store.redis import RedisStore
+
+        return RedisStore(settings.redis_url, prefix=settings.redis_prefix)
+    from .store.memory import MemoryStore
+
+    return MemoryStore(staff_file=settings.data_dir / "staff.json")
+
+
+async def ensure_demo_staff(settings: Settings, auth: Auth, announce: Callable[[str], None]) -> None:
+    """With the demo configuration and no staff at all, create one clerk per department and say so once."""
+    if not settings.demo or await auth.store.list_staff():
+        return
+    lines = ["Demo clerks created (shown once; manage staff with 'sprechstunde staff'):"]
+    for d in settings.departments:
+        password = secrets.token_urlsafe(9)
+        await auth.add_staff(d.id, f"Demo {d.name}", password, [d.id])
+        lines.append(f"  {d.name:<20} user {d.id:<16} password {password}")
+    announce("\n".join(lines))
+
+
+def create_app(settings: Settings, store: Store | None = None,
+               announce: Callable[[str], None] = print) -> web.Application:
+    app = web.Application(middlewares=[json_errors], client_max_size=settings.max_body_bytes)
+    store = store or make_store(settings)
+    room = WaitingRoom(settings, store)
+    auth = Auth(settings, store)
+    signaling = Signaling(settings, room, auth)
+    app[SETTINGS] = settings
+    app[STORE] = store
+    app[ROOM] = room
+    app[AUTH] = auth
+    app[SIGNALING] = signaling
+    app.add_routes(api.routes)
+    try:
+        from .http.pages import setup_pages
+    except ImportError:  # pages are optional for API-only deployments and early tests
+        pass
+    else:
+        setup_pages(app)
+    signaling.attach(app)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await ensure_demo_staff(settings, auth, announce)
+        tasks = [
+            asyncio.create_task(signaling.broadcast_positions(), name="positions"),
+            asyncio.create_task(signaling.renew_presence(), name="presence"),
+            asyncio.create_task(_sweep(room), name="sweep"),
+        ]
+        log.info("started: %d departments, %s store", len(settings.departments),
+                 "redis" if settings.redis_url else "memory")
+        yield
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(signaling.shutdown(), 5)
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await store.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+async def _sweep(room: WaitingRoom) -> None:
+    """Expire tickets of citizens who stayed away past the grace period."""
+    interval = max(1.0, min(30.0, room.settings.grace_seconds / 4))
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            expired = await room.sweep()
+            if expired:
+                log.info("expired %d tickets", expired)
+        except Exception:  # noqa: BLE001 - keep sweeping after a store hiccup
+            log.exception("sweep failed")

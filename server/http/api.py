@@ -1,0 +1,229 @@
+"""The JSON API under /api/: parses and authenticates requests, calls the service, answers.
+
+Handlers decide nothing: validation of values and every state rule is in the core.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from ..queue.errors import InvalidInput, QueueError
+from ..queue.model import JoinRequest
+from ..waitingroom import staff_view
+from .auth import SESSION_COOKIE, StaffSession
+from .keys import AUTH, ROOM, SETTINGS, STORE
+
+routes = web.RouteTableDef()
+UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def client_address(request: web.Request) -> str:
+    if request.app[SETTINGS].trust_forwarded_for:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        if forwarded:
+            return forwarded.split(",")[0].strip()
+    return request.remote or "unknown"
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidInput("the body is not valid JSON") from e
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object")
+    return body
+
+
+def bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _same_origin(request: web.Request) -> bool:
+    """Browsers send Origin on unsafe requests; other systems integrating with the API may not."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    return urlsplit(origin).netloc == request.host
+
+
+async def staff_session(request: web.Request) -> StaffSession:
+    session = await request.app[AUTH].session(request.cookies.get(SESSION_COOKIE))
+    if request.method in UNSAFE:
+        token = request.headers.get("X-CSRF-Token", "")
+        if not _same_origin(request) or not secrets.compare_digest(token.encode(), session.csrf.encode()):
+            raise CsrfError()
+    return session
+
+
+class CsrfError(QueueError):
+    """Missing or wrong CSRF token, or a request from a foreign origin."""
+
+    code = "csrf"
+    status = 403
+
+
+def ticket_json(view: dict[str, Any]) -> web.Response:
+    return web.json_response({"ticket": view})
+
+
+# -- health --
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    kind = "redis" if settings.redis_url else "memory"
+    try:
+        await request.app[STORE].waiting_counts([settings.departments[0].id])
+    except Exception:  # noqa: BLE001 - any store failure means "not healthy"
+        return web.json_response({"status": "unavailable", "store": kind}, status=503)
+    return web.json_response({"status": "ok", "store": kind})
+
+
+# -- citizens --
+@routes.get("/api/departments")
+async def departments(request: web.Request) -> web.Response:
+    return web.json_response({"departments": await request.app[ROOM].overview()})
+
+
+@routes.post("/api/departments/{department}/tickets")
+async def join(request: web.Request) -> web.Response:
+    room = request.app[ROOM]
+    department = room.department(request.match_info["department"])
+    body = await json_body(request)
+    fields = {"name": str, "concern": str, "language": str, "interpreter": bool, "consent": bool}
+    for key, value in body.items():
+        if key not in fields:
+            raise InvalidInput(f"unknown field {key!r}")
+        if not isinstance(value, fields[key]):
+            raise InvalidInput(f"{key} has the wrong type")
+    ticket, token = await room.join(
+        department.id, JoinRequest(**body), client_address(request), existing_token=bearer(request)
+    )
+    return web.json_response({"token": token, "ticket": await room.citizen_view(ticket)}, status=201)
+
+
+async def _citizen(request: web.Request):  # type: ignore[no-untyped-def]
+    room = request.app[ROOM]
+    return room, await room.ticket_for_token(bearer(request))
+
+
+@routes.get("/api/tickets/me")
+async def my_ticket(request: web.Request) -> web.Response:
+    room, ticket = await _citizen(request)
+    return ticket_json(await room.citizen_view(ticket))
+
+
+@routes.post("/api/tickets/me/answer")
+async def answer(request: web.Request) -> web.Response:
+    room = request.app[ROOM]
+    ticket = await room.answer(bearer(request) or "")
+    return ticket_json(await room.citizen_view(ticket))
+
+
+@routes.delete("/api/tickets/me")
+async def leave(request: web.Request) -> web.Response:
+    room = request.app[ROOM]
+    ticket = await room.leave(bearer(request) or "")
+    return ticket_json(await room.citizen_view(ticket))
+
+
+# -- staff sessions --
+def _session_body(session: StaffSession) -> dict[str, Any]:
+    c = session.clerk
+    return {
+        "csrf": session.csrf,
+        "clerk": {
+            "username": c.username,
+            "display_name": c.display_name,
+            "departments": sorted(c.departments),
+            "roles": sorted(c.roles),
+        },
+    }
+
+
+@routes.post("/api/session")
+async def login(request: web.Request) -> web.Response:
+    if not _same_origin(request):
+        raise CsrfError("login from a foreign origin")
+    body = await json_body(request)
+    settings = request.app[SETTINGS]
+    session = await request.app[AUTH].login(body.get("username"), body.get("password"), client_address(request))
+    response = web.json_response(_session_body(session))
+    response.set_cookie(
+        SESSION_COOKIE, session.session_id, httponly=True, samesite="Strict", secure=settings.secure_cookies,
+        max_age=int(settings.session_hours * 3600), path="/",
+    )
+    return response
+
+
+@routes.get("/api/session")
+async def get_session(request: web.Request) -> web.Response:
+    return web.json_response(_session_body(await staff_session(request)))
+
+
+@routes.delete("/api/session")
+async def logout(request: web.Request) -> web.Response:
+    session = await staff_session(request)
+    await request.app[AUTH].logout(session.session_id)
+    response = web.json_response({"ok": True})
+    response.del_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+# -- staff actions --
+@routes.get("/api/staff/dashboard")
+async def dashboard(request: web.Request) -> web.Response:
+    session = await staff_session(request)
+    return web.json_response(await request.app[ROOM].dashboard(session.clerk))
+
+
+@routes.post("/api/staff/departments/{department}/call-next")
+async def call_next(request: web.Request) -> web.Response:
+    session = await staff_session(request)
+    ticket = await request.app[ROOM].call_next(session.clerk, request.match_info["department"])
+    return ticket_json(staff_view(ticket))
+
+
+def _ticket_action(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(request: web.Request) -> web.Response:
+        session = await staff_session(request)
+        method = getattr(request.app[ROOM], name)
+        ticket = await method(session.clerk, request.match_info["ticket_id"])
+        return ticket_json(staff_view(ticket))
+
+    handler.__name__ = f"staff_{name}"
+    return handler
+
+
+for _path, _name in (("call", "call"), ("start", "start"), ("finish", "finish"), ("no-show", "no_show"),
+                     ("return", "return_to_queue")):
+    routes.post(f"/api/staff/tickets/{{ticket_id}}/{_path}")(_ticket_action(_name))
+
+
+@routes.post("/api/staff/tickets/{ticket_id}/transfer")
+async def transfer(request: web.Request) -> web.Response:
+    session = await staff_session(request)
+    body = await json_body(request)
+    department, note = body.get("department"), body.get("note", "")
+    if not isinstance(department, str):
+        raise InvalidInput("department is required")
+    ticket = await request.app[ROOM].transfer(session.clerk, request.match_info["ticket_id"], department, note)
+    return ticket_json(staff_view(ticket))
+
+
+@routes.put("/api/staff/presence")
+async def presence(request: web.Request) -> web.Response:
+    session = await staff_session(request)
+    status = await request.app[ROOM].choose_presence(session.clerk, (await json_body(request)).get("status"))
+    return web.json_response({"status": status.value})
+

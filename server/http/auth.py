@@ -1,0 +1,127 @@
+"""Staff authentication: argon2id password hashes, server-side sessions, CSRF tokens.
+
+Login answers the same for an unknown user and a wrong password, and takes the same time (a dummy
+hash is verified for unknown users). Hashing runs in a thread behind a semaphore so that a burst of
+logins cannot starve the event loop (Galene bounds password hashing the same way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from ..queue.errors import InvalidInput, NotAuthenticated, RateLimited
+from ..queue.model import Clerk
+from ..settings import Settings
+from ..store.base import StaffAccount, Store
+
+log = logging.getLogger("sprechstunde.auth")
+
+SESSION_COOKIE = "sps_session"
+_USERNAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+ROLES = frozenset({"clerk", "lead", "admin", "moderator"})
+
+_hasher = PasswordHasher()
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+
+
+@dataclass(frozen=True)
+class StaffSession:
+    session_id: str
+    csrf: str
+    clerk: Clerk
+
+
+class Auth:
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self._hashing = asyncio.Semaphore(2)
+        self.ttl = settings.session_hours * 3600
+
+    def clerk_from_account(self, account: StaffAccount) -> Clerk:
+        configured = {d.id for d in self.settings.departments}
+        return Clerk(
+            username=account.username,
+            display_name=account.display_name,
+            departments=frozenset(account.departments) & configured,
+            roles=frozenset(account.roles),
+        )
+
+    async def login(self, username: object, password: object, address: str) -> StaffSession:
+        hits = await self.store.hit(f"login:{address}", 600)
+        if hits > self.settings.login_attempts_per_address:
+            raise RateLimited("too many login attempts from this address; try again later")
+        if not isinstance(username, str) or not isinstance(password, str) or len(password) > 1024:
+            raise NotAuthenticated("wrong username or password")
+        account = await self.store.get_staff(username) if 0 < len(username) <= 64 else None
+        async with self._hashing:
+            ok = await asyncio.to_thread(
+                verify_password, account.password_hash if account else _DUMMY_HASH, password
+            )
+        if account is None or not ok:
+            log.info("staff login refused")
+            raise NotAuthenticated("wrong username or password")
+        session = StaffSession(secrets.token_urlsafe(32), secrets.token_urlsafe(32), self.clerk_from_account(account))
+        await self.store.put_session(
+            session.session_id, {"username": account.username, "csrf": session.csrf, "since": time.time()}, self.ttl
+        )
+        log.info("staff session opened")
+        return session
+
+    async def session(self, session_id: str | None) -> StaffSession:
+        """The live session for a cookie value; the account is re-read so removal takes effect."""
+        if not session_id or len(session_id) > 128:
+            raise NotAuthenticated("log in first")
+        data = await self.store.get_session(session_id)
+        if data is None:
+            raise NotAuthenticated("log in first (the session expired)")
+        account = await self.store.get_staff(data["username"])
+        if account is None:
+            await self.store.delete_session(session_id)
+            raise NotAuthenticated("this account no longer exists")
+        return StaffSession(session_id, data["csrf"], self.clerk_from_account(account))
+
+    async def logout(self, session_id: str) -> None:
+        await self.store.delete_session(session_id)
+
+    async def add_staff(self, username: str, display_name: str, password: str, departments: list[str],
+                        roles: list[str] | None = None) -> StaffAccount:
+        if not _USERNAME.match(username):
+            raise InvalidInput("username: 1-64 letters, digits, '-', '_' or '.'")
+        if len(password) < 8:
+            raise InvalidInput("password: at least 8 characters")
+        roles = roles or ["clerk"]
+        unknown_roles = set(roles) - ROLES
+        if unknown_roles:
+            raise InvalidInput(f"unknown role(s): {', '.join(sorted(unknown_roles))}")
+        configured = {d.id for d in self.settings.departments}
+        unknown = set(departments) - configured
+        if unknown:
+            raise InvalidInput(f"unknown department(s): {', '.join(sorted(unknown))}")
+        account = StaffAccount(
+            username, display_name or username, await asyncio.to_thread(hash_password, password),
+            tuple(roles), tuple(departments),
+        )
+        await self.store.put_staff(account)
+        return account

@@ -1,0 +1,270 @@
+"""socket.io handlers. They authenticate at connect, authorise every event, call the service and
+emit; they decide nothing. One function (``server.errors.error_payload``) shapes every refusal.
+
+Rooms: ``t:<ticket>`` (a citizen's pages), ``d:<department>`` (every waiting page of a department),
+``s:<department>`` (the dashboards of its clerks).
+
+Position updates are coalesced: a change marks its department dirty and a loop sends one compact
+``queue`` message per dirty department at most every ``position_interval`` seconds. The called
+citizen is told at once through their own room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from http.cookies import SimpleCookie
+from typing import Any
+
+import socketio
+
+from ..errors import error_payload
+from ..http.auth import SESSION_COOKIE, Auth
+from ..queue.errors import InvalidInput, NotAuthorised, QueueError
+from ..queue.model import Clerk, Presence, TicketEvent
+from ..settings import Settings
+from ..waitingroom import PRESENCE_TTL, WaitingRoom, staff_view
+
+log = logging.getLogger("sprechstunde.signaling")
+
+QUEUE_CHANGES = frozenset({"joined", "called", "returned", "transferred", "left", "expired"})
+
+Handler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class Signaling:
+    def __init__(self, settings: Settings, room: WaitingRoom, auth: Auth) -> None:
+        self.settings = settings
+        self.room = room
+        self.auth = auth
+        manager = None
+        if settings.redis_url:
+            # Emits travel through Redis so that every node's sockets receive them.
+            manager = socketio.AsyncRedisManager(settings.redis_url, channel=f"{settings.redis_prefix}socketio")
+        origins: list[str] | None = list(settings.cors_origins) or None  # None: same origin only
+        self.sio = socketio.AsyncServer(
+            async_mode="aiohttp",
+            client_manager=manager,
+            cors_allowed_origins=origins,
+            max_http_buffer_size=settings.max_socket_message_bytes,
+            logger=False,
+            engineio_logger=False,
+        )
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._citizen_sockets: Counter[str] = Counter()
+        self._clerk_sockets: Counter[str] = Counter()
+        self._clerks: dict[str, Clerk] = {}
+        self._register()
+        room.on_events(self._on_events)
+        room.on_presence(self._on_presence)
+
+    def attach(self, app: Any) -> None:
+        self.sio.attach(app)
+
+    # -- connect / disconnect --
+    def _register(self) -> None:
+        self.sio.on("connect", self._connect)
+        self.sio.on("disconnect", self._disconnect)
+        for name, handler in {
+            "subscribe": self._subscribe,
+            "answer": self._answer,
+            "leave": self._leave,
+        }.items():
+            self.sio.on(name, self._guard("citizen", handler))
+        for name, handler in {
+            "refresh": self._refresh,
+            "call_next": self._call_next,
+            "call": self._ticket_action("call"),
+            "start": self._ticket_action("start"),
+            "finish": self._ticket_action("finish"),
+            "no_show": self._ticket_action("no_show"),
+            "return": self._ticket_action("return_to_queue"),
+            "transfer": self._transfer,
+            "presence": self._presence,
+        }.items():
+            self.sio.on(name, self._guard("staff", handler))
+
+    async def _connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        if isinstance(auth, dict) and "token" in auth:
+            try:
+                ticket = await self.room.ticket_for_token(auth.get("token"))
+            except QueueError as e:
+                raise socketio.exceptions.ConnectionRefusedError(e.code) from None
+            await self.sio.save_session(sid, {"role": "citizen", "ticket": ticket.id})
+            await self.sio.enter_room(sid, f"t:{ticket.id}")
+            await self.sio.enter_room(sid, f"d:{ticket.department}")
+            self._citizen_sockets[ticket.id] += 1
+            if ticket.disconnected_at is not None:
+                ticket = await self.room.citizen_connected(ticket.id)
+            await self.sio.emit("ticket", await self.room.citizen_view(ticket), to=sid)
+            await self.sio.emit("queue", await self.room.queue_update(ticket.department), to=sid)
+            return
+        cookie = SimpleCookie(environ.get("HTTP_COOKIE", ""))
+        morsel = cookie.get(SESSION_COOKIE)
+        try:
+            session = await self.auth.session(morsel.value if morsel else None)
+        except QueueError as e:
+            raise socketio.exceptions.ConnectionRefusedError(e.code) from None
+        clerk = session.clerk
+        await self.sio.save_session(sid, {"role": "staff", "session": session.session_id, "clerk": clerk.username})
+        for dep in clerk.departments:
+            await self.sio.enter_room(sid, f"s:{dep}")
+        self._clerk_sockets[clerk.username] += 1
+        self._clerks[clerk.username] = clerk
+        await self.room.choose_presence(clerk, Presence.AVAILABLE.value)  # busy if they hold a ticket
+        await self.sio.emit("dashboard", await self.room.dashboard(clerk), to=sid)
+
+    async def _disconnect(self, sid: str, *args: Any) -> None:
+        session = await self.sio.get_session(sid)
+        if session.get("role") == "citizen":
+            ticket_id = session["ticket"]
+            self._citizen_sockets[ticket_id] -= 1
+            if self._citizen_sockets[ticket_id] <= 0:
+                del self._citizen_sockets[ticket_id]
+                try:
+                    await self.room.citizen_disconnected(ticket_id)
+                except QueueError:
+                    pass
+        elif session.get("role") == "staff":
+            username = session["clerk"]
+            self._clerk_sockets[username] -= 1
+            if self._clerk_sockets[username] <= 0:
+                del self._clerk_sockets[username]
+                clerk = self._clerks.pop(username, None)
+                if clerk is not None:
+                    await self.room.set_presence(clerk, Presence.OFFLINE)
+
+    # -- authorisation of every event --
+    def _guard(self, role: str, handler: Handler) -> Callable[..., Awaitable[dict[str, Any]]]:
+        async def guarded(sid: str, data: Any = None, *rest: Any) -> dict[str, Any]:
+            try:
+                session = await self.sio.get_session(sid)
+                if session.get("role") != role:
+                    raise NotAuthorised(f"this event is for {role} connections")
+                if data is None:
+                    data = {}
+                if not isinstance(data, dict) or rest:
+                    raise InvalidInput("the payload must be one JSON object")
+                return await handler(sid, {**data, "_session": session})
+            except Exception as e:  # noqa: BLE001 - every refusal becomes an ack
+                return error_payload(e)
+
+        return guarded
+
+    async def _clerk(self, data: dict[str, Any]) -> Clerk:
+        session = await self.auth.session(data["_session"]["session"])
+        return session.clerk
+
+    # -- citizen events --
+    async def _subscribe(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        ticket = await self.room.store.get_ticket(data["_session"]["ticket"])
+        if ticket is None:
+            raise QueueError("ticket not found or expired")
+        for room in self.sio.rooms(sid):
+            if room.startswith("d:") and room != f"d:{ticket.department}":
+                await self.sio.leave_room(sid, room)
+        await self.sio.enter_room(sid, f"d:{ticket.department}")
+        await self.sio.emit("queue", await self.room.queue_update(ticket.department), to=sid)
+        return {"ok": True, "ticket": await self.room.citizen_view(ticket)}
+
+    async def _citizen_ticket_command(self, data: dict[str, Any], name: str) -> dict[str, Any]:
+        ticket_id = data["_session"]["ticket"]
+        command = {"answer": self.room.answer_ticket, "leave": self.room.leave_ticket}[name]
+        ticket = await command(ticket_id)
+        return {"ok": True, "ticket": await self.room.citizen_view(ticket)}
+
+    async def _answer(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        return await self._citizen_ticket_command(data, "answer")
+
+    async def _leave(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        return await self._citizen_ticket_command(data, "leave")
+
+    # -- staff events --
+    async def _refresh(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        clerk = await self._clerk(data)
+        await self.sio.emit("dashboard", await self.room.dashboard(clerk), to=sid)
+        return {"ok": True}
+
+    async def _call_next(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        clerk = await self._clerk(data)
+        ticket = await self.room.call_next(clerk, data.get("department"))  # type: ignore[arg-type]
+        return {"ok": True, "ticket": staff_view(ticket)}
+
+    def _ticket_action(self, name: str) -> Handler:
+        async def action(sid: str, data: dict[str, Any]) -> dict[str, Any]:
+            clerk = await self._clerk(data)
+            ticket = await getattr(self.room, name)(clerk, data.get("ticket"))
+            return {"ok": True, "ticket": staff_view(ticket)}
+
+        return action
+
+    async def _transfer(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        clerk = await self._clerk(data)
+        ticket = await self.room.transfer(clerk, data.get("ticket"), data.get("department"), data.get("note", ""))
+        return {"ok": True, "ticket": staff_view(ticket)}
+
+    async def _presence(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        clerk = await self._clerk(data)
+        status = await self.room.choose_presence(clerk, data.get("status"))
+        return {"ok": True, "status": status.value}
+
+    # -- events from the service --
+    async def _on_events(self, events: list[TicketEvent]) -> None:
+        for e in events:
+            if e.kind not in ("disconnected", "reconnected"):
+                await self.sio.emit("ticket", await self.room.citizen_view(e.ticket), room=f"t:{e.ticket.id}")
+            await self.sio.emit(
+                "ticket",
+                {"kind": e.kind, "ticket": staff_view(e.ticket), "previous_department": e.previous_department},
+                to=[f"s:{d}" for d in sorted(e.departments)],
+            )
+            if e.kind in QUEUE_CHANGES:
+                self._dirty.update(e.departments)
+                self._wake.set()
+
+    async def _on_presence(self, clerk: Clerk, presence: Presence) -> None:
+        await self.sio.emit(
+            "presence",
+            {"username": clerk.username, "display_name": clerk.display_name, "status": presence.value,
+             "departments": sorted(clerk.departments)},
+            to=[f"s:{d}" for d in sorted(clerk.departments)],
+        )
+        self._dirty.update(clerk.departments)
+        self._wake.set()
+
+    # -- background loops --
+    async def broadcast_positions(self) -> None:
+        """Send one compact update per changed department, at most every ``position_interval``."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            started = loop.time()
+            dirty, self._dirty = self._dirty, set()
+            for dep in sorted(dirty):
+                try:
+                    update = await self.room.queue_update(dep)
+                    await self.sio.emit("queue", update, room=f"d:{dep}")
+                    await self.sio.emit("load", (await self.room.load(dep)).to_public(), room=f"s:{dep}")
+                except Exception:  # noqa: BLE001 - a failed broadcast must not end the loop
+                    log.exception("position broadcast failed")
+            await asyncio.sleep(max(0.0, self.settings.position_interval - (loop.time() - started)))
+
+    async def renew_presence(self) -> None:
+        """Keep connected clerks' presence alive; a crashed node's clerks lapse to offline."""
+        while True:
+            await asyncio.sleep(PRESENCE_TTL / 3)
+            for username in list(self._clerk_sockets):
+                clerk = self._clerks.get(username)
+                if clerk is None:
+                    continue
+                current = (await self.room.store.presences(next(iter(clerk.departments), ""))).get(username)
+                await self.room.store.set_presence(
+                    username, sorted(clerk.departments), current or Presence.AVAILABLE, PRESENCE_TTL
+                )
+
+    async def shutdown(self) -> None:
+        await self.sio.shutdown()
