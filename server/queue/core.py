@@ -115,7 +115,6 @@ def _require_department(clerk: Clerk, department: str) -> None:
 
 
 def _require_holder(ticket: Ticket, clerk: Clerk) -> None:
-    _require_department(clerk, ticket.department)
     if ticket.clerk != clerk.username:
         raise NotYourTicket(f"ticket {ticket.id} is held by another clerk")
 
@@ -137,24 +136,28 @@ def call(ticket: Ticket, clerk: Clerk, now: float) -> Result:
 def start(ticket: Ticket, now: float, clerk: Clerk | None = None) -> Result:
     """called -> in_consultation: the citizen answered (or the holding clerk says they did)."""
     if clerk is not None:
-        _require_holder(ticket, clerk)
+        _require_department(clerk, ticket.department)
     _require(ticket, (C,), "start a consultation with")
+    if clerk is not None:
+        _require_holder(ticket, clerk)
     new = ticket.replace(state=IC, started_at=now)
     return new, [TicketEvent("started", new, C)]
 
 
 def finish(ticket: Ticket, clerk: Clerk, now: float) -> Result:
     """called | in_consultation -> done, by the holding clerk."""
-    _require_holder(ticket, clerk)
+    _require_department(clerk, ticket.department)
     _require(ticket, (C, IC), "finish")
+    _require_holder(ticket, clerk)
     new = ticket.replace(state=TicketState.DONE, ended_at=now)
     return new, [TicketEvent("finished", new, ticket.state, meta=_service_meta(ticket, now))]
 
 
 def no_show(ticket: Ticket, clerk: Clerk, now: float) -> Result:
     """called -> no_show: the citizen did not answer."""
-    _require_holder(ticket, clerk)
+    _require_department(clerk, ticket.department)
     _require(ticket, (C,), "mark as no-show")
+    _require_holder(ticket, clerk)
     new = ticket.replace(state=TicketState.NO_SHOW, ended_at=now)
     return new, [TicketEvent("no_show", new, C)]
 
@@ -181,16 +184,18 @@ def _back_to_waiting(ticket: Ticket, department: str, now: float, **changes: obj
 
 def return_to_queue(ticket: Ticket, clerk: Clerk, now: float) -> Result:
     """called | in_consultation -> waiting in the same department, at the original place."""
-    _require_holder(ticket, clerk)
+    _require_department(clerk, ticket.department)
     _require(ticket, (C, IC), "return")
+    _require_holder(ticket, clerk)
     new = _back_to_waiting(ticket, ticket.department, now)
     return new, [TicketEvent("returned", new, ticket.state, meta=_service_meta(ticket, now))]
 
 
 def transfer(ticket: Ticket, clerk: Clerk, target: Department, note: str, now: float) -> Result:
     """called | in_consultation -> waiting in another department, keeping arrival order."""
-    _require_holder(ticket, clerk)
+    _require_department(clerk, ticket.department)
     _require(ticket, (C, IC), "transfer")
+    _require_holder(ticket, clerk)
     if target.id == ticket.department:
         raise InvalidInput("transfer to the same department: return the ticket instead")
     note = _clean(note, MAX_NOTE, "note")
