@@ -1,0 +1,329 @@
+"""The shared store: live state in Redis, so several server processes (and restarts) see one queue.
+
+Transactions are optimistic: :class:`_RedisTx` WATCHes every key it reads (a department's queue, a
+ticket), the function decides with the pure core, and the writes go out in one MULTI/EXEC together
+with the index maintenance. If another clerk or node changed a watched key meanwhile, EXEC fails and
+the function runs again on fresh data; after too many lost races the caller gets ``Conflict``.
+
+Keys, all under the configured prefix:
+
+``t:{id}``        ticket JSON                     ``q:{dept}``     zset of waiting ids, scored by seq
+``a:{dept}``      set of called/in-consultation   ``tok:{hash}``   token hash -> ticket id
+``disc``          zset id -> disconnected_at      ``seq``          arrival counter
+``clerk:{user}``  presence JSON, with a TTL       ``pres:{dept}``  zset user -> presence expiry
+``svc:{dept}``    list of recent durations        ``sess:{id}``    session JSON, with a TTL
+``staff``         hash username -> account JSON   ``rl:{key}``     fixed-window counter
+
+Finished tickets keep ``t:{id}`` and ``tok:{hash}`` for ``TERMINAL_RETENTION_SECONDS`` (Redis expires
+them; no sweeper needed) and leave every index at once. Needs Redis 7 or later (``PEXPIRE ... NX``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
+
+from ..queue.errors import Conflict
+from ..queue.estimate import RECENT_SERVICES
+from ..queue.model import Presence, Ticket, TicketState
+from .base import TERMINAL_RETENTION_SECONDS, StaffAccount, Store, Tx
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 50
+"""Runs of a transaction function before giving up with ``Conflict``."""
+BACKOFF_SECONDS = 0.002
+"""Upper bound of the random pause before a rerun, times the attempt number (capped)."""
+
+
+def _ms(seconds: float) -> int:
+    """A TTL in whole milliseconds; Redis refuses zero."""
+    return max(1, int(seconds * 1000))
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class _Keys:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.seq = prefix + "seq"
+        self.disc = prefix + "disc"
+        self.staff = prefix + "staff"
+
+    def ticket(self, ticket_id: str) -> str:
+        return f"{self.prefix}t:{ticket_id}"
+
+    def queue(self, department: str) -> str:
+        return f"{self.prefix}q:{department}"
+
+    def active(self, department: str) -> str:
+        return f"{self.prefix}a:{department}"
+
+    def token(self, token_hash: str) -> str:
+        return f"{self.prefix}tok:{token_hash}"
+
+    def clerk(self, username: str) -> str:
+        return f"{self.prefix}clerk:{username}"
+
+    def presence(self, department: str) -> str:
+        return f"{self.prefix}pres:{department}"
+
+    def services(self, department: str) -> str:
+        return f"{self.prefix}svc:{department}"
+
+    def session(self, session_id: str) -> str:
+        return f"{self.prefix}sess:{session_id}"
+
+    def hits(self, key: str) -> str:
+        return f"{self.prefix}rl:{key}"
+
+
+class _RedisTx(Tx):
+    """One attempt: reads go through a WATCHing pipeline, writes wait for the commit."""
+
+    def __init__(self, keys: _Keys, pipe: Any) -> None:
+        self._keys = keys
+        self._pipe = pipe
+        self.read: dict[str, Ticket | None] = {}
+        """Tickets as stored when this attempt read them (None: did not exist)."""
+        self.writes: dict[str, Ticket] = {}
+
+    async def waiting(self, department: str) -> list[tuple[int, str]]:
+        key = self._keys.queue(department)
+        await self._pipe.watch(key)
+        entries = await self._pipe.zrange(key, 0, -1, withscores=True)
+        return [(int(score), ticket_id) for ticket_id, score in entries]
+
+    async def ticket(self, ticket_id: str) -> Ticket | None:
+        if ticket_id in self.writes:
+            return self.writes[ticket_id]
+        return await self.stored(ticket_id)
+
+    async def stored(self, ticket_id: str) -> Ticket | None:
+        """The ticket as stored, watched from now on (read once per attempt)."""
+        await self.load([ticket_id])
+        return self.read[ticket_id]
+
+    async def load(self, ticket_ids: list[str]) -> None:
+        """Watch and read the tickets not read yet in this attempt: one WATCH, one MGET."""
+        missing = [i for i in dict.fromkeys(ticket_ids) if i not in self.read]
+        if not missing:
+            return
+        keys = [self._keys.ticket(i) for i in missing]
+        await self._pipe.watch(*keys)
+        raws = await self._pipe.mget(keys)
+        for ticket_id, raw in zip(missing, raws, strict=True):
+            self.read[ticket_id] = Ticket.from_dict(json.loads(raw)) if raw is not None else None
+
+    def put(self, ticket: Ticket) -> None:
+        self.writes[ticket.id] = ticket
+
+
+class RedisStore(Store):
+    def __init__(self, url: str, prefix: str = "sps:") -> None:
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(url, decode_responses=True)
+        self._keys = _Keys(prefix)
+
+    @property
+    def prefix(self) -> str:
+        return self._keys.prefix
+
+    # -- tickets and queues --
+    async def transaction(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                tx = _RedisTx(self._keys, pipe)
+                try:
+                    try:
+                        result = await fn(tx)
+                    except WatchError:
+                        raise
+                    except Exception:
+                        # Reads within an attempt are not a snapshot: fn may have seen a ticket
+                        # that another commit changed after it read the queue, and refused
+                        # (IllegalTransition, QueueEmpty, ...) because of that torn view. If
+                        # anything it read changed, rerun it; otherwise its error stands.
+                        pipe.multi()
+                        await pipe.execute()  # raises WatchError if a watched key changed
+                        raise
+                    # Writes of tickets fn did not read still need their stored version (to
+                    # leave the old indexes), read and watched like any other.
+                    await tx.load(list(tx.writes))
+                    pipe.multi()
+                    for ticket in tx.writes.values():
+                        self._queue_write(pipe, tx.read[ticket.id], ticket)
+                    # Also when nothing was put: EXEC fails if what fn read changed, so its
+                    # result never rests on an inconsistent view.
+                    await pipe.execute()
+                    return result
+                except WatchError:
+                    pass
+            await asyncio.sleep(random.uniform(0, BACKOFF_SECONDS * min(attempt, 10)))
+        log.warning("transaction gave up after %d conflicting attempts", MAX_ATTEMPTS)
+        raise Conflict()
+
+    def _queue_write(self, pipe: Any, old: Ticket | None, new: Ticket) -> None:
+        """Buffer the write of ``new`` over ``old`` with every index kept in step."""
+        k = self._keys
+        if old is not None:
+            if old.state is TicketState.WAITING:
+                pipe.zrem(k.queue(old.department), old.id)
+            elif old.state.is_active:
+                pipe.srem(k.active(old.department), old.id)
+            if old.token_hash != new.token_hash:
+                pipe.delete(k.token(old.token_hash))
+            if old.state is not new.state or old.department != new.department:
+                log.debug(
+                    "ticket %s %s/%s -> %s/%s", new.id, old.department, old.state.value, new.department, new.state.value
+                )
+        body = _dumps(new.to_dict())
+        if new.state.is_final:
+            ttl = TERMINAL_RETENTION_SECONDS
+            pipe.set(k.ticket(new.id), body, ex=ttl)
+            pipe.set(k.token(new.token_hash), new.id, ex=ttl)
+            pipe.zrem(k.disc, new.id)
+            return
+        pipe.set(k.ticket(new.id), body)
+        pipe.set(k.token(new.token_hash), new.id)
+        if new.state is TicketState.WAITING:
+            pipe.zadd(k.queue(new.department), {new.id: new.seq})
+        elif new.state.is_active:
+            pipe.sadd(k.active(new.department), new.id)
+        if new.disconnected_at is not None:
+            pipe.zadd(k.disc, {new.id: new.disconnected_at})
+        else:
+            pipe.zrem(k.disc, new.id)
+
+    async def next_seq(self) -> int:
+        return int(await self._redis.incr(self._keys.seq))
+
+    async def get_ticket(self, ticket_id: str) -> Ticket | None:
+        raw = await self._redis.get(self._keys.ticket(ticket_id))
+        return Ticket.from_dict(json.loads(raw)) if raw is not None else None
+
+    async def get_tickets(self, ticket_ids: list[str]) -> list[Ticket]:
+        if not ticket_ids:
+            return []
+        raws = await self._redis.mget([self._keys.ticket(i) for i in ticket_ids])
+        return [Ticket.from_dict(json.loads(raw)) for raw in raws if raw is not None]
+
+    async def ticket_id_for_token(self, token_hash: str) -> str | None:
+        ticket_id = cast("str | None", await self._redis.get(self._keys.token(token_hash)))
+        if ticket_id is None or not await self._redis.exists(self._keys.ticket(ticket_id)):
+            return None
+        return ticket_id
+
+    async def waiting(self, department: str) -> list[tuple[int, str]]:
+        entries = await self._redis.zrange(self._keys.queue(department), 0, -1, withscores=True)
+        return [(int(score), ticket_id) for ticket_id, score in cast("list[tuple[str, float]]", entries)]
+
+    async def waiting_counts(self, departments: list[str]) -> dict[str, int]:
+        if not departments:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for d in departments:
+                pipe.zcard(self._keys.queue(d))
+            counts = await pipe.execute()
+        return {d: int(n) for d, n in zip(departments, counts, strict=True)}
+
+    async def active(self, department: str) -> list[str]:
+        return sorted(cast("set[str]", await self._redis.smembers(self._keys.active(department))))
+
+    async def disconnected_before(self, cutoff: float) -> list[str]:
+        ids = await self._redis.zrangebyscore(self._keys.disc, "-inf", f"({cutoff!r}")
+        return cast("list[str]", ids)
+
+    # -- clerks: the clerk key's TTL is the truth; the per-department zset only finds them --
+    async def set_presence(self, username: str, departments: list[str], presence: Presence, ttl: float) -> None:
+        k = self._keys
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if presence is Presence.OFFLINE:
+                pipe.delete(k.clerk(username))
+                for d in departments:
+                    pipe.zrem(k.presence(d), username)
+            else:
+                until = time.time() + ttl
+                body = _dumps({"presence": presence.value, "departments": list(departments)})
+                pipe.set(k.clerk(username), body, px=_ms(ttl))
+                for d in departments:
+                    pipe.zadd(k.presence(d), {username: until})
+            await pipe.execute()
+
+    async def presences(self, department: str) -> dict[str, Presence]:
+        key = self._keys.presence(department)
+        now = time.time()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(key, "-inf", now)  # lapsed entries leave the index on read
+            pipe.zrangebyscore(key, f"({now!r}", "+inf")
+            _, users = await pipe.execute()
+        if not users:
+            return {}
+        raws = await self._redis.mget([self._keys.clerk(u) for u in users])
+        result: dict[str, Presence] = {}
+        for user, raw in zip(users, raws, strict=True):
+            if raw is None:
+                continue
+            entry = json.loads(raw)
+            if department in entry["departments"]:  # the clerk may have changed departments
+                result[user] = Presence(entry["presence"])
+        return result
+
+    async def record_service(self, department: str, seconds: float) -> None:
+        key = self._keys.services(department)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(key, repr(float(seconds)))
+            pipe.ltrim(key, 0, RECENT_SERVICES - 1)
+            await pipe.execute()
+
+    async def recent_services(self, department: str) -> list[float]:
+        return [float(s) for s in await self._redis.lrange(self._keys.services(department), 0, -1)]
+
+    # -- sessions, staff, limits --
+    async def put_session(self, session_id: str, data: dict[str, Any], ttl: float) -> None:
+        await self._redis.set(self._keys.session(session_id), _dumps(data), px=_ms(ttl))
+
+    async def get_session(self, session_id: str) -> dict[str, Any] | None:
+        raw = await self._redis.get(self._keys.session(session_id))
+        return json.loads(raw) if raw is not None else None
+
+    async def delete_session(self, session_id: str) -> None:
+        await self._redis.delete(self._keys.session(session_id))
+
+    async def put_staff(self, account: StaffAccount) -> None:
+        await self._redis.hset(self._keys.staff, account.username, _dumps(account.to_dict()))
+
+    async def get_staff(self, username: str) -> StaffAccount | None:
+        raw = await self._redis.hget(self._keys.staff, username)
+        return StaffAccount.from_dict(json.loads(raw)) if raw is not None else None
+
+    async def delete_staff(self, username: str) -> bool:
+        return bool(await self._redis.hdel(self._keys.staff, username))
+
+    async def list_staff(self) -> list[StaffAccount]:
+        entries = await self._redis.hgetall(self._keys.staff)
+        return [StaffAccount.from_dict(json.loads(entries[u])) for u in sorted(entries)]
+
+    async def hit(self, key: str, window: float) -> int:
+        rkey = self._keys.hits(key)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.incr(rkey)
+            # NX: only the first hit of a window sets the expiry, so the window is fixed; in the
+            # same MULTI as INCR, so a counter can never be left without one.
+            pipe.pexpire(rkey, _ms(window), nx=True)
+            count, _ = await pipe.execute()
+        return int(count)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
