@@ -195,3 +195,24 @@ async def test_redis_refusal_on_a_consistent_read_propagates(redis_store: RedisS
     with pytest.raises(IllegalTransition):
         await redis_store.transaction(fn)
     assert runs == 1
+
+
+async def test_memory_store_forgets_lapsed_tickets_without_being_asked(tmp_path):
+    """Regression: finished tickets stayed in memory until someone read them again."""
+    from server.queue.model import Ticket, TicketState
+    from server.store.base import TERMINAL_RETENTION_SECONDS
+    from server.store.memory import MemoryStore
+
+    now = [1000.0]
+    store = MemoryStore(clock=lambda: now[0])
+    done = Ticket(id="t1", token_hash="h1", department="d", seq=1, state=TicketState.DONE, arrived_at=1.0,
+                  enqueued_at=1.0, origin_department="d", name="Alex")
+
+    async def put(tx):
+        tx.put(done)
+
+    await store.transaction(put)
+    await store.put_session("s", {"u": 1}, ttl=10)
+    now[0] += TERMINAL_RETENTION_SECONDS + 1
+    await store.disconnected_before(now[0])  # what the periodic sweep calls
+    assert store._tickets == {} and store._tokens == {} and store._sessions == {}

@@ -132,7 +132,16 @@ class MemoryStore(Store):
         return sorted(self._active.get(department, set()))
 
     async def disconnected_before(self, cutoff: float) -> list[str]:
+        self.purge()  # the periodic sweep calls this: a good moment to forget what has lapsed
         return [i for i, since in self._disconnected.items() if since < cutoff]
+
+    def purge(self) -> None:
+        """Forget lapsed tickets (with their personal data), sessions and presence entries."""
+        now = self._clock()
+        for ticket_id in [i for i, until in self._expires.items() if until <= now]:
+            self._drop(ticket_id)
+        self._sessions = {k: v for k, v in self._sessions.items() if v[1] > now}
+        self._presence = {k: v for k, v in self._presence.items() if v[2] > now}
 
     # -- clerks --
     async def set_presence(self, username: str, departments: list[str], presence: Presence, ttl: float) -> None:
