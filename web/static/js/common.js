@@ -1,0 +1,212 @@
+// Shared helpers of the pages: messages, the JSON API, the citizen's token, sounds, DOM building.
+
+const messagesElement = document.getElementById('messages');
+const messages = messagesElement ? JSON.parse(messagesElement.textContent) : {};
+
+/** A translated message with `{name}` placeholders filled in. */
+export function t(key, params = {}) {
+  const text = messages[key] ?? key;
+  return text.replace(/\{(\w+)\}/g, (match, name) => (name in params ? String(params[name]) : match));
+}
+
+/** A translated plural message: `<key>.zero` (if there is one), `<key>.one` or `<key>.other`. */
+export function tn(key, n, params = {}) {
+  let id = n === 1 ? `${key}.one` : `${key}.other`;
+  if (n === 0 && `${key}.zero` in messages) id = `${key}.zero`;
+  return t(id, { ...params, n });
+}
+
+/** An estimated-wait range in words (mirror of server.i18n.estimate_text), or null with no estimate. */
+export function estimateText(range) {
+  if (!range) return null;
+  const [low, high] = range;
+  if (high <= 1) return t('range.soon');
+  if (low === high) return t('range.same', { n: low });
+  if (low === 0) return t('range.upto', { n: high });
+  return t('range.span', { low, high });
+}
+
+/** The page's data block (`<script type="application/json" id="page-data">`). */
+export function pageData() {
+  const element = document.getElementById('page-data');
+  return element ? JSON.parse(element.textContent) : {};
+}
+
+export class ApiError extends Error {
+  constructor(code, message, status = 0) {
+    super(message || code);
+    this.code = code;
+    this.status = status;
+  }
+}
+
+/** What to tell a person about an error with a protocol `code`. */
+export function errorMessage(error) {
+  const code = error?.code;
+  if (code && `err.${code}` in messages) return t(`err.${code}`);
+  return error?.message || t('err.generic');
+}
+
+/**
+ * Call the JSON API. Resolves to `{body, response}`; rejects with an ApiError carrying the protocol's
+ * error code (`network` when the server could not be reached).
+ */
+export async function request(method, url, { body, token, csrf } = {}) {
+  const headers = { Accept: 'application/json' };
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (csrf) headers['X-CSRF-Token'] = csrf;
+  let response;
+  try {
+    response = await fetch(url, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: 'same-origin',
+      cache: 'no-store',
+    });
+  } catch {
+    throw new ApiError('network', t('err.network'));
+  }
+  let payload = null;
+  try {
+    payload = await response.json();
+  } catch {
+    payload = null;
+  }
+  if (!response.ok) {
+    const error = payload?.error ?? {};
+    throw new ApiError(error.code || 'generic', error.message, response.status);
+  }
+  return { body: payload, response };
+}
+
+// -- the citizen's token --------------------------------------------------------------------------
+
+const TOKEN_KEY = 'sps_token';
+
+export function storedToken() {
+  try {
+    return localStorage.getItem(TOKEN_KEY);
+  } catch {
+    return null; // storage disabled: the fragment still carries the token
+  }
+}
+
+export function storeToken(token) {
+  try {
+    localStorage.setItem(TOKEN_KEY, token);
+  } catch {
+    /* storage disabled */
+  }
+}
+
+export function forgetToken(token) {
+  try {
+    if (token === undefined || localStorage.getItem(TOKEN_KEY) === token) localStorage.removeItem(TOKEN_KEY);
+  } catch {
+    /* storage disabled */
+  }
+}
+
+export const FINAL_STATES = new Set(['done', 'left', 'no_show', 'expired']);
+
+/** The live ticket of the stored token, or null (a dead token is forgotten). */
+export async function liveTicket() {
+  const token = storedToken();
+  if (!token) return null;
+  try {
+    const { body } = await request('GET', '/api/tickets/me', { token });
+    if (body?.ticket && !FINAL_STATES.has(body.ticket.state)) return { token, ticket: body.ticket };
+    forgetToken(token);
+  } catch (error) {
+    if (error.code === 'ticket_not_found') forgetToken(token);
+  }
+  return null;
+}
+
+// -- sound ----------------------------------------------------------------------------------------
+
+let audio = null;
+
+/** Browsers only let a page make sound after a click or key press: call this from one. */
+export function unlockAudio() {
+  const AudioContextClass = window.AudioContext || window.webkitAudioContext;
+  if (!AudioContextClass) return;
+  if (!audio) audio = new AudioContextClass();
+  if (audio.state === 'suspended') audio.resume().catch(() => {});
+}
+
+for (const type of ['pointerdown', 'keydown']) {
+  document.addEventListener(type, unlockAudio, { once: true, capture: true });
+}
+
+/** A short, friendly two- or three-tone chime generated on the spot (no audio files). */
+export function chime(tones = [660, 880]) {
+  unlockAudio();
+  if (!audio) return;
+  const start = audio.currentTime + 0.02;
+  tones.forEach((frequency, i) => {
+    const at = start + i * 0.22;
+    const oscillator = audio.createOscillator();
+    const gain = audio.createGain();
+    oscillator.type = 'sine';
+    oscillator.frequency.value = frequency;
+    gain.gain.setValueAtTime(0.0001, at);
+    gain.gain.exponentialRampToValueAtTime(0.25, at + 0.02);
+    gain.gain.exponentialRampToValueAtTime(0.0001, at + 0.45);
+    oscillator.connect(gain).connect(audio.destination);
+    oscillator.start(at);
+    oscillator.stop(at + 0.5);
+  });
+}
+
+/** Ask for permission to show notifications (only ever from a click). Resolves to the permission. */
+export async function askNotificationPermission() {
+  if (!('Notification' in window)) return 'unsupported';
+  if (Notification.permission !== 'default') return Notification.permission;
+  try {
+    return await Notification.requestPermission();
+  } catch {
+    return 'unsupported';
+  }
+}
+
+/** Show a system notification if the person allowed it; silently nothing otherwise. */
+export function notify(title, body, tag) {
+  if (!('Notification' in window) || Notification.permission !== 'granted') return;
+  try {
+    const notification = new Notification(title, { body, tag, renotify: true });
+    notification.onclick = () => {
+      window.focus();
+      notification.close();
+    };
+  } catch {
+    /* some mobile browsers only notify from a service worker */
+  }
+}
+
+// -- DOM ------------------------------------------------------------------------------------------
+
+/** Build an element: `h('p', {class: 'x', dataset: {id: 1}}, 'text', child)`. Text is never parsed as HTML. */
+export function h(tag, attributes = {}, ...children) {
+  const element = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name === 'class') element.className = value;
+    else if (name === 'dataset') Object.assign(element.dataset, value);
+    else if (name.startsWith('on')) element.addEventListener(name.slice(2), value);
+    else element.setAttribute(name, value === true ? '' : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    element.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return element;
+}
+
+/** Set a status element's text and show it, or hide it with an empty text. */
+export function say(element, text) {
+  element.textContent = text || '';
+  element.hidden = !text;
+}

@@ -1,0 +1,487 @@
+// The clerk's dashboard: login, live queues over socket.io, actions with acknowledgements.
+import {
+  askNotificationPermission,
+  chime,
+  errorMessage,
+  estimateText,
+  h,
+  notify,
+  pageData,
+  request,
+  say,
+  t,
+  tn,
+  unlockAudio,
+} from './common.js';
+
+const ACK_TIMEOUT_MS = 10000;
+const TICK_MS = 5000;
+const CSRF_KEY = 'sps_csrf';
+const ACTIVE = new Set(['called', 'in_consultation']);
+const LIVE = new Set(['waiting', 'called', 'in_consultation']);
+
+const data = pageData();
+const departmentNames = Object.fromEntries(data.departments.map((d) => [d.id, d.name]));
+const $ = (id) => document.getElementById(id);
+const panels = $('departments');
+
+let csrf = sessionStorage.getItem(CSRF_KEY);
+let clerk = null; // {username, display_name, departments, roles}
+let socket = null;
+let clockOffsetMs = 0; // server clock minus ours, from the Date header
+let myPresence = 'available';
+let loggingOut = false;
+const departments = new Map(); // id -> department as in the dashboard, with tickets and clerks
+const displayNames = {}; // username -> display name, learnt from presence events
+
+// -- session ----------------------------------------------------------------------------------------
+
+function learnClock(response) {
+  const date = Date.parse(response.headers.get('Date') || '');
+  if (!Number.isNaN(date)) clockOffsetMs = date - Date.now();
+}
+
+function showLogin(message) {
+  $('dashboard-view').hidden = true;
+  $('login-view').hidden = false;
+  say($('login-error'), message);
+  if (message) $('login-error').focus();
+  else $('username').focus();
+}
+
+function startSession(body) {
+  csrf = body.csrf;
+  sessionStorage.setItem(CSRF_KEY, csrf);
+  clerk = body.clerk;
+  displayNames[clerk.username] = clerk.display_name;
+  document.querySelector('[data-field="clerk-name"]').textContent = clerk.display_name;
+  $('login-view').hidden = true;
+  $('dashboard-view').hidden = false;
+  connect();
+}
+
+async function restoreSession() {
+  try {
+    const { body, response } = await request('GET', '/api/session');
+    learnClock(response);
+    startSession(body);
+  } catch (error) {
+    showLogin(error.code === 'unauthenticated' ? '' : errorMessage(error));
+  }
+}
+
+$('login-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const form = event.currentTarget;
+  const username = form.elements.username.value.trim();
+  const password = form.elements.password.value;
+  if (!username || !password) {
+    showLogin(t('err.unauthenticated'));
+    return;
+  }
+  const button = form.querySelector('button[type="submit"]');
+  button.disabled = true;
+  try {
+    const { body, response } = await request('POST', '/api/session', { body: { username, password } });
+    learnClock(response);
+    form.reset();
+    say($('login-error'), '');
+    startSession(body);
+    $('dashboard-heading').focus();
+  } catch (error) {
+    form.elements.password.value = '';
+    showLogin(errorMessage(error));
+  } finally {
+    button.disabled = false;
+  }
+});
+
+$('logout').addEventListener('click', async () => {
+  loggingOut = true;
+  try {
+    await request('DELETE', '/api/session', { csrf });
+  } catch {
+    /* the session is gone either way once the cookie expires */
+  }
+  socket?.disconnect();
+  socket = null;
+  sessionStorage.removeItem(CSRF_KEY);
+  departments.clear();
+  panels.replaceChildren();
+  clerk = null;
+  loggingOut = false;
+  showLogin('');
+});
+
+// -- socket -----------------------------------------------------------------------------------------
+
+function setConnection(state) {
+  const element = $('connection');
+  element.dataset.state = state;
+  element.textContent = state === 'reconnecting' ? t('staff_reconnecting') : t('staff_connecting');
+  element.hidden = state === 'connected';
+}
+
+function connect() {
+  socket?.disconnect();
+  setConnection('connecting');
+  socket = window.io({ reconnectionDelayMax: 10000 });
+  socket.on('connect', () => setConnection('connected'));
+  socket.on('disconnect', (reason) => {
+    if (!loggingOut && reason !== 'io client disconnect') setConnection('reconnecting');
+  });
+  socket.on('connect_error', (error) => {
+    if (error?.message === 'unauthenticated') {
+      socket.disconnect();
+      showLogin(t('err.unauthenticated'));
+      return;
+    }
+    setConnection('reconnecting');
+    if (!socket.active) setTimeout(() => socket?.connect(), 5000);
+  });
+  socket.on('dashboard', onDashboard);
+  socket.on('ticket', onTicket);
+  socket.on('presence', onPresence);
+  socket.on('load', onLoad);
+}
+
+function onDashboard(dashboard) {
+  departments.clear();
+  for (const d of dashboard.departments) departments.set(d.id, { ...d, tickets: [...d.tickets] });
+  const mine = dashboard.departments.map((d) => d.clerks?.[clerk.username]).find(Boolean);
+  if (mine) myPresence = mine;
+  renderAll();
+}
+
+function onTicket({ kind, ticket, previous_department: previousDepartment }) {
+  for (const d of departments.values()) d.tickets = d.tickets.filter((x) => x.id !== ticket.id);
+  const home = departments.get(ticket.department);
+  if (home && LIVE.has(ticket.state)) home.tickets.push(ticket);
+  const arrived = kind === 'joined' || (kind === 'transferred' && previousDepartment !== ticket.department);
+  if (arrived && home) {
+    chime([523, 784]);
+    if (document.hidden) notify(t('new_arrival', { department: home.name }), '', `sps-arrival-${home.id}`);
+  }
+  renderDepartment(ticket.department);
+  if (previousDepartment && previousDepartment !== ticket.department) renderDepartment(previousDepartment);
+}
+
+function onPresence({ username, display_name: displayName, status, departments: serves }) {
+  if (displayName) displayNames[username] = displayName;
+  if (username === clerk?.username) myPresence = status;
+  for (const id of serves || []) {
+    const d = departments.get(id);
+    if (!d) continue;
+    d.clerks = { ...d.clerks };
+    if (status === 'offline') delete d.clerks[username];
+    else d.clerks[username] = status;
+    renderDepartment(id);
+  }
+  renderPresence();
+}
+
+function onLoad(load) {
+  const d = departments.get(load.id);
+  if (!d) return;
+  const { tickets, clerks } = d;
+  departments.set(load.id, { ...d, ...load, tickets, clerks });
+  renderDepartment(load.id);
+}
+
+/** Emit a staff action; resolves to the ack, or null after showing what went wrong. */
+function act(event, payload, { errorBox = $('action-error') } = {}) {
+  return new Promise((resolve) => {
+    if (!socket?.connected) {
+      showActionError(t('err.network'), errorBox);
+      resolve(null);
+      return;
+    }
+    const done = (err, ack) => {
+      if (err) showActionError(t('err.network'), errorBox);
+      else if (ack?.error) showActionError(errorMessage(ack.error), errorBox);
+      else {
+        say(errorBox, '');
+        resolve(ack);
+        return;
+      }
+      resolve(null);
+    };
+    if (payload === undefined) socket.timeout(ACK_TIMEOUT_MS).emit(event, done);
+    else socket.timeout(ACK_TIMEOUT_MS).emit(event, payload, done);
+  });
+}
+
+function showActionError(text, box) {
+  say(box, text);
+  if (box === $('action-error')) box.focus();
+}
+
+function announce(text) {
+  $('action-status').textContent = text;
+}
+
+function applyAck(ack) {
+  if (ack?.ticket) onTicket({ kind: 'ack', ticket: ack.ticket, previous_department: null });
+}
+
+// -- rendering --------------------------------------------------------------------------------------
+
+function serverNow() {
+  return (Date.now() + clockOffsetMs) / 1000;
+}
+
+function duration(seconds) {
+  const minutes = Math.floor(Math.max(0, seconds) / 60);
+  if (minutes < 1) return t('under_minute');
+  if (minutes < 60) return t('minutes_short', { n: minutes });
+  return t('hours_short', { h: Math.floor(minutes / 60), m: minutes % 60 });
+}
+
+function sinceText(epoch) {
+  return t('waited', { t: duration(serverNow() - epoch) });
+}
+
+function nameOf(username) {
+  return displayNames[username] || username;
+}
+
+function ticketLabel(ticket) {
+  return ticket.name || t('ticket_number', { n: ticket.seq });
+}
+
+function button(label, action, ticket, { primary = false, danger = false, department } = {}) {
+  const classes = ['button'];
+  if (primary) classes.push('button--primary');
+  if (danger) classes.push('button--danger');
+  return h(
+    'button',
+    {
+      type: 'button',
+      class: classes.join(' '),
+      dataset: { action, ticket: ticket?.id ?? '', department: department ?? '', focusKey: `${action}:${ticket?.id ?? department}` },
+      'aria-label': ticket ? `${label}: ${ticketLabel(ticket)}` : null,
+    },
+    label,
+  );
+}
+
+function ticketItem(ticket) {
+  const mine = ticket.clerk === clerk.username;
+  const language = data.languages[ticket.language] || ticket.language;
+  const transferredFrom = ticket.transferred_from
+    ? h(
+        'p',
+        { class: 'ticket__transfer' },
+        t('transferred_from', { department: departmentNames[ticket.transferred_from] || ticket.transferred_from }),
+        ticket.transfer_note ? `: ${ticket.transfer_note}` : '',
+      )
+    : null;
+  const holder = ticket.clerk_name || nameOf(ticket.clerk);
+  let state = null;
+  if (ticket.state === 'called') state = mine ? t('called_by_me') : t('called_state', { clerk: holder });
+  if (ticket.state === 'in_consultation') state = mine ? t('consultation_mine') : t('consultation_state', { clerk: holder });
+  const actions = [];
+  if (ticket.state === 'waiting') {
+    actions.push(button(t('call'), 'call', ticket));
+  } else if (mine) {
+    if (ticket.state === 'called') actions.push(button(t('start'), 'start', ticket, { primary: true }));
+    actions.push(button(t('finish'), 'finish', ticket, { primary: ticket.state === 'in_consultation' }));
+    if (ticket.state === 'called') actions.push(button(t('no_show_action'), 'no_show', ticket));
+    actions.push(button(t('return'), 'return', ticket));
+    actions.push(button(t('transfer'), 'transfer', ticket));
+  }
+  return h(
+    'li',
+    { class: `ticket ticket--${ticket.state}${mine ? ' ticket--mine' : ''}`, dataset: { ticketId: ticket.id } },
+    h(
+      'div',
+      { class: 'ticket__main' },
+      h(
+        'p',
+        { class: 'ticket__name' },
+        h('strong', {}, ticket.name || t('anonymous')),
+        ' ',
+        h('span', { class: 'muted' }, t('ticket_number', { n: ticket.seq })),
+        ticket.interpreter ? [' ', h('span', { class: 'badge badge--info' }, t('interpreter'))] : null,
+        ticket.disconnected_at ? [' ', h('span', { class: 'badge badge--warn' }, t('disconnected'))] : null,
+      ),
+      h('p', { class: ticket.concern ? 'ticket__concern' : 'ticket__concern muted' }, ticket.concern || t('no_concern')),
+      h(
+        'p',
+        { class: 'ticket__meta' },
+        h('span', { lang: ticket.language }, language),
+        ' · ',
+        h('span', { dataset: { since: String(ticket.arrived_at) } }, sinceText(ticket.arrived_at)),
+      ),
+      transferredFrom,
+      state ? h('p', { class: 'ticket__state' }, state) : null,
+    ),
+    actions.length ? h('div', { class: 'ticket__actions' }, actions) : null,
+  );
+}
+
+function renderDepartment(id) {
+  const d = departments.get(id);
+  if (!d) return;
+  const waiting = d.tickets.filter((x) => x.state === 'waiting').sort((a, b) => a.seq - b.seq);
+  const active = d.tickets.filter((x) => ACTIVE.has(x.state)).sort((a, b) => (a.called_at ?? 0) - (b.called_at ?? 0));
+  const range = d.staffed ? estimateText(d.estimate_minutes) : null;
+  const colleagues = Object.entries(d.clerks || {}).sort(([a], [b]) => nameOf(a).localeCompare(nameOf(b)));
+  const headingId = `panel-${id}`;
+  const panel = h(
+    'section',
+    { class: 'panel', 'aria-labelledby': headingId, dataset: { department: id } },
+    h(
+      'div',
+      { class: 'panel__head' },
+      h('h2', { id: headingId, tabindex: '-1' }, d.name),
+      h('span', { class: `badge ${d.open ? 'badge--open' : 'badge--closed'}` }, d.open ? t('open') : t('closed')),
+      h('p', { class: 'panel__facts' }, tn('waiting', waiting.length), ' · ', range ? t('estimate', { range }) : t('no_clerk')),
+      button(t('call_next'), 'call_next', null, { primary: true, department: id }),
+    ),
+    h(
+      'div',
+      { class: 'panel__body' },
+      h(
+        'div',
+        { class: 'panel__queue' },
+        h('h3', {}, `${t('queue')} (${waiting.length})`),
+        waiting.length ? h('ol', { class: 'tickets' }, waiting.map(ticketItem)) : h('p', { class: 'muted' }, t('queue_empty')),
+      ),
+      h(
+        'div',
+        { class: 'panel__side' },
+        h('h3', {}, t('active')),
+        active.length ? h('ul', { class: 'tickets' }, active.map(ticketItem)) : h('p', { class: 'muted' }, t('no_active')),
+        h('h3', {}, t('colleagues')),
+        colleagues.length
+          ? h(
+              'ul',
+              { class: 'colleagues' },
+              colleagues.map(([username, status]) =>
+                h(
+                  'li',
+                  { class: `colleague colleague--${status}` },
+                  h('span', { class: 'colleague__dot', 'aria-hidden': 'true' }),
+                  username === clerk.username ? `${nameOf(username)} (${t('you')})` : nameOf(username),
+                  ': ',
+                  t(`presence.${status}`),
+                ),
+              ),
+            )
+          : h('p', { class: 'muted' }, t('no_colleagues')),
+      ),
+    ),
+  );
+  // Re-rendering must not throw away keyboard focus: put it back on the same control if it still exists.
+  const focusKey = document.activeElement?.dataset?.focusKey;
+  const old = panels.querySelector(`.panel[data-department="${CSS.escape(id)}"]`);
+  const focusWasHere = old?.contains(document.activeElement);
+  if (old) old.replaceWith(panel);
+  else panels.append(panel);
+  if (focusWasHere) {
+    const again = focusKey && panel.querySelector(`[data-focus-key="${CSS.escape(focusKey)}"]`);
+    (again || panel.querySelector('h2')).focus();
+  }
+}
+
+function renderPresence() {
+  document.querySelector('[data-field="presence"]').textContent = t(`presence.${myPresence}`);
+  const toggle = $('presence-toggle');
+  toggle.textContent = myPresence === 'away' ? t('set_available') : t('set_away');
+}
+
+function renderAll() {
+  panels.replaceChildren();
+  for (const id of departments.keys()) renderDepartment(id);
+  renderPresence();
+}
+
+setInterval(() => {
+  for (const element of panels.querySelectorAll('[data-since]')) {
+    element.textContent = sinceText(Number(element.dataset.since));
+  }
+}, TICK_MS);
+
+// -- actions ----------------------------------------------------------------------------------------
+
+function findTicket(id) {
+  for (const d of departments.values()) {
+    const ticket = d.tickets.find((x) => x.id === id);
+    if (ticket) return ticket;
+  }
+  return null;
+}
+
+panels.addEventListener('click', async (event) => {
+  const target = event.target.closest('button[data-action]');
+  if (!target) return;
+  unlockAudio();
+  const { action, ticket: ticketId, department } = target.dataset;
+  if (action === 'transfer') {
+    openTransfer(findTicket(ticketId));
+    return;
+  }
+  target.disabled = true;
+  const payload = action === 'call_next' ? { department } : { ticket: ticketId };
+  const ack = await act(action, payload);
+  target.disabled = false;
+  if (!ack) return;
+  applyAck(ack);
+  announce(action === 'call_next' || action === 'call' ? t('done_called', { name: ticketLabel(ack.ticket) }) : t('done_action'));
+});
+
+$('presence-toggle').addEventListener('click', async () => {
+  const status = myPresence === 'away' ? 'available' : 'away';
+  const ack = await act('presence', { status });
+  if (!ack) return;
+  myPresence = ack.status || status;
+  for (const d of departments.values()) {
+    if (d.clerks && clerk.username in d.clerks) d.clerks = { ...d.clerks, [clerk.username]: myPresence };
+  }
+  renderAll();
+  announce(t(`presence.${myPresence}`));
+});
+
+$('sound').addEventListener('click', async () => {
+  unlockAudio();
+  chime([523, 784]);
+  await askNotificationPermission();
+  $('sound').hidden = true;
+  announce(t('sound_on'));
+});
+
+// -- transfer dialog --------------------------------------------------------------------------------
+
+const dialog = $('transfer-dialog');
+const transferForm = $('transfer-form');
+let transferring = null;
+
+function openTransfer(ticket) {
+  if (!ticket) return;
+  transferring = ticket;
+  const select = $('transfer-department');
+  select.replaceChildren(
+    ...data.departments.filter((d) => d.id !== ticket.department).map((d) => h('option', { value: d.id }, d.name)),
+  );
+  transferForm.querySelector('[data-field="who"]').textContent = `${ticketLabel(ticket)} · ${departmentNames[ticket.department] || ticket.department}`;
+  $('transfer-note').value = '';
+  say($('transfer-error'), '');
+  dialog.showModal();
+}
+
+transferForm.addEventListener('submit', async (event) => {
+  if (event.submitter?.value !== 'transfer') return; // "cancel" closes the dialog
+  event.preventDefault();
+  const ack = await act(
+    'transfer',
+    { ticket: transferring.id, department: $('transfer-department').value, note: $('transfer-note').value.trim() },
+    { errorBox: $('transfer-error') },
+  );
+  if (!ack) return;
+  dialog.close();
+  applyAck(ack);
+  announce(t('done_action'));
+});
+
+restoreSession();
