@@ -125,6 +125,14 @@ async def test_reload_keeps_ticket_and_position(browser: Browser, live_server, p
     await expect(position).to_have_text("2")
     await expect(number).to_have_text(seq or "")
 
+    await page.goto("/")  # one place at a time: the start page leads back instead of to a second check-in
+    back = page.get_by_role("link", name="Zurück zu Ihrem Platz")
+    await expect(back).to_be_visible()
+    await expect(page.locator("#already")).to_contain_text("Bürgerbüro")
+    await expect(page.locator("[data-field='join']:visible")).to_have_count(0)
+    await back.click()
+    await expect(position).to_have_text("2")
+
     ticket_id = url.rsplit("/", 1)[1].split("#", 1)[0]
     ticket = await live_server.room.store.get_ticket(ticket_id)
     assert ticket is not None and ticket.state is TicketState.WAITING

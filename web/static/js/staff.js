@@ -212,8 +212,8 @@ function act(event, payload, { errorBox = $('action-error') } = {}) {
 }
 
 function showActionError(text, box) {
+  // role="alert" announces it; focus stays where the clerk is working.
   say(box, text);
-  if (box === $('action-error')) box.focus();
 }
 
 function announce(text) {
@@ -428,7 +428,13 @@ panels.addEventListener('click', async (event) => {
   target.disabled = false;
   if (!ack) return;
   applyAck(ack);
-  announce(action === 'call_next' || action === 'call' ? t('done_called', { name: ticketLabel(ack.ticket) }) : t('done_action'));
+  if (action === 'call_next' || action === 'call') {
+    announce(t('done_called', { name: ticketLabel(ack.ticket) }));
+    // Keyboard users continue where the work goes on: the called citizen's "Start" button.
+    panels.querySelector(`[data-focus-key="${CSS.escape(`start:${ack.ticket.id}`)}"]`)?.focus();
+  } else {
+    announce(t('done_action'));
+  }
 });
 
 $('presence-toggle').addEventListener('click', async () => {
@@ -483,5 +489,8 @@ transferForm.addEventListener('submit', async (event) => {
   applyAck(ack);
   announce(t('done_action'));
 });
+
+// Permission from an earlier visit: sound needs no button (any click unlocks it), notifications work.
+if ('Notification' in window && Notification.permission === 'granted') $('sound').hidden = true;
 
 restoreSession();

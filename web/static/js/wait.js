@@ -226,6 +226,11 @@ $('notify').addEventListener('click', async () => {
   if (permission !== 'denied') $('notify').hidden = true;
 });
 
+if ('Notification' in window && Notification.permission === 'granted') {
+  $('notify').hidden = true;
+  $('notify-status').textContent = t('notify_on');
+}
+
 // Keep the token when switching the page language.
 for (const link of document.querySelectorAll('[data-lang-link]')) {
   if (token) link.href = `${link.getAttribute('href')}#${token}`;
