@@ -118,12 +118,13 @@ DE: dict[str, str] = {
     "privacy.intro": "Hier steht in einfachen Worten, welche Daten das Online-Wartezimmer speichert, "
                      "wer sie sieht und wann sie gelöscht werden.",
     "privacy.what_h": "Was wir speichern",
-    "privacy.what": "Wenn Sie sich anstellen, speichern wir nur, was Sie selbst angeben:",
+    "privacy.what": "Wenn Sie sich anstellen, speichern wir nur:",
     "privacy.what_name": "den Namen oder das Pseudonym, mit dem Sie angesprochen werden möchten (freiwillig),",
     "privacy.what_concern": "Ihr Anliegen in Stichworten (freiwillig),",
     "privacy.what_language": "die Sprache, in der Sie sprechen möchten,",
     "privacy.what_needs": "ob Sie eine Dolmetschung in Gebärdensprache brauchen,",
-    "privacy.what_times": "wann Sie angekommen sind und wann Sie aufgerufen wurden.",
+    "privacy.what_times": "wann Sie angekommen sind und wann Sie aufgerufen wurden,",
+    "privacy.what_note": "eine kurze Notiz, wenn Mitarbeitende Sie an ein anderes Amt weiterleiten.",
     "privacy.no_account": "Sie brauchen kein Konto. Ihr Browser bekommt einen zufälligen Schlüssel, der Ihren "
                           "Platz sichert. Er bleibt in Ihrem Browser gespeichert; auf dem Server liegt nur "
                           "eine nicht umkehrbare Prüfsumme davon.",
@@ -132,11 +133,11 @@ DE: dict[str, str] = {
                         "Für Statistiken (zum Beispiel durchschnittliche Wartezeiten) zählen wir nur Zeiten, "
                         "ohne Namen oder Anliegen.",
     "privacy.recording_h": "Keine Aufzeichnung",
-    "privacy.recording": "Im Wartezimmer und im Gespräch wird nichts aufgezeichnet.",
+    "privacy.recording": "Im Wartezimmer wird nichts aufgezeichnet, weder Bild noch Ton.",
     "privacy.who_h": "Wer Ihre Angaben sieht",
     "privacy.who": "Nur die Mitarbeitenden des Amtes, bei dem Sie warten. Wenn Sie an ein anderes Amt "
-                   "weitergeleitet werden, sehen es dessen Mitarbeitende. Andere Wartende sehen nichts "
-                   "von Ihnen, nicht einmal Ihre Position.",
+                   "weitergeleitet werden, sehen auch dessen Mitarbeitende Ihre Angaben. Andere Wartende sehen nichts "
+                   "von Ihnen.",
     "privacy.rights_h": "Ihre Rechte",
     "privacy.rights": "Sie können die Warteschlange jederzeit verlassen. Für Auskunft, Berichtigung oder "
                       "Löschung wenden Sie sich an die oder den Datenschutzbeauftragten Ihrer Verwaltung.",
@@ -342,23 +343,23 @@ EN: dict[str, str] = {
     "privacy.title": "Privacy notice",
     "privacy.intro": "In plain words: what the online waiting room stores, who sees it and when it is deleted.",
     "privacy.what_h": "What we store",
-    "privacy.what": "When you join a queue we store only what you tell us:",
+    "privacy.what": "When you join a queue we store only:",
     "privacy.what_name": "the name or pseudonym you want to be addressed by (optional),",
     "privacy.what_concern": "your concern in a few words (optional),",
     "privacy.what_language": "the language you would like to speak,",
     "privacy.what_needs": "whether you need a sign-language interpreter,",
-    "privacy.what_times": "when you arrived and when you were called.",
+    "privacy.what_times": "when you arrived and when you were called,",
+    "privacy.what_note": "a short note when staff transfer you to another office.",
     "privacy.no_account": "You need no account. Your browser receives a random key that secures your place. "
                           "It stays in your browser; the server keeps only an irreversible checksum of it.",
     "privacy.how_long_h": "How long",
     "privacy.how_long": "Your details are deleted at most 24 hours after your visit ends. For statistics "
                         "(such as average waiting times) we count only times, without names or concerns.",
     "privacy.recording_h": "No recording",
-    "privacy.recording": "Nothing is recorded in the waiting room or in the consultation.",
+    "privacy.recording": "Nothing is recorded in the waiting room, neither picture nor sound.",
     "privacy.who_h": "Who sees your details",
     "privacy.who": "Only the staff of the office you are waiting for. If you are transferred to another "
-                   "office, its staff see them. Other people waiting see nothing about you, not even your "
-                   "position.",
+                   "office, its staff see them too. Other people waiting see nothing about you.",
     "privacy.rights_h": "Your rights",
     "privacy.rights": "You can leave the queue at any time. For access, correction or deletion, contact the "
                       "data protection officer of your administration.",
