@@ -77,8 +77,6 @@ def create_app(settings: Settings, store: Store | None = None,
         log.info("started: %d departments, %s store", len(settings.departments),
                  "redis" if settings.redis_url else "memory")
         yield
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(signaling.shutdown(), 5)
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -86,7 +84,14 @@ def create_app(settings: Settings, store: Store | None = None,
                 await t
         await store.close()
 
+    async def disconnect_sockets(app: web.Application) -> None:
+        # Before aiohttp waits for open connections: tell clients now (they reconnect elsewhere or
+        # after the restart, keeping their place), so that a stop does not wait out its timeout.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(signaling.shutdown(), 5)
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(disconnect_sockets)
     return app
 
 

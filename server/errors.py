@@ -38,6 +38,10 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except web.HTTPRequestEntityTooLarge:
         return error_response("payload_too_large", "the request body is too large", 413)
     except web.HTTPException as e:
+        if e.status == 404 and not request.path.startswith(("/api/", "/static/", "/socket.io/")):
+            from .http.pages import render_not_found
+
+            return render_not_found(request)
         if not request.path.startswith("/api/") or e.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status, "http_error")

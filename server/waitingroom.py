@@ -191,11 +191,16 @@ class WaitingRoom:
             active_ids = await self.store.active(dep_id)
             tickets = await self.store.get_tickets(waiting_ids + active_ids)
             presences = await self.store.presences(dep_id)
+            names = {}
+            for username in presences:
+                account = await self.store.get_staff(username)
+                names[username] = account.display_name if account else username
             load = await self.load(dep_id)
             result["departments"].append({
                 **load.to_public(),
                 "tickets": [staff_view(t) for t in tickets],
                 "clerks": {u: p.value for u, p in sorted(presences.items())},
+                "clerk_names": names,
             })
         return result
 

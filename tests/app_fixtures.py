@@ -20,7 +20,8 @@ from server.waitingroom import WaitingRoom
 ALWAYS = {d: "00:00-24:00" for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
 
 TEST_CONFIG: dict[str, Any] = {
-    "server": {"timezone": "Europe/Berlin", "grace_seconds": 300, "position_interval": 0.2},
+    "server": {"timezone": "Europe/Berlin", "grace_seconds": 300, "position_interval": 0.2,
+               "joins_per_address": 1000},
     "departments": [
         {"id": "buergerbuero", "name": "Bürgerbüro", "description": "Ausweise und Meldewesen", "hours": ALWAYS},
         {"id": "bauamt", "name": "Bauamt", "description": "Bauanträge", "hours": ALWAYS, "queue_cap": 3},
@@ -69,8 +70,9 @@ async def make_app(tmp_path: Any):
 
     def factory(store: Store | None = None, **server: Any) -> web.Application:
         settings = make_settings(tmp_path, **server)
-        return create_app(settings, store=store or MemoryStore(staff_file=tmp_path / "staff.json"),
-                          announce=lambda _: None)
+        if store is None and not settings.redis_url:
+            store = MemoryStore(staff_file=tmp_path / "staff.json")
+        return create_app(settings, store=store, announce=lambda _: None)  # with redis_url: a RedisStore
 
     return factory
 
@@ -89,6 +91,11 @@ async def client(aiohttp_client, app):
 class LiveServer:
     url: str
     app: web.Application
+    server: Any = None
+
+    async def stop(self) -> None:
+        """Stop this node as a restart would (its sockets drop; state in Redis stays)."""
+        await self.server.close()
 
     @property
     def room(self) -> WaitingRoom:
@@ -106,8 +113,18 @@ def free_port() -> int:
 
 
 @pytest.fixture
-async def live_server(aiohttp_server, make_app) -> LiveServer:
-    """The whole app (HTTP + socket.io) on 127.0.0.1 on a free port, memory store."""
-    app = make_app()
-    server = await aiohttp_server(app, host="127.0.0.1", port=free_port())
-    return LiveServer(str(server.make_url("")).rstrip("/"), app)
+async def make_live_server(aiohttp_server, make_app):
+    """Start the whole app (HTTP + socket.io) on 127.0.0.1 on a free port; overrides as for make_app."""
+
+    async def factory(store: Store | None = None, **server: Any) -> LiveServer:
+        app = make_app(store, **server)
+        running = await aiohttp_server(app, host="127.0.0.1", port=free_port())
+        return LiveServer(str(running.make_url("")).rstrip("/"), app, running)
+
+    return factory
+
+
+@pytest.fixture
+async def live_server(make_live_server) -> LiveServer:
+    """The whole app on a free port with the memory store."""
+    return await make_live_server()

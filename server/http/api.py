@@ -224,6 +224,8 @@ async def transfer(request: web.Request) -> web.Response:
 @routes.put("/api/staff/presence")
 async def presence(request: web.Request) -> web.Response:
     session = await staff_session(request)
-    status = await request.app[ROOM].choose_presence(session.clerk, (await json_body(request)).get("status"))
+    requested = (await json_body(request)).get("status")
+    status = await request.app[ROOM].choose_presence(session.clerk, requested)
+    await request.app[AUTH].remember_presence(session.session_id, requested)
     return web.json_response({"status": status.value})
 

@@ -50,6 +50,8 @@ class StaffSession:
     session_id: str
     csrf: str
     clerk: Clerk
+    presence: str = "available"
+    """The presence the clerk last chose (available or away), kept across dashboard reloads."""
 
 
 class Auth:
@@ -100,7 +102,13 @@ class Auth:
         if account is None:
             await self.store.delete_session(session_id)
             raise NotAuthenticated("this account no longer exists")
-        return StaffSession(session_id, data["csrf"], self.clerk_from_account(account))
+        return StaffSession(session_id, data["csrf"], self.clerk_from_account(account),
+                            data.get("presence", "available"))
+
+    async def remember_presence(self, session_id: str, presence: str) -> None:
+        data = await self.store.get_session(session_id)
+        if data is not None:
+            await self.store.put_session(session_id, {**data, "presence": presence}, self.ttl)
 
     async def logout(self, session_id: str) -> None:
         await self.store.delete_session(session_id)

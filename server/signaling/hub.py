@@ -26,6 +26,7 @@ from ..queue.errors import InvalidInput, NotAuthorised, QueueError
 from ..queue.model import Clerk, Presence, TicketEvent
 from ..settings import Settings
 from ..waitingroom import PRESENCE_TTL, WaitingRoom, staff_view
+from .redis_manager import ClosingRedisManager
 
 log = logging.getLogger("sprechstunde.signaling")
 
@@ -42,7 +43,7 @@ class Signaling:
         manager = None
         if settings.redis_url:
             # Emits travel through Redis so that every node's sockets receive them.
-            manager = socketio.AsyncRedisManager(settings.redis_url, channel=f"{settings.redis_prefix}socketio")
+            manager = ClosingRedisManager(settings.redis_url, channel=f"{settings.redis_prefix}socketio")
         origins: list[str] | None = list(settings.cors_origins) or None  # None: same origin only
         self.sio = socketio.AsyncServer(
             async_mode="aiohttp",
@@ -57,6 +58,7 @@ class Signaling:
         self._citizen_sockets: Counter[str] = Counter()
         self._clerk_sockets: Counter[str] = Counter()
         self._clerks: dict[str, Clerk] = {}
+        self._closing = False
         self._register()
         room.on_events(self._on_events)
         room.on_presence(self._on_presence)
@@ -114,7 +116,7 @@ class Signaling:
             await self.sio.enter_room(sid, f"s:{dep}")
         self._clerk_sockets[clerk.username] += 1
         self._clerks[clerk.username] = clerk
-        await self.room.choose_presence(clerk, Presence.AVAILABLE.value)  # busy if they hold a ticket
+        await self.room.choose_presence(clerk, session.presence)  # busy instead while holding a ticket
         await self.sio.emit("dashboard", await self.room.dashboard(clerk), to=sid)
 
     async def _disconnect(self, sid: str, *args: Any) -> None:
@@ -209,10 +211,13 @@ class Signaling:
     async def _presence(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         clerk = await self._clerk(data)
         status = await self.room.choose_presence(clerk, data.get("status"))
+        await self.auth.remember_presence(data["_session"]["session"], data["status"])
         return {"ok": True, "status": status.value}
 
     # -- events from the service --
     async def _on_events(self, events: list[TicketEvent]) -> None:
+        if self._closing:  # disconnects during shutdown change state, but nobody is left to tell here
+            return
         for e in events:
             if e.kind not in ("disconnected", "reconnected"):
                 await self.sio.emit("ticket", await self.room.citizen_view(e.ticket), room=f"t:{e.ticket.id}")
@@ -226,6 +231,8 @@ class Signaling:
                 self._wake.set()
 
     async def _on_presence(self, clerk: Clerk, presence: Presence) -> None:
+        if self._closing:
+            return
         await self.sio.emit(
             "presence",
             {"username": clerk.username, "display_name": clerk.display_name, "status": presence.value,
@@ -267,4 +274,7 @@ class Signaling:
                 )
 
     async def shutdown(self) -> None:
+        self._closing = True
         await self.sio.shutdown()
+        if isinstance(self.sio.manager, ClosingRedisManager):
+            await self.sio.manager.close()

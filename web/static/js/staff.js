@@ -147,7 +147,10 @@ function connect() {
 
 function onDashboard(dashboard) {
   departments.clear();
-  for (const d of dashboard.departments) departments.set(d.id, { ...d, tickets: [...d.tickets] });
+  for (const d of dashboard.departments) {
+    Object.assign(displayNames, d.clerk_names || {});
+    departments.set(d.id, { ...d, tickets: [...d.tickets] });
+  }
   const mine = dashboard.departments.map((d) => d.clerks?.[clerk.username]).find(Boolean);
   if (mine) myPresence = mine;
   renderAll();
