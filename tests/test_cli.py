@@ -1,0 +1,103 @@
+"""The command line as IT uses it: real processes, a real config file, a real port."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .app_fixtures import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = """
+[server]
+data_dir = "{data}"
+demo = {demo}
+port = {port}
+
+[[departments]]
+id = "buergerbuero"
+name = "Bürgerbüro"
+
+[[departments]]
+id = "bauamt"
+name = "Bauamt"
+"""
+
+
+def cli(*args: str, stdin: str = "", config: Path, env: dict[str, str] | None = None):
+    return subprocess.run([sys.executable, "-m", "server.cli", "--config", str(config), *args], input=stdin,
+                          capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, "REDIS_URL": "", **(env or {})})
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "townhall.toml"
+    path.write_text(CONFIG.format(data=tmp_path / "var", demo="false", port=free_port()), "utf-8")
+    return path
+
+
+def test_staff_add_list_remove_survives_between_processes(config):
+    out = cli("staff", "add", "anna", "--name", "Anna Amt", "--departments", "bauamt", "--password-stdin",
+              stdin="a long password\n", config=config)
+    assert out.returncode == 0, out.stderr
+    listed = cli("staff", "list", config=config)
+    assert listed.stdout.strip() == "anna\tAnna Amt\tclerk\tbauamt"
+    assert "a long password" not in (config.parent / "var" / "staff.json").read_text("utf-8")
+    assert cli("staff", "remove", "anna", config=config).returncode == 0
+    assert cli("staff", "list", config=config).stdout == ""
+    assert cli("staff", "remove", "anna", config=config).returncode == 1
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["staff", "add", "anna", "--departments", "nope", "--password-stdin"], "unknown department"),
+    (["staff", "add", "an na", "--password-stdin"], "username"),
+    (["staff", "add", "anna", "--roles", "king", "--password-stdin"], "unknown role"),
+])
+def test_staff_add_refusals(config, args, message):
+    out = cli(*args, stdin="a long password\n", config=config)
+    assert out.returncode == 2 and message in out.stderr
+
+
+def test_short_password_is_refused(config):
+    out = cli("staff", "add", "anna", "--password-stdin", stdin="short\n", config=config)
+    assert out.returncode == 2 and "at least 8" in out.stderr
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[server]\nport = "eighty"\n[[departments]]\nid = "x"\nname = "X"\n', "utf-8")
+    out = cli("staff", "list", config=bad)
+    assert out.returncode == 2 and "port has the wrong type" in out.stderr
+
+
+def test_serve_answers_health_and_creates_demo_clerks_once(tmp_path):
+    port = free_port()
+    config = tmp_path / "demo.toml"
+    config.write_text(CONFIG.format(data=tmp_path / "var", demo="true", port=port), "utf-8")
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "--config", str(config), "serve"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "REDIS_URL": ""})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                    assert resp.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                assert time.monotonic() < deadline, "server did not answer /healthz"
+                time.sleep(0.1)  # polling a starting process; there is no event to wait on
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    assert "Demo clerks created" in output and "user bauamt" in output
+    listed = cli("staff", "list", config=config).stdout
+    assert "buergerbuero\tDemo Bürgerbüro" in listed and "bauamt\tDemo Bauamt" in listed

@@ -1,0 +1,87 @@
+"""The service on both stores, with an injected clock: grace periods, service times, presence."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.queue.errors import TicketNotFound
+from server.queue.model import Clerk, JoinRequest, Presence
+from server.waitingroom import WaitingRoom
+
+from .app_fixtures import make_settings
+
+ANNA = Clerk("anna", "Anna", frozenset({"buergerbuero", "bauamt"}))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+async def room(store, clock, tmp_path):
+    return WaitingRoom(make_settings(tmp_path, grace_seconds=300), store, clock=clock)
+
+
+async def test_disconnected_citizen_keeps_the_place_within_grace_then_expires(room, clock):
+    _, token = await room.join("buergerbuero", JoinRequest(consent=True), "10.0.0.1")
+    ticket, other_token = await room.join("buergerbuero", JoinRequest(consent=True), "10.0.0.2")
+    await room.citizen_disconnected(ticket.id)
+    clock.now += 299
+    assert await room.sweep() == 0
+    assert (await room.citizen_view(await room.ticket_for_token(other_token)))["position"] == 2
+    clock.now += 2
+    assert await room.sweep() == 1
+    expired = await room.store.get_ticket(ticket.id)
+    assert expired.state.value == "expired"
+    assert [i for _, i in await room.store.waiting("buergerbuero")] == [(await room.ticket_for_token(token)).id]
+
+
+async def test_reconnecting_within_grace_cancels_the_expiry(room, clock):
+    ticket, _ = await room.join("buergerbuero", JoinRequest(consent=True), "10.0.0.1")
+    await room.citizen_disconnected(ticket.id)
+    clock.now += 200
+    await room.citizen_connected(ticket.id)
+    clock.now += 1000
+    assert await room.sweep() == 0
+    assert (await room.store.get_ticket(ticket.id)).state.value == "waiting"
+
+
+async def test_service_times_feed_the_estimate(room, clock):
+    await room.set_presence(ANNA, Presence.AVAILABLE)
+    assert (await room.load("buergerbuero")).service_seconds == 600  # configured default: 10 minutes
+    for _ in range(3):
+        ticket, _ = await room.join("buergerbuero", JoinRequest(consent=True), "10.0.0.1")
+        await room.call_next(ANNA, "buergerbuero")
+        await room.start(ANNA, ticket.id)
+        clock.now += 240
+        await room.finish(ANNA, ticket.id)
+    load = await room.load("buergerbuero")
+    assert load.service_seconds == 240 and load.available == 1
+    assert load.to_public()["estimate_minutes"] == [2, 4]  # next joiner: position 1, one clerk, 4 min
+
+
+async def test_presence_follows_the_clerks_work(room):
+    await room.set_presence(ANNA, Presence.AVAILABLE)
+    await room.join("buergerbuero", JoinRequest(consent=True), "10.0.0.1")
+    ticket = await room.call_next(ANNA, "buergerbuero")
+    assert (await room.store.presences("buergerbuero")) == {"anna": Presence.BUSY}
+    await room.no_show(ANNA, ticket.id)
+    assert (await room.store.presences("bauamt")) == {"anna": Presence.AVAILABLE}
+
+
+async def test_a_left_ticket_still_answers_its_owner_until_retention_ends(room):
+    """Retention itself is the store's (see the contract suite); here: leaving keeps the answer."""
+    _, token = await room.join("buergerbuero", JoinRequest(consent=True), "10.0.0.1")
+    await room.leave(token)
+    assert (await room.ticket_for_token(token)).state.value == "left"
+    with pytest.raises(TicketNotFound):
+        await room.ticket_for_token("x" * 32)
