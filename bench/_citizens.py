@@ -1,0 +1,386 @@
+"""One client process of the queue bench: a share of the simulated citizens.
+
+Each citizen joins over HTTP, then holds a python-socketio AsyncClient (websocket transport only) and
+behaves like a waiting page: it computes its position from every ``queue`` update (decode the
+delta-encoded seqs, find its own seq), notes when its ``ticket`` says it was called, and closes
+its page once the ticket is done (a new citizen then joins in its place, so that queues stay full).
+
+The process is driven by the bench over a pipe: commands in, reports out. It records receipt times
+with ``time.time()``; the bench compares them with its own stamps (same machine, same clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import logging
+import os
+import random
+import resource
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import accumulate
+from multiprocessing.connection import Connection
+from typing import Any
+
+import aiohttp
+import socketio
+
+FINAL = frozenset({"done", "no_show", "left", "expired"})
+CONNECT_TIMEOUT = 60.0
+CONNECT_ATTEMPTS = 3
+REPLACERS = 8
+"""Concurrent replacement joins per process (bounds the background work during the steady phase)."""
+
+
+class SharedJson:
+    """``json`` for this process's socket.io clients: one broadcast text reaches thousands of simulated
+    pages here, so each distinct text is parsed once (a browser parses it once per page, on its own
+    core). Handlers must not mutate what they receive."""
+
+    dumps = staticmethod(json.dumps)
+
+    def __init__(self, size: int = 256) -> None:
+        self._parsed: dict[str, Any] = {}
+        self._size = size
+
+    def loads(self, text: str) -> Any:
+        value = self._parsed.get(text)
+        if value is None:
+            value = json.loads(text)
+            if len(self._parsed) >= self._size:
+                self._parsed.clear()
+            self._parsed[text] = value
+        return value
+
+
+SHARED_JSON = SharedJson()
+
+
+@dataclass
+class Citizen:
+    department: str
+    token: str = ""
+    ticket_id: str = ""
+    seq: int = 0
+    state: str = "new"
+    client: socketio.AsyncClient | None = None
+    position: int | None = None
+    last_queue_t: float = 0.0
+    has_ticket: bool = False
+    has_queue: bool = False
+
+
+@dataclass
+class QueueMessage:
+    """One ``queue`` update of a department (identical for all its pages), as seen by this process.
+    ``receivers`` and ``last`` count broadcasts only, not the update a page gets alone on connect."""
+
+    head: int | None
+    seqs: list[int] | None
+    receivers: int = 0
+    first: float = 0.0
+    last: float = 0.0
+
+
+@dataclass
+class Worker:
+    conn: Connection
+    url: str
+    departments: list[str]
+    join_concurrency: int
+    connect_concurrency: int
+    replace: bool
+    citizens: list[Citizen] = field(default_factory=list)
+    messages: dict[tuple[str, float], QueueMessage] = field(default_factory=dict)
+    called: list[tuple[str, float, float]] = field(default_factory=list)
+    counters: Counter[str] = field(default_factory=Counter)
+    ready_since: float = 0.0
+    ready_count: int = 0
+    last_ready: float = 0.0
+    replacing: bool = False
+    http: aiohttp.ClientSession | None = None
+    ws_http: aiohttp.ClientSession | None = None
+    replacements: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    storm_pages: list[Citizen] = field(default_factory=list)
+    ready_target: int = 0
+    all_ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # -- one citizen --
+    async def join(self, c: Citizen) -> None:
+        for attempt in range(CONNECT_ATTEMPTS):
+            try:
+                async with self.http.post(f"{self.url}/api/departments/{c.department}/tickets",
+                                          json={"consent": True, "language": "de"}) as resp:
+                    body = await resp.json()
+                    if resp.status == 201:
+                        c.token, c.ticket_id = body["token"], body["ticket"]["id"]
+                        c.seq, c.state = body["ticket"]["seq"], body["ticket"]["state"]
+                        self.counters["joins"] += 1
+                        return
+                    self.counters[f"join_{resp.status}"] += 1
+            except (TimeoutError, aiohttp.ClientError):
+                self.counters["join_errors"] += 1
+            await asyncio.sleep(0.2 * (attempt + 1))
+        raise RuntimeError("join failed")
+
+    def _make_client(self, c: Citizen) -> socketio.AsyncClient:
+        client = socketio.AsyncClient(reconnection=False, handle_sigint=False, http_session=self.ws_http,
+                                      json=SHARED_JSON)
+        client.on("ticket", lambda data: self.on_ticket(c, data))
+        client.on("queue", lambda data: self.on_queue(c, data))
+        return client
+
+    async def connect(self, c: Citizen) -> bool:
+        """Open the citizen's page socket (same token on a reconnect), retrying like a page would."""
+        c.has_ticket = c.has_queue = False
+        for attempt in range(CONNECT_ATTEMPTS):
+            c.client = self._make_client(c)
+            try:
+                await c.client.connect(self.url, auth={"token": c.token}, transports=["websocket"],
+                                       wait_timeout=CONNECT_TIMEOUT)
+                return True
+            except (TimeoutError, socketio.exceptions.ConnectionError, OSError):
+                self.counters["connect_retries"] += 1
+                with contextlib.suppress(Exception):
+                    await c.client.disconnect()
+                await asyncio.sleep(random.uniform(0.5, 1.5) * (attempt + 1))
+        self.counters["connect_failures"] += 1
+        return False
+
+    def on_ticket(self, c: Citizen, data: dict[str, Any]) -> None:
+        now = time.time()
+        state = data.get("state")
+        if state == "called" and c.state != "called":
+            self.called.append((data["id"], now, data.get("called_at") or 0.0))
+        c.state = state or c.state
+        if state in FINAL:
+            self.counters[f"final_{state}"] += 1
+            if c.client is not None:
+                asyncio.get_running_loop().create_task(self._close_page(c))
+            return
+        if not c.has_ticket:
+            c.has_ticket = True
+            self._maybe_ready(c, now)
+
+    def on_queue(self, c: Citizen, data: dict[str, Any]) -> None:
+        now = time.time()
+        key = (data["d"], data["t"])
+        msg = self.messages.get(key)
+        if msg is None:
+            seqs = list(accumulate(data["w"]))
+            msg = self.messages[key] = QueueMessage(seqs[0] if seqs else None, seqs, 0, now, 0.0)
+        elif msg.seqs is None:
+            msg.seqs = list(accumulate(data["w"]))
+        if c.has_queue:  # a broadcast; the first update after connecting is sent to this page alone
+            msg.receivers += 1
+            msg.last = max(msg.last, now)
+        # The page's own work: its position among the waiting seqs.
+        i = bisect.bisect_left(msg.seqs, c.seq)
+        c.position = i + 1 if i < len(msg.seqs) and msg.seqs[i] == c.seq else None
+        c.last_queue_t = data["t"]
+        if c.position is None and c.state == "waiting":
+            self.counters["waiting_but_not_in_queue"] += 1
+        if not c.has_queue:
+            c.has_queue = True
+            self._maybe_ready(c, now)
+
+    def _maybe_ready(self, c: Citizen, now: float) -> None:
+        if c.has_ticket and c.has_queue:
+            self.ready_count += 1
+            self.last_ready = now
+            if self.ready_count >= self.ready_target:
+                self.all_ready.set()
+
+    async def _close_page(self, c: Citizen) -> None:
+        client, c.client = c.client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+        if self.replace and self.replacing:
+            await self.replacements.put(c.department)
+
+    async def replacer(self) -> None:
+        while True:
+            department = await self.replacements.get()
+            if not self.replacing:
+                continue
+            c = Citizen(department)
+            try:
+                await self.join(c)
+                self.citizens.append(c)
+                if await self.connect(c):
+                    self.counters["replaced"] += 1
+            except Exception:  # noqa: BLE001 - count and go on; the report shows it
+                self.counters["replace_errors"] += 1
+
+    # -- phases --
+    async def populate(self, departments: list[str]) -> dict[str, Any]:
+        started = time.time()
+        join_gate = asyncio.Semaphore(self.join_concurrency)
+        connect_gate = asyncio.Semaphore(self.connect_concurrency)
+        joined_at: list[float] = []
+
+        async def one(department: str) -> None:
+            c = Citizen(department)
+            async with join_gate:
+                await self.join(c)
+            joined_at.append(time.time())
+            self.citizens.append(c)
+            async with connect_gate:
+                await self.connect(c)
+
+        self.ready_count = 0
+        await asyncio.gather(*(one(d) for d in departments), return_exceptions=True)
+        await self._wait_ready(len(self.citizens), 30.0)
+        return {"started": started, "joined": len(joined_at), "last_join": max(joined_at, default=started),
+                "ready": self.ready_count, "last_ready": self.last_ready, "connected": self.connected()}
+
+    def connected(self) -> int:
+        return sum(1 for c in self.citizens if c.client is not None and c.client.connected)
+
+    async def _wait_ready(self, count: int, seconds: float) -> None:
+        """Until ``count`` pages have their ticket and queue, or ``seconds`` have passed."""
+        self.ready_target = count
+        if self.ready_count < count:
+            self.all_ready.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.all_ready.wait(), seconds)
+
+    def waiting(self) -> list[Citizen]:
+        return [c for c in self.citizens if c.client is not None and c.state == "waiting"]
+
+    async def storm_disconnect(self) -> dict[str, Any]:
+        self.replacing = False
+        pages = self.waiting()
+        started = time.time()
+        await asyncio.gather(*(c.client.disconnect() for c in pages if c.client), return_exceptions=True)
+        self.storm_pages = pages
+        return {"pages": len(pages), "started": started, "done": time.time()}
+
+    async def storm_reconnect(self) -> dict[str, Any]:
+        pages = self.storm_pages
+        self.ready_count = 0
+        retries_before = self.counters["connect_retries"]
+        failures_before = self.counters["connect_failures"]
+        started = time.time()
+        await asyncio.gather(*(self.connect(c) for c in pages), return_exceptions=True)
+        await self._wait_ready(len(pages), 30.0)
+        return {"pages": len(pages), "started": started, "ready": self.ready_count, "last_ready": self.last_ready,
+                "retries": self.counters["connect_retries"] - retries_before,
+                "failures": self.counters["connect_failures"] - failures_before}
+
+    def measurement(self, since: float) -> dict[str, Any]:
+        """What the bench needs after the steady phase; older seq lists are dropped to bound memory."""
+        latest: dict[str, float] = {}
+        for (d, t), m in self.messages.items():
+            if m.receivers:
+                latest[d] = max(latest.get(d, 0.0), t)
+        report = {
+            "messages": [(d, t, m.head, m.receivers, m.first, m.last) for (d, t), m in self.messages.items()
+                         if t >= since - 5 and m.receivers],
+            "called": [x for x in self.called if x[1] >= since - 5],
+            "stale_pages": sum(1 for c in self.waiting() if c.last_queue_t < latest.get(c.department, 0.0)),
+            "waiting_pages": len(self.waiting()),
+            "connected": self.connected(),
+            "counters": dict(self.counters),
+        }
+        for m in self.messages.values():
+            m.seqs = None
+        return report
+
+    async def close_all(self) -> None:
+        self.replacing = False
+        clients = [c.client for c in self.citizens if c.client is not None]
+        await asyncio.wait_for(asyncio.gather(*(cl.disconnect() for cl in clients), return_exceptions=True), 30)
+
+    async def serve(self) -> None:
+        """Answer the bench's commands until it says stop (or the pipe closes)."""
+        loop = asyncio.get_running_loop()
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.join_concurrency))
+        self.ws_http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        replacers = [loop.create_task(self.replacer()) for _ in range(REPLACERS)]
+        try:
+            while True:
+                command, arg = await _receive(self.conn)
+                if command == "stop":
+                    break
+                if command == "populate":
+                    result: Any = await self.populate(arg)
+                elif command == "steady":
+                    self.called.clear()
+                    self.replacing = True
+                    result = {"ok": True}
+                elif command == "measure":
+                    self.replacing = False
+                    result = self.measurement(arg)
+                elif command == "storm_disconnect":
+                    result = await self.storm_disconnect()
+                elif command == "storm_reconnect":
+                    result = await self.storm_reconnect()
+                else:
+                    result = {"error": f"unknown command {command}"}
+                self.conn.send(result)
+        finally:
+            for t in replacers:
+                t.cancel()
+            with contextlib.suppress(Exception):
+                await self.close_all()
+            await self.http.close()
+            await self.ws_http.close()
+
+
+class _CountingHandler(logging.Handler):
+    def __init__(self, counters: Counter[str]) -> None:
+        super().__init__(logging.ERROR)
+        self.counters = counters
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.counters[f"client log: {record.getMessage()[:60]}"] += 1
+
+
+async def _receive(conn: Connection) -> tuple[str, Any]:
+    loop = asyncio.get_running_loop()
+    while not conn.poll():
+        readable = loop.create_future()
+        loop.add_reader(conn.fileno(), lambda f=readable: f.done() or f.set_result(None))
+        try:
+            await asyncio.wait_for(readable, 1.0)
+        except TimeoutError:
+            if os.getppid() == 1:  # the bench is gone
+                return ("stop", None)
+        finally:
+            loop.remove_reader(conn.fileno())
+    try:
+        message = conn.recv()
+    except EOFError:
+        return ("stop", None)
+    command, arg = message
+    return command, arg
+
+
+def run(conn: Connection, url: str, departments: list[str], join_concurrency: int, connect_concurrency: int,
+        replace: bool) -> None:
+    """Process entry point (spawned by the bench)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the bench handles Ctrl-C and tells us to stop
+    from _server import die_with_parent
+
+    die_with_parent()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    worker = Worker(conn, url, departments, join_concurrency, connect_concurrency, replace)
+    for name in ("engineio.client", "socketio.client"):
+        # Count the clients' own error reports (e.g. "packet queue is empty, aborting": a page gave up
+        # after hearing nothing for ping interval + 5 s) instead of printing thousands of lines.
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.ERROR)
+        logger.propagate = False
+        logger.addHandler(_CountingHandler(worker.counters))
+    try:
+        asyncio.run(worker.serve())
+    finally:
+        conn.close()

@@ -1,0 +1,253 @@
+"""The server under test: a bench configuration, clerk accounts, one ``sprechstunde serve`` subprocess.
+
+Everything here is started by the bench and stopped by it: ``ServerProcess.stop`` is safe to call
+twice and after a failed start. Only loopback addresses are used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+HOST = "127.0.0.1"
+ALWAYS_OPEN = {day: "00:00-24:00" for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def die_with_parent() -> None:
+    """Linux: let the kernel end this child when the bench dies, even by SIGKILL (no cleanup runs then)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def department_ids(count: int) -> list[str]:
+    return [f"dept{i:02d}" for i in range(1, count + 1)]
+
+
+def write_config(directory: Path, departments: list[str], redis_url: str | None, redis_prefix: str) -> Path:
+    """A bench configuration: every department always open, no queue cap, position updates every second,
+    joins and logins from one address (all clients are on 127.0.0.1) effectively unlimited."""
+    hours = "{ " + ", ".join(f"{d} = {_toml_str(h)}" for d, h in ALWAYS_OPEN.items()) + " }"
+    lines = [
+        "[server]",
+        f"host = {_toml_str(HOST)}",
+        f"data_dir = {_toml_str(str(directory / 'data'))}",
+        "demo = false",
+        "position_interval = 1.0",
+        "grace_seconds = 300",
+        "joins_per_address = 100000000",
+        "join_window_seconds = 600",
+        "login_attempts_per_address = 100000",
+    ]
+    if redis_url:
+        lines += [f"redis_url = {_toml_str(redis_url)}", f"redis_prefix = {_toml_str(redis_prefix)}"]
+    for d in departments:
+        lines += ["", "[[departments]]", f"id = {_toml_str(d)}", f"name = {_toml_str(d.capitalize())}",
+                  "service_minutes = 10", f"hours = {hours}"]
+    path = directory / "bench.toml"
+    path.write_text("\n".join(lines) + "\n", "utf-8")
+    return path
+
+
+@dataclass(frozen=True)
+class ClerkAccount:
+    username: str
+    password: str
+    department: str
+
+
+def add_clerks(config: Path, departments: list[str], per_department: int) -> list[ClerkAccount]:
+    """Create clerk accounts with the CLI before the server starts (the embedded store reads staff.json
+    at each lookup; the Redis store shares them anyway). One at a time: the CLI rewrites staff.json."""
+    clerks = []
+    for d in departments:
+        for k in range(1, per_department + 1):
+            account = ClerkAccount(f"clerk-{d}-{k}", secrets.token_urlsafe(12), d)
+            subprocess.run(
+                [str(VENV_BIN / "sprechstunde"), "--config", str(config), "staff", "add", account.username,
+                 "--departments", d, "--password-stdin"],
+                input=account.password + "\n", text=True, check=True, capture_output=True, timeout=60,
+            )
+            clerks.append(account)
+    return clerks
+
+
+def delete_redis_prefix(redis_url: str, prefix: str) -> int:
+    """Remove the keys this bench run created (its own random prefix only)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        removed = 0
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            removed += client.delete(key)
+        return removed
+    finally:
+        client.close()
+
+
+def listen_overflows() -> int | None:
+    """The kernel's count of connections dropped because a listen queue was full (Linux)."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            fields = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(fields.get("ListenOverflows", 0))
+    return None
+
+
+class ServerProcess:
+    """``sprechstunde serve`` in its own process group, output to a log file in the run directory."""
+
+    def __init__(self, config: Path, port: int, log_path: Path, profile: str) -> None:
+        self.config = config
+        self.port = port
+        self.url = f"http://{HOST}:{port}"
+        self.log_path = log_path
+        self.profile = profile
+        self.cprofile_path = log_path.with_name("server.pstats")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ps: psutil.Process | None = None
+        self._log = None
+        self._spy: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        serve = ["--config", str(self.config), "serve", "--host", HOST, "--port", str(self.port)]
+        if self.profile == "cprofile":
+            argv = [sys.executable, "-m", "cProfile", "-o", str(self.cprofile_path), "-m", "server.cli", *serve]
+        else:
+            argv = [str(VENV_BIN / "sprechstunde"), *serve]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, preexec_fn=die_with_parent)
+        self.ps = psutil.Process(self.proc.pid)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not answer /healthz within {timeout:.0f} s:\n{self.tail()}")
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text("utf-8", "replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def rss(self) -> int:
+        assert self.ps is not None
+        return int(self.ps.memory_info().rss)
+
+    def cpu_seconds(self) -> float:
+        assert self.ps is not None
+        t = self.ps.cpu_times()
+        return float(t.user + t.system)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start_py_spy(self, seconds: float, output: Path) -> bool:
+        """Sample the server with py-spy (if installed) for ``seconds``, raw collapsed stacks."""
+        spy = VENV_BIN / "py-spy"
+        if not spy.exists() or self.proc is None:
+            return False
+        self._spy = subprocess.Popen(
+            [str(spy), "record", "--pid", str(self.proc.pid), "--duration", str(max(1, round(seconds))),
+             "--rate", "100", "--nonblocking", "--format", "raw", "--output", str(output)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+        return True
+
+    def wait_py_spy(self, timeout: float = 30.0) -> None:
+        if self._spy is not None:
+            try:
+                self._spy.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._spy.kill()
+                self._spy.wait(5)
+            self._spy = None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self._spy is not None and self._spy.poll() is None:
+            self._spy.kill()
+            self._spy.wait(5)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # graceful: aiohttp drains, cProfile writes its stats
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def summarize_py_spy(path: Path, top: int = 14) -> list[str]:
+    """Own time (the sampled leaf) and inclusive time per function, from py-spy's raw collapsed stacks."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    try:
+        text = path.read_text("utf-8", "replace")
+    except OSError:
+        return []
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_short(f) for f in stack.split(";")]
+        total += count
+        own[frames[-1]] += count
+        for f in set(frames):
+            inclusive[f] += count
+    if not total:
+        return []
+    out = [f"{total} samples at 100 Hz", "own time (leaf frames):"]
+    out += [f"  {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(top)]
+    out.append("inclusive time:")
+    out += [f"  {100 * n / total:5.1f}%  {f}" for f, n in inclusive.most_common(top * 2)]
+    return out
+
+
+def _short(frame: str) -> str:
+    """``emit (/…/site-packages/socketio/base_manager.py:93)`` -> ``emit (socketio/base_manager.py)``."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    path = where.rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/server/", "python3.11/"):
+        if marker in path:
+            path = ("server/" if marker == "/server/" else "") + path.split(marker, 1)[1]
+            break
+    return f"{name} ({path})" if path else name

@@ -1,0 +1,517 @@
+"""Waiting-room load bench: many waiting citizens, clerks calling next, one server process.
+
+    .venv/bin/python bench/queue_load.py                       # 2,000 citizens, 20 departments, 50 calls/s
+    .venv/bin/python bench/queue_load.py --citizens 10000      # the goal's size
+    .venv/bin/python bench/queue_load.py --profile py-spy      # also sample where the server spends time
+
+Phases: start ``sprechstunde serve`` with a generated configuration (clerk accounts created first with
+``sprechstunde staff add``); log the clerks in and connect their sockets; let the citizen processes join
+and connect every citizen; then clerks call next (and finish at once) at the target rate for
+``--duration`` seconds while called citizens leave and new ones join; then a reconnect storm: every
+waiting page drops its socket and reconnects with the same token at once. Prints a table of measured
+figures next to the goals. Stops everything it started, also on Ctrl-C or error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import resource
+import secrets
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+import socketio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _citizens  # noqa: E402
+from _server import (  # noqa: E402
+    ClerkAccount,
+    ServerProcess,
+    add_clerks,
+    delete_redis_prefix,
+    department_ids,
+    free_port,
+    listen_overflows,
+    summarize_py_spy,
+    write_config,
+)
+
+GOALS = {
+    "call_next_p99_ms": 20.0,
+    "told_p99_ms": 50.0,
+    "pages_up_to_date_s": 2.0,
+    "memory_per_citizen_kb": 100.0,
+    "storm_s": 10.0,
+}
+REPLY_TIMEOUT = 300.0
+"""The longest a client process may take for one phase (populate, storm) before the bench gives up."""
+
+
+# -- clerks (in this process: few sockets, so their own timing is not starved by the citizen load) --
+@dataclass
+class Call:
+    department: str
+    ticket: str
+    seq: int
+    sent: float
+    """time.time() when the clerk sent call_next."""
+    called_at: float
+    """The server's stamp of the transition."""
+    latency: float
+    """Seconds from sending call_next to its ack (or the HTTP response)."""
+
+
+@dataclass
+class ClerkStats:
+    calls: list[Call] = field(default_factory=list)
+    finish_latencies: list[float] = field(default_factory=list)
+    late_slots: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+
+class ClerkClient:
+    def __init__(self, account: ClerkAccount, url: str, via: str) -> None:
+        self.account = account
+        self.url = url
+        self.via = via
+        self.http: aiohttp.ClientSession | None = None
+        self.sio = socketio.AsyncClient(reconnection=False, handle_sigint=False)
+        self.csrf = ""
+
+    async def login(self) -> None:
+        self.http = aiohttp.ClientSession()
+        async with self.http.post(f"{self.url}/api/session", json={
+            "username": self.account.username, "password": self.account.password}) as resp:
+            body = await resp.json()
+            if resp.status != 200:
+                raise RuntimeError(f"login of {self.account.username} failed: {body}")
+            self.csrf = body["csrf"]
+            cookie = resp.cookies["sps_session"].value
+        await self.sio.connect(self.url, headers={"Cookie": f"sps_session={cookie}"}, transports=["websocket"],
+                               wait_timeout=30)
+
+    async def _act(self, event: str, data: dict[str, Any], path: str) -> dict[str, Any]:
+        if self.via == "socket":
+            return dict(await self.sio.call(event, data, timeout=10))
+        assert self.http is not None
+        async with self.http.post(f"{self.url}{path}", headers={"X-CSRF-Token": self.csrf},
+                                  timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            body = dict(await resp.json())
+            return {"ok": True, **body} if resp.status == 200 else body
+
+    async def call_next(self) -> dict[str, Any]:
+        d = self.account.department
+        return await self._act("call_next", {"department": d}, f"/api/staff/departments/{d}/call-next")
+
+    async def finish(self, ticket_id: str) -> dict[str, Any]:
+        return await self._act("finish", {"ticket": ticket_id}, f"/api/staff/tickets/{ticket_id}/finish")
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.sio.disconnect()
+        if self.http is not None:
+            await self.http.close()
+
+
+async def run_clerks(clerks: list[ClerkClient], rate: float, duration: float) -> ClerkStats:
+    """Each clerk calls next, then finishes that ticket (so presence returns to available); the calls of
+    all clerks are spread evenly so that together they make ``rate`` calls a second."""
+    stats = ClerkStats()
+    interval = len(clerks) / rate
+    start = time.monotonic() + 0.1
+    end = start + duration
+
+    async def clerk_loop(k: int, clerk: ClerkClient) -> None:
+        next_at = start + k / rate
+        while next_at < end:
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -interval:
+                stats.late_slots += 1
+            next_at += interval
+            sent, t0 = time.time(), time.perf_counter()
+            try:
+                ack = await clerk.call_next()
+            except (TimeoutError, socketio.exceptions.SocketIOError, aiohttp.ClientError) as e:
+                stats.outcomes[f"call_next {type(e).__name__}"] += 1
+                continue
+            latency = time.perf_counter() - t0
+            if "error" in ack:
+                stats.outcomes[f"call_next {ack['error'].get('code')}"] += 1
+                continue
+            t = ack["ticket"]
+            stats.calls.append(Call(clerk.account.department, t["id"], t["seq"], sent, t["called_at"], latency))
+            t0 = time.perf_counter()
+            try:
+                done = await clerk.finish(t["id"])
+            except (TimeoutError, socketio.exceptions.SocketIOError, aiohttp.ClientError) as e:
+                stats.outcomes[f"finish {type(e).__name__}"] += 1
+                continue
+            stats.finish_latencies.append(time.perf_counter() - t0)
+            if "error" in done:
+                stats.outcomes[f"finish {done['error'].get('code')}"] += 1
+
+    await asyncio.gather(*(clerk_loop(k, c) for k, c in enumerate(clerks)))
+    return stats
+
+
+# -- citizen processes --
+class CitizenProcesses:
+    """The client processes and their pipes; ``stop`` ends them whatever state they are in."""
+
+    def __init__(self) -> None:
+        self.procs: list[multiprocessing.process.BaseProcess] = []
+        self.pipes: list[Connection] = []
+
+    def start(self, count: int, url: str, departments: list[str], join_concurrency: int,
+              connect_concurrency: int, replace: bool) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        for _ in range(count):
+            ours, theirs = ctx.Pipe()
+            p = ctx.Process(target=_citizens.run, args=(theirs, url, departments, join_concurrency,
+                                                        connect_concurrency, replace), daemon=True)
+            p.start()
+            theirs.close()
+            self.procs.append(p)
+            self.pipes.append(ours)
+
+    async def ask(self, command: str, args: Sequence[Any], seconds: float = REPLY_TIMEOUT) -> list[Any]:
+        """Send one command to every process (its own argument each) and collect the replies."""
+        for pipe, arg in zip(self.pipes, args, strict=True):
+            pipe.send((command, arg))
+        return await asyncio.gather(*(self._reply(pipe, p, seconds) for pipe, p in zip(self.pipes, self.procs,
+                                                                                        strict=True)))
+
+    @staticmethod
+    async def _reply(pipe: Connection, proc: multiprocessing.process.BaseProcess, seconds: float) -> Any:
+        deadline = time.monotonic() + seconds
+        while not pipe.poll():
+            if not proc.is_alive():
+                raise RuntimeError(f"citizen process {proc.pid} died (exit code {proc.exitcode})")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"citizen process {proc.pid} did not answer within {seconds:.0f} s")
+            await asyncio.sleep(0.05)
+        return pipe.recv()
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for p in self.procs:
+            with contextlib.suppress(psutil.Error, TypeError):
+                t = psutil.Process(p.pid).cpu_times()
+                total += t.user + t.system
+        return total
+
+    def stop(self) -> None:
+        for pipe in self.pipes:
+            with contextlib.suppress(Exception):
+                pipe.send(("stop", None))
+        deadline = time.monotonic() + 30
+        for p in self.procs:
+            p.join(max(0.1, deadline - time.monotonic()))
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        for pipe in self.pipes:
+            pipe.close()
+
+
+# -- statistics --
+def pct(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def merge_messages(reports: list[dict[str, Any]]) -> dict[str, list[tuple[float, int | None, float, float, int]]]:
+    """Per department, the ``queue`` updates in server order: (t, head, first receipt, last receipt,
+    receivers), merged over all client processes (the same update reaches pages in each of them)."""
+    merged: dict[tuple[str, float], list[Any]] = {}
+    for r in reports:
+        for d, t, head, receivers, first, last in r["messages"]:
+            m = merged.setdefault((d, t), [head, first, last, 0])
+            m[1], m[2], m[3] = min(m[1], first), max(m[2], last), m[3] + receivers
+    per_department: dict[str, list[tuple[float, int | None, float, float, int]]] = defaultdict(list)
+    for (d, t), (head, first, last, receivers) in sorted(merged.items()):
+        per_department[d].append((t, head, first, last, receivers))
+    return per_department
+
+
+def pages_up_to_date(calls: list[Call], messages: dict[str, list[Any]]) -> tuple[list[float], int]:
+    """For each call: seconds from the clerk sending it until the last page of that department received
+    the first ``queue`` update without the called seq (call next always takes the earliest waiting
+    seq, and nothing else leaves in this bench, so that is the first update whose head is past it)."""
+    delays, unmatched = [], 0
+    for call in calls:
+        for t, head, _first, last, _n in messages.get(call.department, ()):
+            if t >= call.called_at and (head is None or head > call.seq):
+                delays.append(last - call.sent)
+                break
+        else:
+            unmatched += 1
+    return delays, unmatched
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+@dataclass
+class Row:
+    metric: str
+    goal: str
+    measured: str
+
+
+def print_table(title: str, rows: list[Row]) -> None:
+    widths = [max(len(r.metric) for r in rows), max(len(r.goal) for r in rows), max(len(r.measured) for r in rows)]
+    widths = [max(w, len(h)) for w, h in zip(widths, ("metric", "goal (10,000 / 20 / 50 per s)", "measured"),
+                                              strict=True)]
+    print(f"\n{title}")
+    print(f"| {'metric':<{widths[0]}} | {'goal (10,000 / 20 / 50 per s)':<{widths[1]}} | {'measured':<{widths[2]}} |")
+    print(f"| {'-' * widths[0]} | {'-' * widths[1]} | {'-' * widths[2]} |")
+    for r in rows:
+        print(f"| {r.metric:<{widths[0]}} | {r.goal:<{widths[1]}} | {r.measured:<{widths[2]}} |")
+
+
+# -- the run --
+async def bench(args: argparse.Namespace, server: ServerProcess, clerk_accounts: list[ClerkAccount],
+                citizens: CitizenProcesses, run_dir: Path) -> None:
+    say = print if not args.quiet else (lambda *a, **k: None)
+    departments = department_ids(args.departments)
+    rows: list[Row] = []
+    clerks = [ClerkClient(a, server.url, args.call_via) for a in clerk_accounts]
+    try:
+        await asyncio.sleep(1.0)
+        rss_base = server.rss()
+
+        say(f"starting {args.processes} citizen processes; {args.citizens} citizens join and connect ...", flush=True)
+        citizens.start(args.processes, server.url, departments, args.join_concurrency, args.connect_concurrency,
+                       not args.no_replace)
+        shares: list[list[str]] = [[] for _ in range(args.processes)]
+        for i in range(args.citizens):
+            shares[i % args.processes].append(departments[i % len(departments)])
+        cpu0, t0 = server.cpu_seconds(), time.time()
+        populated = await citizens.ask("populate", shares)
+        ready = sum(p["ready"] for p in populated)
+        still_connected = sum(p["connected"] for p in populated)
+        populate_s = max(p["last_ready"] for p in populated) - min(p["started"] for p in populated)
+        populate_cpu = (server.cpu_seconds() - cpu0) / max(1e-9, time.time() - t0)
+        say(f"  {ready} of {args.citizens} citizens connected in {populate_s:.1f} s "
+            f"({still_connected} still connected)", flush=True)
+        # Clerks log in now, not before: an idle socket is dropped by its own client when no ping
+        # arrives for ping interval + 5 s, which a long join phase on a loaded machine can cause.
+        say(f"logging in {len(clerks)} clerks ...", flush=True)
+        for c in clerks:
+            await c.login()
+        await asyncio.sleep(3.0)  # let the last position broadcasts go out
+        rss_loaded = server.rss()
+        idle_cpu0, idle_t0 = server.cpu_seconds(), time.time()
+        await asyncio.sleep(3.0)
+        idle_cpu = (server.cpu_seconds() - idle_cpu0) / (time.time() - idle_t0)
+
+        say(f"clerks call next at {args.calls_per_second}/s for {args.duration:.0f} s ...", flush=True)
+        await citizens.ask("steady", [None] * args.processes)
+        spy_out = run_dir / "server.pyspy.txt"
+        spying = args.profile == "py-spy" and server.start_py_spy(args.duration, spy_out)
+        steady_t0, steady_cpu0, clients_cpu0 = time.time(), server.cpu_seconds(), citizens.cpu_seconds()
+        main_cpu0 = sum(psutil.Process().cpu_times()[:2])
+        stats = await run_clerks(clerks, args.calls_per_second, args.duration)
+        steady_wall = time.time() - steady_t0
+        steady_cpu = (server.cpu_seconds() - steady_cpu0) / steady_wall
+        clients_cpu = (citizens.cpu_seconds() - clients_cpu0) / steady_wall
+        main_cpu = (sum(psutil.Process().cpu_times()[:2]) - main_cpu0) / steady_wall
+        await asyncio.sleep(2.5)  # the coalesced updates that follow the last calls
+        reports = await citizens.ask("measure", [steady_t0] * args.processes)
+        if spying:
+            server.wait_py_spy()
+        rss_steady = server.rss()
+
+        told = {tid: (recv, called_at) for r in reports for tid, recv, called_at in r["called"]}
+        told_ms = [told[c.ticket][0] - c.sent for c in stats.calls if c.ticket in told]
+        told_server = [told[c.ticket][0] - c.called_at for c in stats.calls if c.ticket in told]
+        messages = merge_messages(reports)
+        up_to_date, unmatched = pages_up_to_date(stats.calls, messages)
+        fanout = [last - t for msgs in messages.values() for t, _h, _f, last, _n in msgs if t >= steady_t0]
+        stale = sum(r["stale_pages"] for r in reports)
+        waiting_pages = sum(r["waiting_pages"] for r in reports)
+        counters: Counter[str] = Counter()
+        for r in reports:
+            counters.update(r["counters"])
+        latencies = [c.latency for c in stats.calls]
+
+        say("reconnect storm: every waiting page disconnects, then all reconnect at once ...", flush=True)
+        disconnected = await citizens.ask("storm_disconnect", [None] * args.processes)
+        storm_pages = sum(d["pages"] for d in disconnected)
+        overflows0 = listen_overflows()
+        storm_cpu0, storm_t0 = server.cpu_seconds(), time.time()
+        storm = await citizens.ask("storm_reconnect", [None] * args.processes)
+        storm_s = max(s["last_ready"] for s in storm) - min(s["started"] for s in storm)
+        storm_ready = sum(s["ready"] for s in storm)
+        storm_cpu = (server.cpu_seconds() - storm_cpu0) / max(1e-9, time.time() - storm_t0)
+        overflows1 = listen_overflows()
+        await asyncio.sleep(2.0)
+        rss_after_storm = server.rss()
+
+        per_citizen_kb = (rss_loaded - rss_base) / max(1, ready) / 1024
+        achieved = len(stats.calls) / steady_wall
+        rows = [
+            Row("waiting citizens connected", "10,000 on one server", f"{ready} of {args.citizens} "
+                f"in {populate_s:.1f} s; still connected: {still_connected} after joining, "
+                f"{sum(r['connected'] for r in reports)} after calls"),
+            Row("calls made (target rate)", "50 per s", f"{len(stats.calls)} in {steady_wall:.1f} s = "
+                f"{achieved:.1f} per s ({args.calls_per_second:g} target, {stats.late_slots} late slots)"),
+            Row(f"call-next latency p50 / p99 / max ({args.call_via})", "p99 < 20 ms",
+                f"{ms(pct(latencies, 50))} / {ms(pct(latencies, 99))} / {ms(max(latencies, default=0))}"),
+            Row("finish latency p50 / p99", "-",
+                f"{ms(pct(stats.finish_latencies, 50))} / {ms(pct(stats.finish_latencies, 99))}"),
+            Row("called citizen told p50 / p99 (from clerk send)", "p99 < 50 ms",
+                f"{ms(pct(told_ms, 50))} / {ms(pct(told_ms, 99))} ({len(told_ms)} of {len(stats.calls)} seen)"),
+            Row("  same, from server called_at p50 / p99", "-",
+                f"{ms(pct(told_server, 50))} / {ms(pct(told_server, 99))}"),
+            Row("all waiting pages of the dept updated p50 / p99 / max", "< 2 s",
+                f"{pct(up_to_date, 50):.2f} / {pct(up_to_date, 99):.2f} / {max(up_to_date, default=0):.2f} s"
+                f" ({unmatched} calls unmatched)"),
+            Row("  queue update fan-out (server t -> last page) p50 / p99", "-",
+                f"{ms(pct(fanout, 50))} / {ms(pct(fanout, 99))} ({len(fanout)} updates)"),
+            Row("  pages behind their dept's last update at the end", "0", f"{stale} of {waiting_pages}"),
+            Row("server CPU: idle with everyone waiting / steady / storm", "-",
+                f"{idle_cpu:.2f} / {steady_cpu:.2f} / {storm_cpu:.2f} core-s per s"),
+            Row("server CPU while citizens joined", "-", f"{populate_cpu:.2f} core-s per s"),
+            Row("server memory per waiting citizen", "< 100 KB",
+                f"{per_citizen_kb:.1f} KB (RSS {rss_base / 2**20:.0f} -> {rss_loaded / 2**20:.0f} MiB; "
+                f"{rss_steady / 2**20:.0f} after calls, {rss_after_storm / 2**20:.0f} after storm)"),
+            Row("reconnect storm: all pages back with ticket + queue", "< 10 s",
+                f"{storm_s:.2f} s for {storm_ready} of {storm_pages} pages "
+                f"({sum(s['retries'] for s in storm)} retries, {sum(s['failures'] for s in storm)} failed)"),
+            Row("  listen queue overflows during the storm (kernel)", "0",
+                f"{overflows1 - overflows0}" if overflows0 is not None and overflows1 is not None else "n/a"),
+            Row("client CPU: citizen processes / clerk process", "-",
+                f"{clients_cpu:.2f} / {main_cpu:.2f} core-s per s ({args.processes} processes, "
+                f"{os.cpu_count()} cores)"),
+        ]
+        errors = {k: v for k, v in counters.items() if not k.startswith(("joins", "final_", "replaced"))}
+        outcomes = dict(stats.outcomes)
+        print(f"\nconfig: {args.citizens} citizens, {args.departments} departments, "
+              f"{len(clerks)} clerks, {args.calls_per_second:g} calls/s for {args.duration:g} s, "
+              f"{'redis' if args.redis else 'memory'} store, {args.processes} citizen processes; "
+              f"replaced citizens: {counters.get('replaced', 0)}")
+        print_table("results (goals are for 10,000 citizens / 20 departments / 50 calls per s)", rows)
+        if errors or outcomes:
+            print(f"\nclient-side counters: {errors}  clerk outcomes: {outcomes}")
+        if spying:
+            print("\nserver profile (py-spy, steady phase):")
+            for line in summarize_py_spy(spy_out):
+                print(line)
+            if args.keep:
+                print(f"raw stacks: {spy_out}")
+    finally:
+        for c in clerks:
+            await c.close()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--citizens", type=int, default=2000, help="waiting citizens")
+    p.add_argument("--departments", type=int, default=20)
+    p.add_argument("--clerks-per-department", type=int, default=1)
+    p.add_argument("--calls-per-second", type=float, default=50.0, help="over all clerks together")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of calling")
+    p.add_argument("--processes", type=int, default=2, help="citizen client processes")
+    p.add_argument("--redis", metavar="URL", help="run the server on the Redis store (a loopback URL)")
+    p.add_argument("--call-via", choices=("socket", "http"), default="socket",
+                   help="clerks call next with the socket event or the HTTP route")
+    p.add_argument("--no-replace", action="store_true", help="do not let new citizens join for those called")
+    p.add_argument("--join-concurrency", type=int, default=16, help="parallel joins per process")
+    p.add_argument("--connect-concurrency", type=int, default=64, help="parallel first connects per process")
+    p.add_argument("--profile", choices=("none", "py-spy", "cprofile"), default="none",
+                   help="py-spy: sample the server during the calling phase (pip install py-spy into the "
+                        "venv); cprofile: run the whole server under cProfile (slower), stats kept")
+    p.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
+    p.add_argument("--keep", action="store_true", help="keep the run directory (config, server log, profile)")
+    p.add_argument("--quiet", action="store_true", help="print only the results")
+    args = p.parse_args(argv)
+    if args.redis and not args.redis.startswith(("redis://127.", "redis://localhost", "redis://[::1]")):
+        p.error("--redis must be a loopback URL")
+    if min(args.citizens, args.departments, args.processes, args.clerks_per_department) < 1:
+        p.error("counts must be positive")
+    if args.calls_per_second <= 0 or args.duration <= 0:
+        p.error("--calls-per-second and --duration must be positive")
+    if args.profile == "cprofile":
+        args.keep = True
+    return args
+
+
+def raise_open_files_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard == resource.RLIM_INFINITY else min(hard, max(soft, needed))
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if want < needed:
+        print(f"warning: open files limit {want} < {needed}; the server may run out of sockets", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    raise_open_files_limit(args.citizens + 1000)  # inherited by the server: one socket per citizen
+    run_dir = Path(tempfile.mkdtemp(prefix="sps-bench-"))
+    prefix = f"spsbench{secrets.token_hex(4)}:"
+    departments = department_ids(args.departments)
+    config = write_config(run_dir, departments, args.redis, prefix)
+    server = ServerProcess(config, free_port(), run_dir / "server.log", args.profile)
+    citizens = CitizenProcesses()
+    started = time.monotonic()
+    code = 0
+    try:
+        if not args.quiet:
+            print(f"creating {args.departments * args.clerks_per_department} clerk accounts ...", flush=True)
+        accounts = add_clerks(config, departments, args.clerks_per_department)
+        server.start()
+        asyncio.run(asyncio.wait_for(bench(args, server, accounts, citizens, run_dir), args.timeout))
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping everything", file=sys.stderr)
+        code = 130
+    except Exception as e:  # noqa: BLE001 - report, then clean up below
+        print(f"\nbench failed: {type(e).__name__}: {e}", file=sys.stderr)
+        if server.proc is not None:
+            print(f"server log tail:\n{server.tail()}", file=sys.stderr)
+        code = 1
+    finally:
+        citizens.stop()
+        server.stop()
+        if args.redis:
+            with contextlib.suppress(Exception):
+                delete_redis_prefix(args.redis, prefix)
+        if args.keep:
+            print(f"run directory kept: {run_dir}")
+        else:
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+    if not args.quiet:
+        print(f"\nbench took {time.monotonic() - started:.0f} s")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
