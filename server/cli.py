@@ -28,7 +28,8 @@ def serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     print(f"Sprechstunde on http://{settings.host}:{settings.port}/ "
           f"({'redis' if settings.redis_url else 'embedded memory'} store)", flush=True)
-    web.run_app(app, host=settings.host, port=settings.port, print=None,
+    # A reconnect storm of thousands of pages overflows aiohttp's default listen backlog of 128.
+    web.run_app(app, host=settings.host, port=settings.port, print=None, backlog=4096,
                 access_log_format='"%r" %s %b %Tfs')
     return 0
 
@@ -90,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     p_add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     p_remove = staff_sub.add_parser("remove", help="remove an account")
     p_remove.add_argument("username")
-    staff_sub.add_parser("list", help="list accounts")
+    p_list = staff_sub.add_parser("list", help="list accounts")
+    for p in (p_add, p_remove, p_list):
+        p.add_argument("--config", dest="config", default=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":

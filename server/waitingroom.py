@@ -367,7 +367,12 @@ class WaitingRoom:
         return new
 
     async def _after(self, events: list[TicketEvent], clerk: Clerk | None = None) -> None:
-        """Bookkeeping that follows a transition: service times and the clerk's presence."""
+        """Publish, then the bookkeeping that follows a transition: service times, the clerk's presence.
+
+        Events go out first, so that the called citizen hears of it before any position update that
+        no longer lists them.
+        """
+        await self._publish(events)
         for e in events:
             if "service_seconds" in e.meta:
                 await self.store.record_service(e.meta["service_department"], e.meta["service_seconds"])
@@ -375,7 +380,6 @@ class WaitingRoom:
                 await self.set_presence(clerk, Presence.BUSY)
             elif clerk is not None and e.kind in ("finished", "no_show", "returned", "transferred"):
                 await self.set_presence(clerk, Presence.AVAILABLE)
-        await self._publish(events)
 
     async def holds_ticket(self, clerk: Clerk) -> bool:
         """Whether the clerk has a called or in-consultation ticket in one of their departments."""

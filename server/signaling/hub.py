@@ -26,7 +26,7 @@ from ..queue.errors import InvalidInput, NotAuthorised, QueueError
 from ..queue.model import Clerk, Presence, TicketEvent
 from ..settings import Settings
 from ..waitingroom import PRESENCE_TTL, WaitingRoom, staff_view
-from .redis_manager import ClosingRedisManager
+from .managers import ClosingRedisManager, FastManager
 
 log = logging.getLogger("sprechstunde.signaling")
 
@@ -40,7 +40,7 @@ class Signaling:
         self.settings = settings
         self.room = room
         self.auth = auth
-        manager = None
+        manager: FastManager | ClosingRedisManager = FastManager()
         if settings.redis_url:
             # Emits travel through Redis so that every node's sockets receive them.
             manager = ClosingRedisManager(settings.redis_url, channel=f"{settings.redis_prefix}socketio")
@@ -59,6 +59,7 @@ class Signaling:
         self._clerk_sockets: Counter[str] = Counter()
         self._clerks: dict[str, Clerk] = {}
         self._closing = False
+        self._updates: dict[str, tuple[float, dict[str, Any]]] = {}
         self._register()
         room.on_events(self._on_events)
         room.on_presence(self._on_presence)
@@ -102,7 +103,7 @@ class Signaling:
             if ticket.disconnected_at is not None:
                 ticket = await self.room.citizen_connected(ticket.id)
             await self.sio.emit("ticket", await self.room.citizen_view(ticket), to=sid)
-            await self.sio.emit("queue", await self.room.queue_update(ticket.department), to=sid)
+            await self.sio.emit("queue", await self._queue_update(ticket.department), to=sid)
             return
         cookie = SimpleCookie(environ.get("HTTP_COOKIE", ""))
         morsel = cookie.get(SESSION_COOKIE)
@@ -230,6 +231,18 @@ class Signaling:
                 self._dirty.update(e.departments)
                 self._wake.set()
 
+    async def _queue_update(self, department: str) -> dict[str, Any]:
+        """The department's latest update for a (re)connecting page: the one just broadcast when it is
+        younger than ``position_interval`` and nothing changed since (a reconnect storm of thousands
+        of pages then costs one computation per department, not one per page), else a fresh one."""
+        now = asyncio.get_running_loop().time()
+        cached = self._updates.get(department)
+        if cached and department not in self._dirty and now - cached[0] < self.settings.position_interval:
+            return cached[1]
+        update = await self.room.queue_update(department)
+        self._updates[department] = (now, update)
+        return update
+
     async def _on_presence(self, clerk: Clerk, presence: Presence) -> None:
         if self._closing:
             return
@@ -254,6 +267,7 @@ class Signaling:
             for dep in sorted(dirty):
                 try:
                     update = await self.room.queue_update(dep)
+                    self._updates[dep] = (loop.time(), update)
                     await self.sio.emit("queue", update, room=f"d:{dep}")
                     await self.sio.emit("load", (await self.room.load(dep)).to_public(), room=f"s:{dep}")
                 except Exception:  # noqa: BLE001 - a failed broadcast must not end the loop

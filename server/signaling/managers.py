@@ -1,0 +1,159 @@
+"""socket.io client managers that stay fast with thousands of waiting pages.
+
+python-socketio's ``BaseManager`` finds a socket's rooms by scanning every room (each socket has a
+room of its own), so each disconnect, and ``rooms(sid)``, costs O(sockets): a reconnect storm of N pages
+costs O(N^2) and blocks the loop for seconds. Its ``emit`` creates one task per recipient. Here:
+
+- ``IndexedRoomsMixin`` keeps an index socket -> rooms, so leaving every room on disconnect costs
+  O(rooms of that socket), and the pending connect/disconnect lists become sets;
+- ``broadcast`` encodes a packet once and hands it to each recipient's send queue in turn, yielding
+  to the event loop every few hundred sends, so that a clerk's "call next" is not stuck behind a
+  department's position update.
+
+Both rest on python-socketio's manager attributes (``rooms``, ``pending_connect``,
+``pending_disconnect``, ``callbacks``, ``server._send_eio_packet``); ``tests/test_managers.py`` fails
+loudly if they move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import socketio
+from engineio import packet as eio_packet
+from socketio import packet
+
+log = logging.getLogger("sprechstunde.signaling")
+
+YIELD_EVERY = 256
+
+
+class _SidSet(dict):  # type: ignore[type-arg]
+    """The list interface python-socketio uses for pending sids (append, remove, in, len), in O(1)."""
+
+    def append(self, sid: str) -> None:
+        self[sid] = None
+
+    def remove(self, sid: str) -> None:
+        del self[sid]
+
+
+class _PendingSids(dict):  # type: ignore[type-arg]
+    """python-socketio stores ``pending[namespace] = []`` and then appends; keep a _SidSet instead."""
+
+    def __setitem__(self, namespace: str, sids: Any) -> None:
+        super().__setitem__(namespace, _SidSet.fromkeys(sids) if isinstance(sids, list) else sids)
+
+
+class IndexedRoomsMixin:
+    rooms: dict[Any, Any]
+    pending_connect: dict[str, Any]
+    pending_disconnect: dict[str, Any]
+    callbacks: dict[str, Any]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sid_rooms: dict[tuple[str, str], set[Any]] = {}
+        self.pending_connect = _PendingSids()
+        self.pending_disconnect = _PendingSids()
+
+    def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)  # type: ignore[misc]
+        self._sid_rooms.setdefault((namespace, sid), set()).add(room)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
+        super().basic_leave_room(sid, namespace, room)  # type: ignore[misc]
+        rooms = self._sid_rooms.get((namespace, sid))
+        if rooms is not None:
+            rooms.discard(room)
+            if not rooms:
+                del self._sid_rooms[(namespace, sid)]
+
+    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        for room in list(self._sid_rooms.get((namespace, sid), ())):
+            self.basic_leave_room(sid, namespace, room)
+        self.callbacks.pop(sid, None)
+        for pending in (self.pending_connect, self.pending_disconnect):
+            sids = pending.get(namespace)
+            if sids is not None and sid in sids:
+                sids.remove(sid)
+                if not sids:
+                    del pending[namespace]
+
+    def get_rooms(self, sid: str, namespace: str) -> list[Any]:
+        return [r for r in self._sid_rooms.get((namespace, sid), ()) if r is not None]
+
+
+async def broadcast(manager: Any, event: str, data: Any, namespace: str, room: Any, skip_sid: Any = None) -> None:
+    """Send one event to every local participant of ``room`` (a name or a list of names)."""
+    if namespace not in manager.rooms:
+        return
+    args = list(data) if isinstance(data, tuple) else ([] if data is None else [data])
+    encoded = manager.server.packet_class(packet.EVENT, namespace=namespace, data=[event, *args]).encode()
+    packets = [eio_packet.Packet(eio_packet.MESSAGE, p) for p in (encoded if isinstance(encoded, list) else [encoded])]
+    skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}
+    send = manager.server._send_eio_packet
+    for i, (sid, eio_sid) in enumerate(list(manager.get_participants(namespace, room))):
+        if sid in skip:
+            continue
+        for p in packets:
+            try:
+                await send(eio_sid, p)  # puts the packet on the socket's queue; its writer sends it
+            except Exception:  # noqa: BLE001 - one broken socket must not stop the broadcast
+                log.debug("send to a socket failed", exc_info=True)
+        if i % YIELD_EVERY == YIELD_EVERY - 1:
+            await asyncio.sleep(0)
+
+
+class FastManager(IndexedRoomsMixin, socketio.AsyncManager):  # type: ignore[misc]
+    """The single-node manager."""
+
+    async def emit(self, event: str, data: Any, namespace: str, room: Any = None, skip_sid: Any = None,
+                   callback: Any = None, to: Any = None, **kwargs: Any) -> Any:
+        target = to or room
+        if callback is None and target is not None:
+            return await broadcast(self, event, data, namespace, target, skip_sid)
+        return await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, callback=callback,
+                                  to=to, **kwargs)
+
+
+class ClosingRedisManager(IndexedRoomsMixin, socketio.AsyncRedisManager):  # type: ignore[misc]
+    """The multi-node manager: emits travel through Redis pub/sub.
+
+    python-socketio's ``_redis_connect()`` replaces ``self.redis`` without closing the client it had (the
+    first emit connects for publishing, the listener connects again), and ``AsyncServer.shutdown()`` does
+    not stop the listener. This subclass remembers every client it creates and closes them all.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._clients: list[Any] = []
+
+    def _redis_connect(self) -> None:
+        super()._redis_connect()
+        self._clients += [self.pubsub, self.redis]
+
+    async def _handle_emit(self, message: dict[str, Any]) -> None:
+        if message.get("callback") is None and message.get("room") is not None and not message.get("binary"):
+            data = message["data"]
+            if isinstance(data, list):
+                data = data[0] if len(data) == 1 else tuple(data)
+            await broadcast(self, message["event"], data, message.get("namespace") or "/", message["room"],
+                            message.get("skip_sid"))
+            return
+        await super()._handle_emit(message)
+
+    async def close(self) -> None:
+        task = getattr(self, "thread", None)
+        if isinstance(task, asyncio.Task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for client in self._clients:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+        self._clients.clear()
+        self.connected = False
