@@ -220,9 +220,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def start_server(mode: str, port: int) -> subprocess.Popen:
+def start_server(mode: str, port: int, extra: list[str]) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.media_server", "--mode", mode, "--port", str(port)],
+        [sys.executable, "-m", "bench.media_server", "--mode", mode, "--port", str(port), *extra],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -239,9 +239,11 @@ def server_stats(port: int) -> dict:
         return json.loads(r.read())
 
 
-def run_mode(mode: str, n: int, duration: float, warmup: float, procs: int, media_path: str) -> tuple[Row, list]:
+def run_mode(
+    mode: str, n: int, duration: float, warmup: float, procs: int, media_path: str, server_args: list[str]
+) -> tuple[Row, list]:
     port = free_port()
-    server = start_server(mode, port) if mode != "direct" else None
+    server = start_server(mode, port, server_args) if mode != "direct" else None
     ctx = mp.get_context("spawn")
     groups = [list(range(n))[i::procs] for i in range(procs)]
     groups = [g for g in groups if g]
@@ -353,6 +355,7 @@ def main() -> None:
     parser.add_argument("--modes", default="direct,sfu,relay")
     parser.add_argument("--client-procs", type=int, default=2)
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--time-fast-path", action="store_true", help="report CPU spent inside the SFU fast path")
     args = parser.parse_args()
 
     from bench.media_clients import encode_media
@@ -370,8 +373,19 @@ def main() -> None:
         for mode in args.modes.split(","):
             n = args.relay_consultations or args.consultations if mode == "relay" else args.consultations
             print(f"running {mode} with {n} consultations ...", flush=True)
-            row, _ = run_mode(mode, n, args.duration, args.warmup, args.client_procs, media_path)
+            server_args = ["--time-fast-path"] if args.time_fast_path and mode == "sfu" else []
+            row, (s0, s1) = run_mode(mode, n, args.duration, args.warmup, args.client_procs, media_path, server_args)
             rows.append(row)
+            if s1.get("fastpath_calls"):
+                calls = s1["fastpath_calls"] - s0["fastpath_calls"]
+                seconds = s1["fastpath_seconds"] - s0["fastpath_seconds"]
+                forwarded = s1["forwarded_packets"] - s0["forwarded_packets"]
+                print(
+                    f"  fast path: {calls} datagrams, {seconds / max(1, calls) * 1e6:.1f} us CPU each "
+                    f"({seconds / args.duration:.3f} core-s/s of the server's {row.server_cpu:.3f}); "
+                    f"{forwarded} packets forwarded",
+                    flush=True,
+                )
     finally:
         os.unlink(media_path)
     direct = next((r for r in rows if r.mode == "direct"), None)

@@ -35,7 +35,9 @@ DTLS_TX_SRTP = "_tx_srtp"
 DTLS_HANDLE_RTCP = "_handle_rtcp_data"
 ICE_CONNECTION = "_connection"
 CONN_NOMINATED = "_nominated"
-CONN_DATA_RECEIVED = "data_received"
+CONN_PROTOCOLS = "_protocols"
+PROTOCOL_DATAGRAM_RECEIVED = "datagram_received"
+SRTP_SESSION_POINTER = "_srtp"
 TRANSCEIVER_CODECS = "_codecs"
 TRANSCEIVER_HEADER_EXTENSIONS = "_headerExtensions"
 SENDER_SSRC = "_ssrc"
@@ -172,23 +174,71 @@ def ice_connection(dtls: RTCDtlsTransport) -> Any:
     return getattr(dtls.transport, ICE_CONNECTION)
 
 
-def intercept_datagrams(
-    connection: Any, fast_path: Callable[[bytes], bool]
-) -> None:
-    """Every datagram from the ICE layer goes first to ``fast_path``.
+def intercept_datagrams(connection: Any, fast_path: Callable[[bytes], bool]) -> int:
+    """Every UDP datagram of the connection goes first to ``fast_path``.
 
-    aioice hands non-STUN datagrams to ``Connection.data_received``, which queues
-    them for the DTLS transport's receive loop. ``fast_path`` returns True when it
-    consumed the datagram (SRTP media); everything else (DTLS, SRTCP) takes
-    aiortc's normal path.
+    aioice's ``StunProtocol.datagram_received`` (one per local candidate) first
+    tries to parse every datagram as STUN, then hands the rest to
+    ``Connection.data_received``, which queues it for aiortc's DTLS receive loop.
+    The event loop looks ``datagram_received`` up on the protocol object for each
+    datagram, so an instance attribute takes over. ``fast_path`` returns True when
+    it consumed the datagram (SRTP media); STUN, DTLS and SRTCP take the usual path.
+    Returns the number of sockets hooked (0 means: gather first).
     """
-    original = getattr(connection, CONN_DATA_RECEIVED)
+    protocols = getattr(connection, CONN_PROTOCOLS)
+    for protocol in protocols:
+        original = getattr(protocol, PROTOCOL_DATAGRAM_RECEIVED)
 
-    def data_received(data: bytes, component: int) -> None:
-        if not fast_path(data):
-            original(data, component)
+        def datagram_received(data: bytes, addr: Any, _original: Any = original) -> None:
+            if not fast_path(data):
+                _original(data, addr)
 
-    setattr(connection, CONN_DATA_RECEIVED, data_received)
+        setattr(protocol, PROTOCOL_DATAGRAM_RECEIVED, datagram_received)
+    return len(protocols)
+
+
+class FastSrtp:
+    """protect/unprotect on a pylibsrtp session's libsrtp context, minus per-call Python.
+
+    pylibsrtp's ``Session`` allocates an ``int *`` and re-checks types on every
+    call; this keeps one buffer and one length cell per direction and calls the
+    same libsrtp functions through pylibsrtp's own cffi binding. Same thread, same
+    context: aiortc's own calls on the session stay valid.
+    """
+
+    __slots__ = ("_ctx", "_cdata", "_buffer", "_len", "_protect", "_unprotect", "_error")
+
+    def __init__(self, session: Any) -> None:
+        from pylibsrtp import Error
+        from pylibsrtp._binding import ffi, lib
+
+        self._ctx = getattr(session, SRTP_SESSION_POINTER)[0]
+        self._cdata = ffi.new("char[]", 1600)
+        self._buffer = ffi.buffer(self._cdata)
+        self._len = ffi.new("int *")
+        self._protect = lib.srtp_protect
+        self._unprotect = lib.srtp_unprotect
+        self._error = Error
+
+    def protect(self, packet: bytes) -> bytes:
+        n = len(packet)
+        if n > 1500:
+            raise self._error("packet is too long")
+        self._buffer[0:n] = packet
+        self._len[0] = n
+        if self._protect(self._ctx, self._cdata, self._len):
+            raise self._error("srtp_protect failed")
+        return self._buffer[0 : self._len[0]]
+
+    def unprotect(self, packet: bytes) -> bytes:
+        n = len(packet)
+        if n > 1600:
+            raise self._error("packet is too long")
+        self._buffer[0:n] = packet
+        self._len[0] = n
+        if self._unprotect(self._ctx, self._cdata, self._len):
+            raise self._error("srtp_unprotect failed")
+        return self._buffer[0 : self._len[0]]
 
 
 def datagram_sink(connection: Any) -> tuple[Callable[[bytes, Any], None], Any] | None:

@@ -33,7 +33,6 @@ from aiortc.rtp import (
 from . import aiortc_glue
 from .rtp_bytes import (
     RTP_HEADER,
-    abs_send_time_now,
     extension_block,
     find_one_byte_extension,
     one_byte_element,
@@ -43,6 +42,7 @@ from .rtp_bytes import (
 )
 
 logger = logging.getLogger(__name__)
+_time = time.time
 
 HISTORY_SIZE = 1024
 """Packets kept per outgoing track to answer NACKs (about 1 s of 1 Mbit/s video)."""
@@ -67,13 +67,14 @@ class Counters:
 class PeerLink:
     """A peer connection as the fast path sees it: SRTP sessions and a UDP sink."""
 
-    __slots__ = ("dtls", "connection", "rx", "tx", "sendto", "addr", "rtcp_ssrc")
+    __slots__ = ("dtls", "connection", "rx", "tx", "tx_rtcp", "sendto", "addr", "rtcp_ssrc")
 
     def __init__(self, dtls: Any, rtcp_ssrc: int) -> None:
         self.dtls = dtls
         self.connection = aiortc_glue.ice_connection(dtls)
         self.rx: Any = None
         self.tx: Any = None
+        self.tx_rtcp: Any = None
         self.sendto: Callable[[bytes, Any], None] | None = None
         self.addr: Any = None
         self.rtcp_ssrc = rtcp_ssrc
@@ -85,7 +86,8 @@ class PeerLink:
             rx, tx = aiortc_glue.dtls_srtp(self.dtls)
             if tx is None:
                 return False
-            self.rx, self.tx = rx, tx
+            self.rx, self.tx = aiortc_glue.FastSrtp(rx), aiortc_glue.FastSrtp(tx)
+            self.tx_rtcp = tx
         if self.sendto is None:
             sink = aiortc_glue.datagram_sink(self.connection)
             if sink is None:
@@ -97,7 +99,7 @@ class PeerLink:
         if not self.ready():
             return
         try:
-            self.sendto(self.tx.protect_rtcp(data), self.addr)  # type: ignore[misc]
+            self.sendto(self.tx_rtcp.protect_rtcp(data), self.addr)  # type: ignore[misc]
         except (pylibsrtp.Error, OSError) as exc:
             logger.debug("RTCP send failed: %s", exc)
 
@@ -165,12 +167,12 @@ class Inbound:
         except ValueError:
             self.counters.dropped += 1
             return
-        now = time.time()
+        now = _time()
         self.packets += 1
         self.octets += len(data) - offset
         if self.base_seq is None:
             self.base_seq = self.max_seq = seq
-        elif seq_newer(seq, self.max_seq):
+        elif 0 < ((seq - self.max_seq) & 0xFFFF) < 0x8000:
             gap = (seq - self.max_seq) & 0xFFFF
             if seq < self.max_seq:
                 self.cycles += 0x10000
@@ -189,7 +191,7 @@ class Inbound:
         legs = self.legs
         if not legs:
             return
-        abs3 = abs_send_time_now()
+        abs3 = (int(now * 262144) & 0xFFFFFF).to_bytes(3, "big")  # abs-send-time, see rtp_bytes
         level = None
         if self.audio_level_id is not None:
             level = find_one_byte_extension(data, self.audio_level_id)
@@ -451,7 +453,7 @@ class OutTrack:
                 self.source.request_keyframe()  # type: ignore[union-attr]
                 return
             self._activate(seq, ts)
-        elif seq_newer(seq, self.last_seq_in):
+        elif 0 < ((seq - self.last_seq_in) & 0xFFFF) < 0x8000:
             self.last_seq_in, self.last_ts_in = seq, ts
         out_seq = (seq + self.seq_offset) & 0xFFFF
         header = RTP_HEADER.pack(
@@ -461,8 +463,12 @@ class OutTrack:
             (ts + self.ts_offset) & 0xFFFFFFFF,
             self.ssrc,
         )
+        if level is None and self.abs_id is not None:
+            extension = self.ext_head + abs3 + self.ext_tail
+        else:
+            extension = self._extension(abs3, level)
         try:
-            packet = link.tx.protect(header + self._extension(abs3, level) + payload)
+            packet = link.tx.protect(header + extension + payload)
         except pylibsrtp.Error:
             self.counters.errors += 1
             return

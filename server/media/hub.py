@@ -188,10 +188,10 @@ class MediaHub:
                 participant.receivers.append(t.receiver)
                 participant.senders.append(t.sender)
             aiortc_glue.intercept_rtcp(dtls, partial(self._on_rtcp, participant))
-            aiortc_glue.intercept_datagrams(
-                link.connection, partial(self._on_datagram, participant)
-            )
             await pc.setLocalDescription(await pc.createAnswer())
+            # gathering (in setLocalDescription) created the sockets; no media before ICE completes
+            if not aiortc_glue.intercept_datagrams(link.connection, partial(self._on_datagram, participant)):
+                raise UnsupportedOffer("no local ICE candidate to receive media on")
         except BaseException:
             await pc.close()
             raise

@@ -49,7 +49,7 @@ def test_methods_the_sfu_replaces_are_called_through_self():
     assert "self._rx_srtp" in recv_src, "RTCDtlsTransport no longer decrypts with _rx_srtp"
     assert "self._tx_srtp" in inspect.getsource(RTCDtlsTransport._send_rtp)
     stun_src = inspect.getsource(aioice.ice.StunProtocol.datagram_received)
-    assert "self.receiver.data_received(" in stun_src, "aioice no longer hands datagrams to Connection.data_received"
+    assert "stun.parse_message(data)" in stun_src, "aioice StunProtocol.datagram_received changed"
     queue_src = inspect.getsource(RTCRtpReceiver._handle_rtp_packet)
     assert "self.__decoder_queue.put(" in queue_src, "the receiver's decoder queue is not where the tripwire is"
     sendto_src = inspect.getsource(aioice.ice.Connection.sendto)
@@ -87,9 +87,34 @@ async def test_private_attributes_exist_on_live_objects():
             connection = aiortc_glue.ice_connection(dtls)
             assert isinstance(connection, aioice.Connection)
             _need(connection, aiortc_glue.CONN_NOMINATED, "aioice.Connection")
-            _need(connection, aiortc_glue.CONN_DATA_RECEIVED, "aioice.Connection")
+            _need(connection, aiortc_glue.CONN_PROTOCOLS, "aioice.Connection")
+        await server.setLocalDescription(await server.createAnswer())
+        connection = aiortc_glue.ice_connection(server.getTransceivers()[0].receiver.transport)
+        protocols = getattr(connection, aiortc_glue.CONN_PROTOCOLS)
+        assert protocols, "aioice.Connection._protocols is empty after gathering"
+        for protocol in protocols:
+            _need(protocol, aiortc_glue.PROTOCOL_DATAGRAM_RECEIVED, "aioice StunProtocol")
         pair_attrs = inspect.getsource(aioice.ice.CandidatePair)
         assert "self.protocol" in pair_attrs and "def remote_addr" in pair_attrs, "aioice CandidatePair changed"
     finally:
         await client.close()
         await server.close()
+
+
+def test_pylibsrtp_binding_used_by_fast_srtp():
+    """FastSrtp calls libsrtp through pylibsrtp's cffi binding with the session's context."""
+    import os
+
+    from pylibsrtp import Policy, Session
+    from pylibsrtp._binding import lib
+
+    assert hasattr(lib, "srtp_protect") and hasattr(lib, "srtp_unprotect")
+    key = os.urandom(30)
+    tx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    rx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND))
+    _need(tx, aiortc_glue.SRTP_SESSION_POINTER, "pylibsrtp.Session")
+    packet = bytes([0x80, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 42]) + b"payload" * 100
+    fast_tx, fast_rx = aiortc_glue.FastSrtp(tx), aiortc_glue.FastSrtp(rx)
+    protected = fast_tx.protect(packet)
+    assert protected != packet and rx.unprotect(protected) == packet
+    assert fast_rx.unprotect(tx.protect(packet[:2] + b"\x00\x02" + packet[4:]))[2:4] == b"\x00\x02"
