@@ -146,10 +146,15 @@ async def _worker(conn, mode: str, port: int, consultations: list[int], media_pa
         rx1, lost1 = await loss_counts()
         latencies: list[float] = []
         frames = 0
+        per_peer = []
         for p in peers:
             window = [lat for (t, lat) in p["log"].entries if t0 <= t <= t1]
             frames += len(window)
             latencies.extend(window)
+            slow = sorted(window)[int(0.95 * len(window))] if window else 0.0
+            per_peer.append(round(slow * 1000))
+        if os.environ.get("MEDIA_LOAD_DEBUG"):
+            print("p95 per peer (ms)", per_peer, flush=True)
         conn.send(
             {
                 "streams": len(peers),
@@ -330,7 +335,7 @@ def print_table(rows: list[Row]) -> None:
         "CPU per delivered packet (us) | machine busy % | streams receiving |"
     )
     print(header)
-    print("|" + " --- |" * header.count("|")[:-1] if False else "|" + " --- |" * (header.count("|") - 1))
+    print("|" + " --- |" * (header.count("|") - 1))
     for r in rows:
         print(
             f"| {r.mode} | {r.consultations} | {fmt(r.server_cpu, '.3f')} | {fmt(r.cpu_per_consultation, '.4f')} | "
@@ -361,33 +366,43 @@ def main() -> None:
     from bench.media_clients import encode_media
 
     started = time.monotonic()
-    media = encode_media()
-    with tempfile.NamedTemporaryFile(suffix=".pickle", delete=False) as f:
-        pickle.dump(media, f)
-        media_path = f.name
-    print(f"media encoded in {time.monotonic() - started:.1f} s "
+    cache = Path(tempfile.gettempdir()) / "sprechstunde-media-load-v1.pickle"
+    if cache.exists():
+        with open(cache, "rb") as f:
+            media = pickle.load(f)
+    else:
+        media = encode_media()
+        with tempfile.NamedTemporaryFile(suffix=".pickle", delete=False, dir=cache.parent) as f:
+            pickle.dump(media, f)
+        os.replace(f.name, cache)
+    media_path = str(cache)
+    print(f"media ready in {time.monotonic() - started:.1f} s "
           f"({len(media.video)} frames, {sum(len(d) for d, _ in media.video) * 8 / len(media.video) * 30 / 1e6:.2f} Mbit/s)",
           flush=True)
     rows: list[Row] = []
-    try:
-        for mode in args.modes.split(","):
-            n = args.relay_consultations or args.consultations if mode == "relay" else args.consultations
-            print(f"running {mode} with {n} consultations ...", flush=True)
-            server_args = ["--time-fast-path"] if args.time_fast_path and mode == "sfu" else []
-            row, (s0, s1) = run_mode(mode, n, args.duration, args.warmup, args.client_procs, media_path, server_args)
-            rows.append(row)
-            if s1.get("fastpath_calls"):
-                calls = s1["fastpath_calls"] - s0["fastpath_calls"]
-                seconds = s1["fastpath_seconds"] - s0["fastpath_seconds"]
-                forwarded = s1["forwarded_packets"] - s0["forwarded_packets"]
-                print(
-                    f"  fast path: {calls} datagrams, {seconds / max(1, calls) * 1e6:.1f} us CPU each "
-                    f"({seconds / args.duration:.3f} core-s/s of the server's {row.server_cpu:.3f}); "
-                    f"{forwarded} packets forwarded",
-                    flush=True,
-                )
-    finally:
-        os.unlink(media_path)
+    for mode in args.modes.split(","):
+        n = args.relay_consultations or args.consultations if mode == "relay" else args.consultations
+        print(f"running {mode} with {n} consultations ...", flush=True)
+        server_args = ["--time-fast-path"] if args.time_fast_path and mode == "sfu" else []
+        row, (s0, s1) = run_mode(mode, n, args.duration, args.warmup, args.client_procs, media_path, server_args)
+        rows.append(row)
+        if mode == "sfu" and s1:
+            print(
+                "  server: "
+                + ", ".join(f"{k} {s1[k] - s0.get(k, 0)}" for k in ("retransmitted_packets", "keyframe_requests"))
+                + f", decoded frames {s1['decoded_frames']}, encoders {s1['encoders']}",
+                flush=True,
+            )
+        if s1.get("fastpath_calls"):
+            calls = s1["fastpath_calls"] - s0["fastpath_calls"]
+            seconds = s1["fastpath_seconds"] - s0["fastpath_seconds"]
+            forwarded = s1["forwarded_packets"] - s0["forwarded_packets"]
+            print(
+                f"  fast path: {calls} datagrams, {seconds / max(1, calls) * 1e6:.1f} us CPU each "
+                f"({seconds / args.duration:.3f} core-s/s of the server's {row.server_cpu:.3f}); "
+                f"{forwarded} packets forwarded",
+                flush=True,
+            )
     direct = next((r for r in rows if r.mode == "direct"), None)
     if direct is not None:
         for r in rows:
