@@ -22,8 +22,6 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 
 from server.media import aiortc_glue
 
-pytestmark = pytest.mark.asyncio
-
 
 def test_pinned_aiortc_version():
     assert aiortc_glue.aiortc_version() == aiortc_glue.PINNED_AIORTC, (
@@ -56,6 +54,7 @@ def test_methods_the_sfu_replaces_are_called_through_self():
     assert "self._nominated.get(component)" in sendto_src and "protocol.send_data" in sendto_src
 
 
+@pytest.mark.asyncio
 async def test_private_attributes_exist_on_live_objects():
     client = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
     server = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
