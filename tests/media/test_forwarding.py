@@ -165,3 +165,45 @@ async def test_forwarding_switch_and_leave(hub):
     finally:
         await alice.close()
         await bob.close()
+
+
+async def test_losses_on_the_uplink_are_repaired_by_server_nack_and_rtx(hub):
+    """Drop 1 in 8 of alice's outgoing video packets: the server NACKs, unwraps her RTX, bob misses nothing."""
+    alice, bob = Client("alice"), Client("bob")
+    try:
+        await join_all(hub, alice, bob)
+        a_mid = video_mid(hub, bob, alice)
+        await wait_for(lambda: len(bob.frames_from(a_mid)) >= 15, what="the call to run")
+
+        video_t = next(t for t in alice.pc.getTransceivers() if t.kind == "video")
+        vp8_pt = next(c.payloadType for c in video_t._codecs if c.mimeType == "video/VP8")
+        ice = video_t.sender.transport.transport
+        original_send = ice._send
+        dropped: list[int] = []
+        seen = [0]
+
+        async def lossy_send(data: bytes) -> None:
+            if len(data) > 12 and 128 <= data[0] < 192 and (data[1] & 0x7F) == vp8_pt:
+                seen[0] += 1
+                if seen[0] % 8 == 0:
+                    dropped.append((data[2] << 8) | data[3])
+                    return
+            await original_send(data)
+
+        ice._send = lossy_send
+        start = len(bob.frames_from(a_mid))
+        await wait_for(lambda: len(dropped) >= 30, what="30 dropped packets")
+        ice._send = original_send
+        await wait_for(lambda: len(bob.frames_from(a_mid)) >= start + 60, what="60 more frames")
+
+        numbers = [n for n, _ in bob.frames_from(a_mid)]
+        assert consecutive(numbers), f"gaps despite upstream NACK: {numbers[start - 1:]}"
+
+        def up_video():
+            return next(s for s in hub.stats(ROOM, "alice").up if s.kind == "video")
+
+        await wait_for(lambda: up_video().retransmissions >= len(dropped), what="every lost packet recovered")
+        assert up_video().nacks > 0
+    finally:
+        await alice.close()
+        await bob.close()
