@@ -26,8 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from server.media import MediaHub  # noqa: E402
-from server.media import aiortc_glue  # noqa: E402
+from server.media import MediaHub, aiortc_glue  # noqa: E402
 from tests.media.peers import Client, wait_for  # noqa: E402
 
 
@@ -47,7 +46,12 @@ async def run(packets: int, profile: bool) -> None:
         ext_ids = {e.uri: e.id for e in aiortc_glue.transceiver_header_extensions(video_t)}
         mid_id = ext_ids["urn:ietf:params:rtp-hdrext:sdes:mid"]
         abs_id = ext_ids["http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"]
-        ext = struct.pack("!HH", 0xBEDE, 2) + bytes([(mid_id << 4), ord(video_t.mid)]) + bytes([(abs_id << 4) | 2, 0, 0, 0]) + b"\x00\x00"
+        ext = (
+            struct.pack("!HH", 0xBEDE, 2)
+            + bytes([(mid_id << 4), ord(video_t.mid)])
+            + bytes([(abs_id << 4) | 2, 0, 0, 0])
+            + b"\x00\x00"
+        )
         tx = aiortc_glue.dtls_srtp(video_t.sender.transport)[1]
         await asyncio.sleep(0.2)
 

@@ -44,10 +44,12 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 def worker(conn, mode: str, port: int, consultations: list[int], media_path: str) -> None:  # type: ignore[no-untyped-def]
     import uvloop
 
-    uvloop.run(_worker(conn, mode, port, consultations, media_path))
+    with open(media_path, "rb") as f:
+        media = pickle.load(f)
+    uvloop.run(_worker(conn, mode, port, consultations, media))
 
 
-async def _worker(conn, mode: str, port: int, consultations: list[int], media_path: str) -> None:  # type: ignore[no-untyped-def]
+async def _worker(conn, mode: str, port: int, consultations: list[int], media) -> None:  # type: ignore[no-untyped-def]
     import aiohttp
     from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
@@ -59,8 +61,6 @@ async def _worker(conn, mode: str, port: int, consultations: list[int], media_pa
         consume_decoding,
     )
 
-    with open(media_path, "rb") as f:
-        media = pickle.load(f)
     loop = asyncio.get_running_loop()
     peers: list[dict] = []
     tasks: list[asyncio.Task] = []
@@ -117,7 +117,8 @@ async def _worker(conn, mode: str, port: int, consultations: list[int], media_pa
 
         # ready when every peer receives frames (or after 40 s)
         deadline = time.monotonic() + 40
-        while time.monotonic() < deadline and not all(p["log"].entries for p in peers):
+        # polls frame logs that aiortc's receive path fills
+        while time.monotonic() < deadline and not all(p["log"].entries for p in peers):  # noqa: ASYNC110
             await asyncio.sleep(0.1)
         conn.send(
             {
@@ -291,7 +292,8 @@ def run_mode(
                 p.kill()
         if server is not None:
             try:
-                urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/shutdown", method="POST"), timeout=10)
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/shutdown", method="POST")
+                urllib.request.urlopen(request, timeout=10)
                 server.wait(timeout=20)
             except Exception:
                 server.kill()
@@ -376,9 +378,10 @@ def main() -> None:
             pickle.dump(media, f)
         os.replace(f.name, cache)
     media_path = str(cache)
-    print(f"media ready in {time.monotonic() - started:.1f} s "
-          f"({len(media.video)} frames, {sum(len(d) for d, _ in media.video) * 8 / len(media.video) * 30 / 1e6:.2f} Mbit/s)",
-          flush=True)
+    mbits = sum(len(d) for d, _ in media.video) * 8 / len(media.video) * 30 / 1e6
+    print(
+        f"media ready in {time.monotonic() - started:.1f} s ({len(media.video)} frames, {mbits:.2f} Mbit/s)", flush=True
+    )
     rows: list[Row] = []
     for mode in args.modes.split(","):
         n = args.relay_consultations or args.consultations if mode == "relay" else args.consultations

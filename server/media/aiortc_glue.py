@@ -125,9 +125,7 @@ def silence_sender(sender: RTCRtpSender, on_started: Callable[[], None]) -> None
     The SFU writes RTP and RTCP for this sender's SSRC itself. ``on_started`` runs
     when aiortc starts the sender, which is when the DTLS transport is connected.
     """
-    rtp_started, rtp_exited, rtcp_started, rtcp_exited = (
-        getattr(sender, name) for name in SENDER_EVENTS
-    )
+    rtp_started, rtp_exited, rtcp_started, rtcp_exited = (getattr(sender, name) for name in SENDER_EVENTS)
 
     def run_rtp(codec: RTCRtpCodecParameters) -> Awaitable[None]:
         on_started()
@@ -140,9 +138,7 @@ def silence_sender(sender: RTCRtpSender, on_started: Callable[[], None]) -> None
     setattr(sender, SENDER_RUN_RTCP, run_rtcp)
 
 
-def intercept_receiver(
-    receiver: RTCRtpReceiver, on_parameters: Callable[[RTCRtpReceiveParameters], None]
-) -> None:
+def intercept_receiver(receiver: RTCRtpReceiver, on_parameters: Callable[[RTCRtpReceiveParameters], None]) -> None:
     """Replace ``receive()`` so that no decoder thread and no RTCP task start.
 
     aiortc calls ``receiver.receive(parameters)`` once DTLS is connected; the SFU
@@ -162,9 +158,7 @@ def dtls_srtp(dtls: RTCDtlsTransport) -> tuple[Any, Any]:
     return getattr(dtls, DTLS_RX_SRTP), getattr(dtls, DTLS_TX_SRTP)
 
 
-def intercept_rtcp(
-    dtls: RTCDtlsTransport, handler: Callable[[bytes], Awaitable[None]]
-) -> None:
+def intercept_rtcp(dtls: RTCDtlsTransport, handler: Callable[[bytes], Awaitable[None]]) -> None:
     """Decrypted RTCP goes to ``handler`` instead of aiortc's RTCP router."""
     setattr(dtls, DTLS_HANDLE_RTCP, handler)
 

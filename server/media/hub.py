@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -98,11 +97,7 @@ def _codec_filter(kind: str, codecs: list[RTCRtpCodecParameters]) -> list[RTCRtp
     main = next((c for c in codecs if c.mimeType.lower() == wanted), None)
     if main is None:
         raise UnsupportedOffer(f"offer has no {CODEC_FOR_KIND[kind]} for {kind}")
-    rtx = [
-        c
-        for c in codecs
-        if c.mimeType.lower().endswith("/rtx") and c.parameters.get("apt") == main.payloadType
-    ]
+    rtx = [c for c in codecs if c.mimeType.lower().endswith("/rtx") and c.parameters.get("apt") == main.payloadType]
     return [main, *rtx[:1]]
 
 
@@ -177,14 +172,10 @@ class MediaHub:
             link = PeerLink(dtls, aiortc_glue.sender_ssrc(transceivers[0].sender))
             participant = _Participant(room_id, participant_id, pc, link)
             for t in transceivers:
-                aiortc_glue.set_transceiver_codecs(
-                    t, _codec_filter(t.kind, aiortc_glue.transceiver_codecs(t))
-                )
+                aiortc_glue.set_transceiver_codecs(t, _codec_filter(t.kind, aiortc_glue.transceiver_codecs(t)))
                 t.direction = "sendrecv"
                 aiortc_glue.silence_sender(t.sender, partial(self._on_link_ready, participant))
-                aiortc_glue.intercept_receiver(
-                    t.receiver, partial(self._on_receive_parameters, participant, t)
-                )
+                aiortc_glue.intercept_receiver(t.receiver, partial(self._on_receive_parameters, participant, t))
                 participant.receivers.append(t.receiver)
                 participant.senders.append(t.sender)
             aiortc_glue.intercept_rtcp(dtls, partial(self._on_rtcp, participant))
@@ -225,9 +216,7 @@ class MediaHub:
         for slot in participant.slots:
             for track in slot.tracks():
                 track.detach()
-        self._closed_receivers_decoding += sum(
-            aiortc_glue.receiver_decoding(r) for r in participant.receivers
-        )
+        self._closed_receivers_decoding += sum(aiortc_glue.receiver_decoding(r) for r in participant.receivers)
         if not room.participants:
             del self._rooms[room_id]
         await participant.pc.close()

@@ -118,8 +118,4 @@ def one_byte_element(ext_id: int, value: bytes) -> bytes:
 def extension_block(body: bytes) -> bytes:
     """Wrap one-byte elements into an extension block padded to 32-bit words."""
     pad = -len(body) & 3
-    return (
-        struct.pack("!HH", ONE_BYTE_PROFILE, (len(body) + pad) >> 2)
-        + body
-        + b"\x00" * pad
-    )
+    return struct.pack("!HH", ONE_BYTE_PROFILE, (len(body) + pad) >> 2) + body + b"\x00" * pad

@@ -12,8 +12,8 @@ import av
 import numpy as np
 from aiortc import (
     AudioStreamTrack,
-    RTCBundlePolicy,
     MediaStreamTrack,
+    RTCBundlePolicy,
     RTCConfiguration,
     RTCPeerConnection,
     RTCSessionDescription,
@@ -70,9 +70,7 @@ class FrameNumberTrack(VideoStreamTrack):
 
     async def recv(self) -> av.VideoFrame:
         pts, time_base = await self.next_timestamp()
-        frame = av.VideoFrame.from_ndarray(
-            draw_frame_number(self.count, self.width, self.height), format="yuv420p"
-        )
+        frame = av.VideoFrame.from_ndarray(draw_frame_number(self.count, self.width, self.height), format="yuv420p")
         frame.pts, frame.time_base = pts, time_base
         self.sent_at[self.count % NUMBER_MOD] = time.monotonic()
         self.count += 1
@@ -173,15 +171,15 @@ class Client:
         await self.pc.close()
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> float:
-    """Poll ``condition`` until true; returns the seconds it took. Fails after ``timeout``."""
+async def wait_for(condition: Callable[[], bool], limit: float = 20.0, what: str = "condition") -> float:
+    """Poll ``condition`` until true; returns the seconds it took. Fails after ``limit`` seconds."""
     start = time.monotonic()
     while not condition():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        if time.monotonic() - start > limit:
+            raise AssertionError(f"timed out after {limit} s waiting for {what}")
         await asyncio.sleep(0.01)
     return time.monotonic() - start
 
 
 def consecutive(numbers: list[int]) -> bool:
-    return all((b - a) % NUMBER_MOD == 1 for a, b in zip(numbers, numbers[1:]))
+    return all((b - a) % NUMBER_MOD == 1 for a, b in zip(numbers, numbers[1:], strict=False))

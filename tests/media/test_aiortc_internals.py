@@ -62,9 +62,7 @@ async def test_private_attributes_exist_on_live_objects():
         client.addTransceiver("audio")
         client.addTransceiver("video")
         await client.setLocalDescription(await client.createOffer())
-        await server.setRemoteDescription(
-            RTCSessionDescription(sdp=client.localDescription.sdp, type="offer")
-        )
+        await server.setRemoteDescription(RTCSessionDescription(sdp=client.localDescription.sdp, type="offer"))
         for t in server.getTransceivers():
             _need(t, aiortc_glue.TRANSCEIVER_CODECS, "RTCRtpTransceiver")
             _need(t, aiortc_glue.TRANSCEIVER_HEADER_EXTENSIONS, "RTCRtpTransceiver")

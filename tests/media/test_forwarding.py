@@ -36,8 +36,10 @@ async def test_video_and_audio_are_forwarded_in_order(hub):
             assert viewer.received[mid].unreadable == 0
         audio_mids = {hub.layout(ROOM, "bob")["alice"].audio_mid, hub.layout(ROOM, "alice")["bob"].audio_mid}
         await wait_for(
-            lambda: bob.received[hub.layout(ROOM, "bob")["alice"].audio_mid].audio_frames >= 25
-            and alice.received[hub.layout(ROOM, "alice")["bob"].audio_mid].audio_frames >= 25,
+            lambda: (
+                bob.received[hub.layout(ROOM, "bob")["alice"].audio_mid].audio_frames >= 25
+                and alice.received[hub.layout(ROOM, "alice")["bob"].audio_mid].audio_frames >= 25
+            ),
             what="audio frames on both sides",
         )
         assert len(audio_mids) >= 1
@@ -48,8 +50,10 @@ async def test_video_and_audio_are_forwarded_in_order(hub):
         down_video = next(s for s in stats.down if s.kind == "video" and s.peer == "alice")
         assert down_video.packets > 0
         await wait_for(
-            lambda: next(s for s in hub.stats(ROOM, "bob").down if s.kind == "video" and s.peer == "alice").rtt_ms
-            is not None,
+            lambda: (
+                next(s for s in hub.stats(ROOM, "bob").down if s.kind == "video" and s.peer == "alice").rtt_ms
+                is not None
+            ),
             what="an RTT from bob's receiver reports",
         )
     finally:
@@ -95,8 +99,13 @@ async def test_losses_on_the_downlink_are_repaired_by_nack(hub):
         # Lose packets on bob's receive side (after the UDP socket, before SRTP).
         connection = bob.pc.getTransceivers()[0].receiver.transport.transport._connection
         original = connection.data_received
-        vp8_pts = {c.payloadType for t in bob.pc.getTransceivers() if t.kind == "video" for c in t._codecs
-                   if c.mimeType == "video/VP8"}
+        vp8_pts = {
+            c.payloadType
+            for t in bob.pc.getTransceivers()
+            if t.kind == "video"
+            for c in t._codecs
+            if c.mimeType == "video/VP8"
+        }
         dropped = []
         seen = [0]
 
@@ -119,7 +128,7 @@ async def test_losses_on_the_downlink_are_repaired_by_nack(hub):
         )
 
         numbers = [n for n, _ in bob.frames_from(a_mid)]
-        assert consecutive(numbers), f"gaps despite NACK: {numbers[start - 1:]}"
+        assert consecutive(numbers), f"gaps despite NACK: {numbers[start - 1 :]}"
         down = next(s for s in hub.stats(ROOM, "bob").down if s.kind == "video" and s.peer == "alice")
         assert down.nacks > 0 and down.retransmissions >= 40
     finally:
@@ -197,7 +206,7 @@ async def test_losses_on_the_uplink_are_repaired_by_server_nack_and_rtx(hub):
         await wait_for(lambda: len(bob.frames_from(a_mid)) >= start + 60, what="60 more frames")
 
         numbers = [n for n, _ in bob.frames_from(a_mid)]
-        assert consecutive(numbers), f"gaps despite upstream NACK: {numbers[start - 1:]}"
+        assert consecutive(numbers), f"gaps despite upstream NACK: {numbers[start - 1 :]}"
 
         def up_video():
             return next(s for s in hub.stats(ROOM, "alice").up if s.kind == "video")
