@@ -216,3 +216,24 @@ async def test_losses_on_the_uplink_are_repaired_by_server_nack_and_rtx(hub):
     finally:
         await alice.close()
         await bob.close()
+
+
+async def test_offer_without_vp8_is_refused(hub):
+    """Every leg must use the same codec: an H.264-only video offer gets a typed error."""
+    from aiortc import RTCRtpSender
+
+    from server.media import UnknownParticipant, UnsupportedOffer
+
+    client = Client("safari-without-vp8")
+    try:
+        h264 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/H264"]
+        for t in client.pc.getTransceivers():
+            if t.kind == "video":
+                t.setCodecPreferences(h264)
+        with pytest.raises(UnsupportedOffer, match="VP8"):
+            await hub.handle_offer(ROOM, client.name, await client.offer())
+        assert hub.participants(ROOM) == []
+        with pytest.raises(UnknownParticipant):
+            hub.stats(ROOM, client.name)
+    finally:
+        await client.close()
