@@ -142,6 +142,7 @@ class MediaHub:
         self._counters = Counters()
         self._rtcp_task: asyncio.Task[None] | None = None
         self._closed_receivers_decoding = 0
+        self._background: set[asyncio.Future[None]] = set()
 
     # -- membership ----------------------------------------------------------
 
@@ -188,6 +189,15 @@ class MediaHub:
             raise
 
         self._build_slots(participant)
+
+        @pc.on("connectionstatechange")
+        def _on_state() -> None:
+            # a peer that goes away without signaling (tab closed, network gone) is removed
+            if pc.connectionState in ("failed", "closed"):
+                task = asyncio.ensure_future(self._remove(participant))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
         for other in room.participants.values():
             self._pair(participant, other)
             self._pair(other, participant)
@@ -201,7 +211,14 @@ class MediaHub:
         room = self._rooms.get(room_id)
         if room is None or participant_id not in room.participants:
             return
-        participant = room.participants.pop(participant_id)
+        await self._remove(room.participants[participant_id])
+
+    async def _remove(self, participant: _Participant) -> None:
+        room_id, participant_id = participant.room_id, participant.participant_id
+        room = self._rooms.get(room_id)
+        if room is None or room.participants.get(participant_id) is not participant:
+            return  # already gone, or replaced by a newer connection of the same participant
+        del room.participants[participant_id]
         for inbound in participant.inbound.values():
             for leg in list(inbound.legs):
                 leg.detach()
@@ -263,6 +280,8 @@ class MediaHub:
         for room_id in list(self._rooms):
             for participant_id in list(self._rooms.get(room_id, _Room()).participants):
                 await self.leave(room_id, participant_id)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         if self._rtcp_task is not None:
             self._rtcp_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -439,9 +458,11 @@ class MediaHub:
 
     def _on_datagram(self, participant: _Participant, data: bytes) -> bool:
         """The fast path: SRTP in, decrypted once, forwarded. True if consumed."""
+        if len(data) < 12:
+            return False
         b0 = data[0]
-        if b0 < 128 or b0 > 191 or len(data) < 12 or 192 <= data[1] <= 208:
-            return False  # DTLS, or SRTCP: aiortc's path
+        if b0 < 128 or b0 > 191 or 192 <= data[1] <= 208:
+            return False  # STUN, DTLS, or SRTCP: aiortc's path
         link = participant.link
         rx = link.rx
         if rx is None:

@@ -237,3 +237,18 @@ async def test_offer_without_vp8_is_refused(hub):
             hub.stats(ROOM, client.name)
     finally:
         await client.close()
+
+
+async def test_peer_that_disappears_is_removed(hub):
+    """A client closing its connection without signaling leaves the room; the others' slot frees up."""
+    alice, bob = Client("alice"), Client("bob")
+    try:
+        await join_all(hub, alice, bob)
+        await wait_for(lambda: len(bob.frames_from(video_mid(hub, bob, alice))) >= 5, what="media to flow")
+        await alice.close()
+        await wait_for(lambda: hub.participants(ROOM) == ["bob"], what="the server to notice alice is gone")
+        assert "alice" not in hub.layout(ROOM, "bob")
+        assert hub.counters().decoded_frames == 0
+    finally:
+        await alice.close()
+        await bob.close()
