@@ -198,10 +198,11 @@ class MediaHub:
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
 
-        for other in room.participants.values():
+        others = list(room.participants.values())
+        room.participants[participant_id] = participant
+        for other in others:
             self._pair(participant, other)
             self._pair(other, participant)
-        room.participants[participant_id] = participant
         self._ensure_rtcp_task()
         logger.info("media room %s: participant joined (%d in room)", room_id, len(room.participants))
         return _add_bandwidth(pc.localDescription.sdp, self._max_video_bitrate // 1000)
@@ -218,7 +219,61 @@ class MediaHub:
         room = self._rooms.get(room_id)
         if room is None or room.participants.get(participant_id) is not participant:
             return  # already gone, or replaced by a newer connection of the same participant
-        del room.participants[participant_id]
+        self._take_out(room, participant)
+        self._closed_receivers_decoding += sum(aiortc_glue.receiver_decoding(r) for r in participant.receivers)
+        await participant.pc.close()
+        logger.info("media room %s: participant left", room_id)
+
+    def move(self, participant_id: str, from_room: str, to_room: str) -> None:
+        """Move a connected participant to another room, keeping its connection.
+
+        For the waiting room: a citizen connects (camera check, self view) in a
+        room of their own while waiting; "call next" moves them into the clerk's
+        room, which only switches forwarding. Video to and from them restarts at
+        a keyframe the server requests at once. Raises ``UnknownParticipant``; if
+        ``to_room`` already has a participant with that id, that one is removed.
+        """
+        participant = self._participant(from_room, participant_id)
+        if from_room == to_room:
+            return
+        self._take_out(self._rooms[from_room], participant)
+        target = self._rooms.setdefault(to_room, _Room())
+        previous = target.participants.get(participant_id)
+        if previous is not None:
+            task = asyncio.ensure_future(self._remove(previous))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            self._take_out(target, previous)
+            target = self._rooms.setdefault(to_room, _Room())
+        participant.room_id = to_room
+        others = list(target.participants.values())
+        target.participants[participant_id] = participant  # before pairing: _attach looks publishers up
+        for other in others:
+            self._pair(participant, other)
+            self._pair(other, participant)
+        logger.info("media room %s: participant moved in (%d in room)", to_room, len(target.participants))
+
+    def set_self_view(self, room_id: str, participant_id: str, enabled: bool) -> None:
+        """Show a participant its own media through the server (camera check), in a free slot."""
+        participant = self._participant(room_id, participant_id)
+        slot = participant.slot_of(participant_id)
+        if enabled and slot is None:
+            self._pair(participant, participant)
+        elif not enabled and slot is not None:
+            self._free(slot)
+
+    @staticmethod
+    def _free(slot: _Slot) -> None:
+        for track in slot.tracks():
+            track.detach()
+            track.source = None
+        slot.occupant = None
+
+    def _take_out(self, room: _Room, participant: _Participant) -> None:
+        """Unlink a participant from its room: no legs to or from it, no slots showing it."""
+        participant_id = participant.participant_id
+        if room.participants.get(participant_id) is participant:
+            del room.participants[participant_id]
         for inbound in participant.inbound.values():
             for leg in list(inbound.legs):
                 leg.detach()
@@ -226,18 +281,11 @@ class MediaHub:
         for other in room.participants.values():
             slot = other.slot_of(participant_id)
             if slot is not None:
-                for track in slot.tracks():
-                    track.detach()
-                    track.source = None
-                slot.occupant = None
+                self._free(slot)
         for slot in participant.slots:
-            for track in slot.tracks():
-                track.detach()
-        self._closed_receivers_decoding += sum(aiortc_glue.receiver_decoding(r) for r in participant.receivers)
-        if not room.participants:
-            del self._rooms[room_id]
-        await participant.pc.close()
-        logger.info("media room %s: participant left", room_id)
+            self._free(slot)
+        if not room.participants and self._rooms.get(participant.room_id) is room:
+            del self._rooms[participant.room_id]
 
     def set_forwarding(self, room_id: str, enabled: bool) -> None:
         """Switch forwarding in a room on or off; connections stay up.

@@ -252,3 +252,29 @@ async def test_peer_that_disappears_is_removed(hub):
     finally:
         await alice.close()
         await bob.close()
+
+
+async def test_waiting_citizen_is_moved_into_the_consultation(hub):
+    """Self view while waiting, then "call next" moves the same connection into the clerk's room."""
+    citizen, clerk = Client("citizen"), Client("clerk")
+    try:
+        await citizen.join(hub, "waiting-citizen")
+        hub.set_self_view("waiting-citizen", "citizen", True)
+        own_mid = hub.layout("waiting-citizen", "citizen")["citizen"].video_mid
+        await wait_for(lambda: len(citizen.frames_from(own_mid)) >= 10, what="the citizen's self view")
+        await clerk.join(hub, ROOM)
+
+        hub.set_self_view("waiting-citizen", "citizen", False)
+        hub.move("citizen", "waiting-citizen", ROOM)
+        assert hub.participants("waiting-citizen") == []
+        assert sorted(hub.participants(ROOM)) == ["citizen", "clerk"]
+        to_clerk = hub.layout(ROOM, "clerk")["citizen"].video_mid
+        to_citizen = hub.layout(ROOM, "citizen")["clerk"].video_mid
+        took = await wait_for(lambda: len(clerk.frames_from(to_clerk)) >= 1, what="the clerk's first frame")
+        assert took < 1.0, f"first frame {took:.3f} s after the move"
+        await wait_for(lambda: len(citizen.frames_from(to_citizen)) >= 10, what="the citizen sees the clerk")
+        await wait_for(lambda: len(clerk.frames_from(to_clerk)) >= 10, what="the clerk sees the citizen")
+        assert consecutive([n for n, _ in clerk.frames_from(to_clerk)])
+    finally:
+        await citizen.close()
+        await clerk.close()
