@@ -240,10 +240,11 @@ class MediaHub:
         target = self._rooms.setdefault(to_room, _Room())
         previous = target.participants.get(participant_id)
         if previous is not None:
-            task = asyncio.ensure_future(self._remove(previous))
+            self._take_out(target, previous)
+            self._closed_receivers_decoding += sum(aiortc_glue.receiver_decoding(r) for r in previous.receivers)
+            task = asyncio.ensure_future(previous.pc.close())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-            self._take_out(target, previous)
             target = self._rooms.setdefault(to_room, _Room())
         participant.room_id = to_room
         others = list(target.participants.values())
