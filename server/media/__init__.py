@@ -1,0 +1,16 @@
+"""Media layer: an SFU that forwards encoded RTP between participants, never decoding."""
+
+from .errors import MediaError, UnknownParticipant, UnsupportedOffer
+from .hub import MediaHub
+from .stats import HubCounters, ParticipantStats, RemoteSlot, TrackStats
+
+__all__ = [
+    "HubCounters",
+    "MediaError",
+    "MediaHub",
+    "ParticipantStats",
+    "RemoteSlot",
+    "TrackStats",
+    "UnknownParticipant",
+    "UnsupportedOffer",
+]

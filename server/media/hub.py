@@ -1,0 +1,623 @@
+"""MediaHub: rooms of participants, one peer connection each, media forwarded between them.
+
+The hub knows nothing of queues or tickets: the signaling layer tells it who is
+in which room (``handle_offer``, ``leave``) and whether media flows
+(``set_forwarding``). See docs/media.md for the design.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import pylibsrtp
+from aiortc import (
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPacket,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+    unpack_remb_fci,
+)
+
+from . import aiortc_glue
+from .errors import UnknownParticipant, UnsupportedOffer
+from .forwarding import Counters, Inbound, OutTrack, PeerLink, receiver_report_packet
+from .rtp_bytes import ABS_SEND_TIME_URI, AUDIO_LEVEL_URI, MID_URI
+from .stats import HubCounters, ParticipantStats, RemoteSlot, TrackStats
+
+logger = logging.getLogger(__name__)
+
+CODEC_FOR_KIND = {"audio": "audio/opus", "video": "video/VP8"}
+EXTENSION_NAMES = {MID_URI: "mid", ABS_SEND_TIME_URI: "abs-send-time", AUDIO_LEVEL_URI: "audio-level"}
+RTCP_INTERVAL = 1.0
+
+
+@dataclass
+class _Slot:
+    """A pair of outgoing tracks (audio, video) of a participant, showing one remote."""
+
+    audio: OutTrack | None = None
+    video: OutTrack | None = None
+    occupant: str | None = None
+
+    def tracks(self) -> list[OutTrack]:
+        return [t for t in (self.audio, self.video) if t is not None]
+
+
+@dataclass
+class _Participant:
+    room_id: str
+    participant_id: str
+    pc: RTCPeerConnection
+    link: PeerLink
+    slots: list[_Slot] = field(default_factory=list)
+    inbound: dict[str, Inbound] = field(default_factory=dict)
+    inbound_by_ssrc: dict[int, Inbound] = field(default_factory=dict)
+    rtx_by_ssrc: dict[int, Inbound] = field(default_factory=dict)
+    unknown_ssrc_by_pt: dict[int, Inbound] = field(default_factory=dict)
+    out_by_ssrc: dict[int, OutTrack] = field(default_factory=dict)
+    receivers: list[Any] = field(default_factory=list)
+    senders: list[Any] = field(default_factory=list)
+
+    def slot_of(self, other: str) -> _Slot | None:
+        for slot in self.slots:
+            if slot.occupant == other:
+                return slot
+        return None
+
+
+@dataclass
+class _Room:
+    forwarding: bool = True
+    participants: dict[str, _Participant] = field(default_factory=dict)
+
+
+def _codec_filter(kind: str, codecs: list[RTCRtpCodecParameters]) -> list[RTCRtpCodecParameters]:
+    """Keep only the SFU's codec (VP8 or Opus) and its RTX: every leg uses the same codec."""
+    wanted = CODEC_FOR_KIND[kind].lower()
+    main = next((c for c in codecs if c.mimeType.lower() == wanted), None)
+    if main is None:
+        raise UnsupportedOffer(f"offer has no {CODEC_FOR_KIND[kind]} for {kind}")
+    rtx = [c for c in codecs if c.mimeType.lower().endswith("/rtx") and c.parameters.get("apt") == main.payloadType]
+    return [main, *rtx[:1]]
+
+
+def _extension_ids(extensions: list[Any]) -> dict[str, int]:
+    return {EXTENSION_NAMES[e.uri]: e.id for e in extensions if e.uri in EXTENSION_NAMES}
+
+
+def _add_bandwidth(sdp: str, video_kbps: int) -> str:
+    """Insert ``b=AS`` into every video section: browsers cap their encoder to it."""
+    out: list[str] = []
+    in_video = False
+    for line in sdp.split("\r\n"):
+        if line.startswith("m="):
+            in_video = line.startswith("m=video")
+        out.append(line)
+        if in_video and line.startswith("c="):
+            out.append(f"b=AS:{video_kbps}")
+    return "\r\n".join(out)
+
+
+class MediaHub:
+    """An SFU: forwards encoded RTP between the participants of each room.
+
+    :param ice_servers: ICE servers for the server's peer connections; keep it
+        empty (the default) unless a TURN server is configured, otherwise aiortc
+        asks a public STUN server.
+    :param max_video_bitrate: cap for every publisher's video, in bit/s, sent as
+        REMB and as ``b=AS`` in the answer.
+    :param keyframe_interval: minimum seconds between two PLIs to one publisher.
+    """
+
+    def __init__(
+        self,
+        ice_servers: list[RTCIceServer] | None = None,
+        max_video_bitrate: int = 1_000_000,
+        keyframe_interval: float = 0.5,
+    ) -> None:
+        self._ice_servers = list(ice_servers or [])
+        self._max_video_bitrate = max_video_bitrate
+        self._keyframe_interval = keyframe_interval
+        self._rooms: dict[str, _Room] = {}
+        self._counters = Counters()
+        self._rtcp_task: asyncio.Task[None] | None = None
+        self._closed_receivers_decoding = 0
+        self._background: set[asyncio.Future[None]] = set()
+
+    # -- membership ----------------------------------------------------------
+
+    async def handle_offer(self, room_id: str, participant_id: str, offer_sdp: str) -> str:
+        """Connect a participant to a room; returns the SDP answer.
+
+        The offer must BUNDLE its media. Each audio/video transceiver pair that
+        can receive is a *slot* showing one other participant: a client offering
+        its own camera (sendrecv) plus one extra recvonly pair can see two others
+        (counterpart and interpreter) without renegotiation. Which remote is in
+        which slot: :meth:`layout`. A participant that offers again replaces its
+        previous connection.
+        """
+        room = self._rooms.setdefault(room_id, _Room())
+        if participant_id in room.participants:
+            await self.leave(room_id, participant_id)
+            room = self._rooms.setdefault(room_id, _Room())
+
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=self._ice_servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            transceivers = pc.getTransceivers()
+            if not transceivers:
+                raise UnsupportedOffer("offer has no audio or video")
+            dtls = transceivers[0].receiver.transport
+            if any(t.receiver.transport is not dtls for t in transceivers):
+                raise UnsupportedOffer("offer does not BUNDLE its media")
+            link = PeerLink(dtls, aiortc_glue.sender_ssrc(transceivers[0].sender))
+            participant = _Participant(room_id, participant_id, pc, link)
+            for t in transceivers:
+                aiortc_glue.set_transceiver_codecs(t, _codec_filter(t.kind, aiortc_glue.transceiver_codecs(t)))
+                t.direction = "sendrecv"
+                aiortc_glue.silence_sender(t.sender, partial(self._on_link_ready, participant))
+                aiortc_glue.intercept_receiver(t.receiver, partial(self._on_receive_parameters, participant, t))
+                participant.receivers.append(t.receiver)
+                participant.senders.append(t.sender)
+            aiortc_glue.intercept_rtcp(dtls, partial(self._on_rtcp, participant))
+            await pc.setLocalDescription(await pc.createAnswer())
+            # gathering (in setLocalDescription) created the sockets; no media before ICE completes
+            if not aiortc_glue.intercept_datagrams(link.connection, partial(self._on_datagram, participant)):
+                raise UnsupportedOffer("no local ICE candidate to receive media on")
+        except BaseException:
+            await pc.close()
+            raise
+
+        self._build_slots(participant)
+
+        @pc.on("connectionstatechange")
+        def _on_state() -> None:
+            # a peer that goes away without signaling (tab closed, network gone) is removed
+            if pc.connectionState in ("failed", "closed"):
+                task = asyncio.ensure_future(self._remove(participant))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+        others = list(room.participants.values())
+        room.participants[participant_id] = participant
+        for other in others:
+            self._pair(participant, other)
+            self._pair(other, participant)
+        self._ensure_rtcp_task()
+        logger.info("media room %s: participant joined (%d in room)", room_id, len(room.participants))
+        return _add_bandwidth(pc.localDescription.sdp, self._max_video_bitrate // 1000)
+
+    async def leave(self, room_id: str, participant_id: str) -> None:
+        """Disconnect a participant; the others' slots showing it fall silent."""
+        room = self._rooms.get(room_id)
+        if room is None or participant_id not in room.participants:
+            return
+        await self._remove(room.participants[participant_id])
+
+    async def _remove(self, participant: _Participant) -> None:
+        room_id, participant_id = participant.room_id, participant.participant_id
+        room = self._rooms.get(room_id)
+        if room is None or room.participants.get(participant_id) is not participant:
+            return  # already gone, or replaced by a newer connection of the same participant
+        self._take_out(room, participant)
+        self._closed_receivers_decoding += sum(aiortc_glue.receiver_decoding(r) for r in participant.receivers)
+        await participant.pc.close()
+        logger.info("media room %s: participant left", room_id)
+
+    def move(self, participant_id: str, from_room: str, to_room: str) -> None:
+        """Move a connected participant to another room, keeping its connection.
+
+        For the waiting room: a citizen connects (camera check, self view) in a
+        room of their own while waiting; "call next" moves them into the clerk's
+        room, which only switches forwarding. Video to and from them restarts at
+        a keyframe the server requests at once. Raises ``UnknownParticipant``; if
+        ``to_room`` already has a participant with that id, that one is removed.
+        """
+        participant = self._participant(from_room, participant_id)
+        if from_room == to_room:
+            return
+        self._take_out(self._rooms[from_room], participant)
+        target = self._rooms.setdefault(to_room, _Room())
+        previous = target.participants.get(participant_id)
+        if previous is not None:
+            self._take_out(target, previous)
+            self._closed_receivers_decoding += sum(aiortc_glue.receiver_decoding(r) for r in previous.receivers)
+            task = asyncio.ensure_future(previous.pc.close())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            target = self._rooms.setdefault(to_room, _Room())
+        participant.room_id = to_room
+        others = list(target.participants.values())
+        target.participants[participant_id] = participant  # before pairing: _attach looks publishers up
+        for other in others:
+            self._pair(participant, other)
+            self._pair(other, participant)
+        logger.info("media room %s: participant moved in (%d in room)", to_room, len(target.participants))
+
+    def set_self_view(self, room_id: str, participant_id: str, enabled: bool) -> None:
+        """Show a participant its own media through the server (camera check), in a free slot."""
+        participant = self._participant(room_id, participant_id)
+        slot = participant.slot_of(participant_id)
+        if enabled and slot is None:
+            self._pair(participant, participant)
+        elif not enabled and slot is not None:
+            self._free(slot)
+
+    @staticmethod
+    def _free(slot: _Slot) -> None:
+        for track in slot.tracks():
+            track.detach()
+            track.source = None
+        slot.occupant = None
+
+    def _take_out(self, room: _Room, participant: _Participant) -> None:
+        """Unlink a participant from its room: no legs to or from it, no slots showing it."""
+        participant_id = participant.participant_id
+        if room.participants.get(participant_id) is participant:
+            del room.participants[participant_id]
+        for inbound in participant.inbound.values():
+            for leg in list(inbound.legs):
+                leg.detach()
+                leg.source = None
+        for other in room.participants.values():
+            slot = other.slot_of(participant_id)
+            if slot is not None:
+                self._free(slot)
+        for slot in participant.slots:
+            self._free(slot)
+        if not room.participants and self._rooms.get(participant.room_id) is room:
+            del self._rooms[participant.room_id]
+
+    def set_forwarding(self, room_id: str, enabled: bool) -> None:
+        """Switch forwarding in a room on or off; connections stay up.
+
+        Lets a citizen's connection be opened while they wait, so that "call
+        next" only switches media on. When switched on, video is gated until the
+        next keyframe, which the server requests.
+        """
+        room = self._rooms.setdefault(room_id, _Room())
+        if room.forwarding == enabled:
+            return
+        room.forwarding = enabled
+        for participant in room.participants.values():
+            for slot in participant.slots:
+                if slot.occupant is None:
+                    continue
+                for track in slot.tracks():
+                    if enabled:
+                        self._attach(room, participant, slot, track)
+                    else:
+                        track.detach()
+
+    def layout(self, room_id: str, participant_id: str) -> dict[str, RemoteSlot]:
+        """Which remote participant each of this participant's slots shows, by mid."""
+        participant = self._participant(room_id, participant_id)
+        return {
+            slot.occupant: RemoteSlot(
+                audio_mid=slot.audio.mid if slot.audio else None,
+                video_mid=slot.video.mid if slot.video else None,
+            )
+            for slot in participant.slots
+            if slot.occupant is not None
+        }
+
+    def participants(self, room_id: str) -> list[str]:
+        room = self._rooms.get(room_id)
+        return list(room.participants) if room else []
+
+    async def close(self) -> None:
+        for room_id in list(self._rooms):
+            for participant_id in list(self._rooms.get(room_id, _Room()).participants):
+                await self.leave(room_id, participant_id)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._rtcp_task is not None:
+            self._rtcp_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rtcp_task
+            self._rtcp_task = None
+
+    # -- statistics ----------------------------------------------------------
+
+    def stats(self, room_id: str, participant_id: str) -> ParticipantStats:
+        participant = self._participant(room_id, participant_id)
+        up = tuple(
+            TrackStats(
+                kind=i.kind,
+                direction="up",
+                peer=None,
+                packets=i.packets,
+                bitrate_bps=i.bitrate,
+                packets_lost=max(0, i.cycles + i.max_seq - (i.base_seq or 0) + 1 - i.packets)
+                if i.base_seq is not None
+                else 0,
+                fraction_lost=i.lost_fraction / 256,
+                jitter_ms=i.jitter * 1000 / i.clock_rate,
+                rtt_ms=None,
+                nacks=i.nacks_sent,
+                retransmissions=i.recovered,
+                keyframe_requests=i.keyframe_requests,
+            )
+            for i in participant.inbound.values()
+        )
+        down = tuple(
+            TrackStats(
+                kind=t.kind,
+                direction="down",
+                peer=slot.occupant,
+                packets=t.packets,
+                bitrate_bps=t.bitrate,
+                packets_lost=t.packets_lost,
+                fraction_lost=t.fraction_lost / 256,
+                jitter_ms=t.jitter * 1000 / t.clock_rate,
+                rtt_ms=t.rtt * 1000 if t.rtt is not None else None,
+                nacks=t.nacks_received,
+                retransmissions=t.retransmitted,
+                keyframe_requests=t.keyframe_requests_received,
+            )
+            for slot in participant.slots
+            for t in slot.tracks()
+        )
+        return ParticipantStats(
+            room_id=room_id,
+            participant_id=participant_id,
+            connection_state=participant.pc.connectionState,
+            up=up,
+            down=down,
+        )
+
+    def counters(self) -> HubCounters:
+        decoded = self._closed_receivers_decoding
+        encoders = 0
+        for room in self._rooms.values():
+            for participant in room.participants.values():
+                decoded += sum(aiortc_glue.receiver_decoding(r) for r in participant.receivers)
+                encoders += sum(aiortc_glue.sender_has_encoder(s) for s in participant.senders)
+        c = self._counters
+        return HubCounters(
+            forwarded_packets=c.forwarded,
+            retransmitted_packets=c.retransmitted,
+            keyframe_requests=c.keyframe_requests,
+            dropped_packets=c.dropped,
+            decoded_frames=decoded,
+            encoders=encoders,
+        )
+
+    # -- wiring --------------------------------------------------------------
+
+    def _participant(self, room_id: str, participant_id: str) -> _Participant:
+        room = self._rooms.get(room_id)
+        if room is None or participant_id not in room.participants:
+            raise UnknownParticipant(f"no participant {participant_id!r} in room {room_id!r}")
+        return room.participants[participant_id]
+
+    def _build_slots(self, participant: _Participant) -> None:
+        audio: list[OutTrack] = []
+        video: list[OutTrack] = []
+        for t in participant.pc.getTransceivers():
+            if t.currentDirection not in ("sendonly", "sendrecv"):
+                continue
+            codec = aiortc_glue.transceiver_codecs(t)[0]
+            track = OutTrack(
+                link=participant.link,
+                counters=self._counters,
+                kind=t.kind,
+                ssrc=aiortc_glue.sender_ssrc(t.sender),
+                payload_type=int(codec.payloadType or 0),
+                clock_rate=codec.clockRate,
+                mid=t.mid,
+                extension_ids=_extension_ids(aiortc_glue.transceiver_header_extensions(t)),
+            )
+            participant.out_by_ssrc[track.ssrc] = track
+            (audio if t.kind == "audio" else video).append(track)
+        for i in range(max(len(audio), len(video))):
+            participant.slots.append(
+                _Slot(audio=audio[i] if i < len(audio) else None, video=video[i] if i < len(video) else None)
+            )
+
+    def _pair(self, subscriber: _Participant, publisher: _Participant) -> None:
+        """Give ``publisher`` a free slot of ``subscriber`` and attach its tracks."""
+        slot = next((s for s in subscriber.slots if s.occupant is None), None)
+        if slot is None:
+            logger.warning("media room %s: no free slot to show a participant", subscriber.room_id)
+            return
+        slot.occupant = publisher.participant_id
+        room = self._rooms[subscriber.room_id]
+        for track in slot.tracks():
+            self._attach(room, subscriber, slot, track)
+
+    def _attach(self, room: _Room, subscriber: _Participant, slot: _Slot, track: OutTrack) -> None:
+        if not room.forwarding or slot.occupant is None:
+            return
+        publisher = room.participants.get(slot.occupant)
+        if publisher is None:
+            return
+        source = publisher.inbound.get(track.kind)
+        if source is not None:
+            track.attach(source)
+
+    def _on_receive_parameters(
+        self, participant: _Participant, transceiver: RTCRtpTransceiver, params: RTCRtpReceiveParameters
+    ) -> None:
+        """aiortc starts a receiver (DTLS is up): the participant publishes this track."""
+        kind = transceiver.kind
+        if kind in participant.inbound:
+            logger.warning("media: second %s track of one participant ignored", kind)
+            return
+        main = params.codecs[0]
+        rtx = next((c for c in params.codecs if c.mimeType.lower().endswith("/rtx")), None)
+        encoding = params.encodings[0] if params.encodings else None
+        ids = _extension_ids(params.headerExtensions)
+        inbound = Inbound(
+            link=participant.link,
+            counters=self._counters,
+            kind=kind,
+            ssrc=encoding.ssrc if encoding else None,
+            payload_type=int(main.payloadType or 0),
+            clock_rate=main.clockRate,
+            rtx_ssrc=encoding.rtx.ssrc if encoding and encoding.rtx else None,
+            rtx_payload_type=int(rtx.payloadType) if rtx and rtx.payloadType is not None else None,
+            audio_level_id=ids.get("audio-level") if kind == "audio" else None,
+            keyframe_interval=self._keyframe_interval,
+        )
+        participant.inbound[kind] = inbound
+        if inbound.ssrc is not None:
+            participant.inbound_by_ssrc[inbound.ssrc] = inbound
+        else:
+            participant.unknown_ssrc_by_pt[inbound.payload_type] = inbound
+        if inbound.rtx_ssrc is not None:
+            participant.rtx_by_ssrc[inbound.rtx_ssrc] = inbound
+        room = self._rooms.get(participant.room_id)
+        if room is None:
+            return
+        for other in room.participants.values():
+            slot = other.slot_of(participant.participant_id)
+            if slot is None:
+                continue
+            track = slot.audio if kind == "audio" else slot.video
+            if track is not None:
+                self._attach(room, other, slot, track)
+
+    def _on_link_ready(self, participant: _Participant) -> None:
+        """A sender started, so DTLS is connected: gated video legs ask for a keyframe."""
+        participant.link.ready()
+        for slot in participant.slots:
+            for track in slot.tracks():
+                track.on_link_ready()
+
+    def _on_datagram(self, participant: _Participant, data: bytes) -> bool:
+        """The fast path: SRTP in, decrypted once, forwarded. True if consumed."""
+        if len(data) < 12:
+            return False
+        b0 = data[0]
+        if b0 < 128 or b0 > 191 or 192 <= data[1] <= 208:
+            return False  # STUN, DTLS, or SRTCP: aiortc's path
+        link = participant.link
+        rx = link.rx
+        if rx is None:
+            if not link.ready():
+                return False
+            rx = link.rx
+        try:
+            data = rx.unprotect(data)
+        except pylibsrtp.Error:
+            self._counters.dropped += 1
+            return True
+        ssrc = (data[8] << 24) | (data[9] << 16) | (data[10] << 8) | data[11]
+        inbound = participant.inbound_by_ssrc.get(ssrc)
+        try:
+            if inbound is not None:
+                inbound.receive(data)
+                return True
+            inbound = participant.rtx_by_ssrc.get(ssrc)
+            if inbound is not None:
+                original = inbound.unwrap_rtx(data)
+                if original is not None:
+                    inbound.receive(original)
+                return True
+            inbound = participant.unknown_ssrc_by_pt.pop(data[1] & 0x7F, None)
+            if inbound is not None:  # learn the SSRC the offer did not announce
+                inbound.ssrc = ssrc
+                participant.inbound_by_ssrc[ssrc] = inbound
+                inbound.receive(data)
+                return True
+            self._counters.dropped += 1
+        except Exception:  # never let one bad packet break the ICE callback
+            self._counters.errors += 1
+            logger.exception("media: forwarding failed")
+        return True
+
+    async def _on_rtcp(self, participant: _Participant, data: bytes) -> None:
+        try:
+            packets = RtcpPacket.parse(data)
+        except ValueError:
+            return
+        for packet in packets:
+            if isinstance(packet, RtcpSrPacket):
+                inbound = participant.inbound_by_ssrc.get(packet.ssrc)
+                if inbound is not None:
+                    inbound.on_sender_report(packet)
+            if isinstance(packet, (RtcpSrPacket, RtcpRrPacket)):
+                for report in packet.reports:
+                    track = participant.out_by_ssrc.get(report.ssrc)
+                    if track is not None:
+                        track.on_report(report)
+            elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+                track = participant.out_by_ssrc.get(packet.media_ssrc)
+                if track is not None:
+                    track.retransmit(packet.lost)
+            elif isinstance(packet, RtcpPsfbPacket):
+                if packet.fmt == RTCP_PSFB_PLI:
+                    track = participant.out_by_ssrc.get(packet.media_ssrc)
+                    if track is not None:
+                        track.keyframe_wanted()
+                elif packet.fmt == RTCP_PSFB_FIR:
+                    for pos in range(0, len(packet.fci) - 7, 8):
+                        ssrc = int.from_bytes(packet.fci[pos : pos + 4], "big")
+                        track = participant.out_by_ssrc.get(ssrc)
+                        if track is not None:
+                            track.keyframe_wanted()
+                elif packet.fmt == RTCP_PSFB_APP:
+                    try:
+                        bitrate, ssrcs = unpack_remb_fci(packet.fci)
+                    except ValueError:
+                        continue
+                    for ssrc in ssrcs:
+                        track = participant.out_by_ssrc.get(ssrc)
+                        if track is not None:
+                            track.remb = bitrate
+
+    def _ensure_rtcp_task(self) -> None:
+        if self._rtcp_task is None or self._rtcp_task.done():
+            self._rtcp_task = asyncio.ensure_future(self._run_rtcp())
+
+    async def _run_rtcp(self) -> None:
+        """Once a second: RR and REMB to every publisher, re-NACK, bitrates."""
+        while True:
+            await asyncio.sleep(RTCP_INTERVAL)
+            now = time.monotonic()
+            for room in list(self._rooms.values()):
+                for participant in list(room.participants.values()):
+                    try:
+                        self._periodic(participant, now)
+                    except Exception:
+                        logger.exception("media: periodic RTCP failed")
+
+    def _periodic(self, participant: _Participant, now: float) -> None:
+        link = participant.link
+        inbounds = list(participant.inbound.values())
+        for inbound in inbounds:
+            inbound.update_rate(now)
+        for slot in participant.slots:
+            for track in slot.tracks():
+                track.update_rate(now)
+        if not inbounds or not link.ready():
+            return
+        compound = receiver_report_packet(link, inbounds) or b""
+        for inbound in inbounds:
+            compound += inbound.remb(self._max_video_bitrate) or b""
+        if compound:
+            link.send_rtcp(compound)
+        for inbound in inbounds:
+            if inbound.missing:
+                inbound.send_nack(sorted(inbound.missing))
