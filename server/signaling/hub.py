@@ -272,6 +272,7 @@ class Signaling:
                     await self.sio.emit("load", (await self.room.load(dep)).to_public(), room=f"s:{dep}")
                 except Exception:  # noqa: BLE001 - a failed broadcast must not end the loop
                     log.exception("position broadcast failed")
+                await asyncio.sleep(0)  # let a clerk's "call next" in between two departments
             await asyncio.sleep(max(0.0, self.settings.position_interval - (loop.time() - started)))
 
     async def renew_presence(self) -> None:

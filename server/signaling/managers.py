@@ -28,7 +28,8 @@ from socketio import packet
 
 log = logging.getLogger("sprechstunde.signaling")
 
-YIELD_EVERY = 256
+YIELD_EVERY = 128
+_sent = [0]
 
 
 class _SidSet(dict):  # type: ignore[type-arg]
@@ -96,7 +97,7 @@ async def broadcast(manager: Any, event: str, data: Any, namespace: str, room: A
     packets = [eio_packet.Packet(eio_packet.MESSAGE, p) for p in (encoded if isinstance(encoded, list) else [encoded])]
     skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}
     send = manager.server._send_eio_packet
-    for i, (sid, eio_sid) in enumerate(list(manager.get_participants(namespace, room))):
+    for sid, eio_sid in list(manager.get_participants(namespace, room)):
         if sid in skip:
             continue
         for p in packets:
@@ -104,7 +105,8 @@ async def broadcast(manager: Any, event: str, data: Any, namespace: str, room: A
                 await send(eio_sid, p)  # puts the packet on the socket's queue; its writer sends it
             except Exception:  # noqa: BLE001 - one broken socket must not stop the broadcast
                 log.debug("send to a socket failed", exc_info=True)
-        if i % YIELD_EVERY == YIELD_EVERY - 1:
+        _sent[0] += 1
+        if _sent[0] % YIELD_EVERY == 0:  # counted across broadcasts: small rooms add up too
             await asyncio.sleep(0)
 
 
