@@ -42,8 +42,11 @@ def serve(args: argparse.Namespace) -> int:
     print(f"Sprechstunde on http://{settings.host}:{settings.port}/ "
           f"({'redis' if settings.redis_url else 'embedded memory'} store)", flush=True)
     # A reconnect storm of thousands of pages overflows aiohttp's default listen backlog of 128.
+    # uvloop: the SFU's per-packet path (server/media) runs on this loop (measured several times cheaper).
+    import uvloop
+
     web.run_app(app, host=settings.host, port=settings.port, print=None, backlog=4096,
-                access_log_format='"%r" %s %b %Tfs')
+                access_log_format='"%r" %s %b %Tfs', loop=uvloop.new_event_loop())
     return 0
 
 
