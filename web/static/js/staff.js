@@ -13,6 +13,8 @@ import {
   tn,
   unlockAudio,
 } from './common.js';
+import { MediaSession, openLocalMedia } from './media.js';
+import { createConsultation } from './consult.js';
 
 const ACK_TIMEOUT_MS = 10000;
 const TICK_MS = 5000;
@@ -103,6 +105,7 @@ $('logout').addEventListener('click', async () => {
   } catch {
     /* the session is gone either way once the cookie expires */
   }
+  endConsultation({ tell: true });
   socket?.disconnect();
   socket = null;
   sessionStorage.removeItem(CSRF_KEY);
@@ -126,7 +129,10 @@ function connect() {
   socket?.disconnect();
   setConnection('connecting');
   socket = window.io({ reconnectionDelayMax: 10000 });
-  socket.on('connect', () => setConnection('connected'));
+  socket.on('connect', () => {
+    setConnection('connected');
+    if (call.session) reconnectVideo(); // a new socket: offer again, the server re-enters us
+  });
   socket.on('disconnect', (reason) => {
     if (!loggingOut && reason !== 'io client disconnect') setConnection('reconnecting');
   });
@@ -143,6 +149,8 @@ function connect() {
   socket.on('ticket', onTicket);
   socket.on('presence', onPresence);
   socket.on('load', onLoad);
+  socket.on('media_end', onMediaEnd);
+  socket.on('invitation', onInvitation);
 }
 
 function onDashboard(dashboard) {
@@ -154,6 +162,10 @@ function onDashboard(dashboard) {
   const mine = dashboard.departments.map((d) => d.clerks?.[clerk.username]).find(Boolean);
   if (mine) myPresence = mine;
   renderAll();
+  // A reload during a consultation: back into it.
+  const active = myActiveTicket();
+  if (active && !call.ticketId) joinConsultation(active.id);
+  else renderConsultPanel();
 }
 
 function onTicket({ kind, ticket, previous_department: previousDepartment }) {
@@ -167,6 +179,10 @@ function onTicket({ kind, ticket, previous_department: previousDepartment }) {
   }
   renderDepartment(ticket.department);
   if (previousDepartment && previousDepartment !== ticket.department) renderDepartment(previousDepartment);
+  if (ticket.id === call.ticketId) {
+    if (!ACTIVE.has(ticket.state)) endConsultation();
+    else renderConsultPanel();
+  }
 }
 
 function onPresence({ username, display_name: displayName, status, departments: serves }) {
@@ -181,6 +197,7 @@ function onPresence({ username, display_name: displayName, status, departments: 
     renderDepartment(id);
   }
   renderPresence();
+  call.view?.refreshInvite();
 }
 
 function onLoad(load) {
@@ -292,6 +309,7 @@ function ticketItem(ticket) {
     if (ticket.state === 'called') actions.push(button(t('no_show_action'), 'no_show', ticket));
     actions.push(button(t('return'), 'return', ticket));
     actions.push(button(t('transfer'), 'transfer', ticket));
+    if (call.ticketId !== ticket.id) actions.push(button(t('media.open_video'), 'video', ticket));
   }
   return h(
     'li',
@@ -416,13 +434,17 @@ function findTicket(id) {
   return null;
 }
 
-panels.addEventListener('click', async (event) => {
+async function onAction(event) {
   const target = event.target.closest('button[data-action]');
   if (!target) return;
   unlockAudio();
   const { action, ticket: ticketId, department } = target.dataset;
   if (action === 'transfer') {
     openTransfer(findTicket(ticketId));
+    return;
+  }
+  if (action === 'video') {
+    joinConsultation(ticketId);
     return;
   }
   target.disabled = true;
@@ -433,12 +455,17 @@ panels.addEventListener('click', async (event) => {
   applyAck(ack);
   if (action === 'call_next' || action === 'call') {
     announce(t('done_called', { name: ticketLabel(ack.ticket) }));
-    // Keyboard users continue where the work goes on: the called citizen's "Start" button.
+    // The consultation panel opens (video connects while the citizen answers); keyboard users
+    // continue where the work goes on: the called citizen's "Start" button.
+    joinConsultation(ack.ticket.id);
     panels.querySelector(`[data-focus-key="${CSS.escape(`start:${ack.ticket.id}`)}"]`)?.focus();
   } else {
     announce(t('done_action'));
   }
-});
+}
+
+panels.addEventListener('click', onAction);
+$('consult-actions').addEventListener('click', onAction);
 
 $('presence-toggle').addEventListener('click', async () => {
   const status = myPresence === 'away' ? 'available' : 'away';
@@ -459,6 +486,212 @@ $('sound').addEventListener('click', async () => {
   $('sound').hidden = true;
   announce(t('sound_on'));
 });
+
+// -- video consultation -------------------------------------------------------------------------------
+
+const MAX_RETRIES = 3;
+const call = { ticketId: null, invitedBy: null, session: null, view: null, retries: 0, timer: null };
+const invitations = new Map(); // ticket id -> invitation
+
+function myActiveTicket() {
+  const mine = [];
+  for (const d of departments.values()) {
+    for (const ticket of d.tickets) if (ACTIVE.has(ticket.state) && ticket.clerk === clerk?.username) mine.push(ticket);
+  }
+  return mine.sort((a, b) => (b.called_at ?? 0) - (a.called_at ?? 0))[0] || null;
+}
+
+function inviteCandidates() {
+  const seen = new Map();
+  for (const d of departments.values()) {
+    for (const [username, status] of Object.entries(d.clerks || {})) {
+      if (username === clerk?.username || status === 'offline') continue;
+      seen.set(username, status);
+    }
+  }
+  return [...seen]
+    .map(([username, status]) => ({ username, name: nameOf(username), label: `${nameOf(username)} – ${t(`presence.${status}`)}` }))
+    .sort((a, b) => a.label.localeCompare(b.label));
+}
+
+function renderConsultPanel() {
+  const panel = $('consult-panel');
+  if (!call.ticketId) {
+    panel.hidden = true;
+    return;
+  }
+  panel.hidden = false;
+  const ticket = findTicket(call.ticketId);
+  const heading = $('consult-heading');
+  heading.textContent = call.invitedBy
+    ? t('media.consult_invited', { from: call.invitedBy })
+    : t('media.consult_with', { name: ticket ? ticketLabel(ticket) : '' });
+  const facts = panel.querySelector('[data-field="consult-facts"]');
+  facts.textContent = ticket ? [ticket.concern || t('no_concern'), data.languages[ticket.language] || ticket.language].join(' · ') : '';
+  const actions = [];
+  if (ticket && ticket.clerk === clerk?.username && ACTIVE.has(ticket.state)) {
+    if (ticket.state === 'called') actions.push(button(t('start'), 'start', ticket));
+    actions.push(button(t('finish'), 'finish', ticket, { primary: !call.session }));
+    if (ticket.state === 'called') actions.push(button(t('no_show_action'), 'no_show', ticket));
+    actions.push(button(t('return'), 'return', ticket));
+    actions.push(button(t('transfer'), 'transfer', ticket));
+  }
+  $('consult-actions').replaceChildren(...actions);
+}
+
+function onVideoState(state) {
+  if (!call.view) return;
+  if (state === 'connected') {
+    call.retries = 0;
+    call.view.announce(t('media.connected'));
+  } else if (state === 'failed') {
+    if (call.retries >= MAX_RETRIES) {
+      hangUp(t('media.problem.network'));
+      return;
+    }
+    call.view.announce(t('media.reconnecting'));
+    clearTimeout(call.timer);
+    call.timer = setTimeout(reconnectVideo, 1000 * 2 ** call.retries);
+    call.retries += 1;
+  }
+}
+
+async function reconnectVideo() {
+  if (!call.session || !call.ticketId) return;
+  try {
+    await call.session.connect({ ticket: call.ticketId });
+  } catch (error) {
+    call.view?.announce(errorMessage(error));
+  }
+}
+
+/** Open the consultation panel for a ticket and connect the video (own camera, the citizen, guests). */
+async function joinConsultation(ticketId, { invitedBy = null } = {}) {
+  if (call.ticketId === ticketId && call.session) return;
+  if (call.ticketId) endConsultation({ tell: true });
+  call.ticketId = ticketId;
+  call.invitedBy = invitedBy;
+  call.retries = 0;
+  $('consult-after').hidden = true;
+  const session = new MediaSession(socket, {
+    onLayout: (slots) => call.view?.setSlots(slots.filter((slot) => slot.participant !== `staff:${clerk.username}`)),
+    onState: onVideoState,
+  });
+  call.session = session;
+  call.view = createConsultation($('consult-media'), {
+    session,
+    socket,
+    role: invitedBy ? 'colleague' : 'clerk',
+    canShare: Boolean(navigator.mediaDevices?.getDisplayMedia),
+    invite: invitedBy
+      ? null
+      : {
+          candidates: inviteCandidates,
+          send: async (username) => Boolean(await act('invite', { ticket: ticketId, username })),
+        },
+    onHangUp: () => hangUp(t('media.hung_up')),
+  });
+  renderConsultPanel();
+  renderAll();
+  try {
+    const local = await openLocalMedia('full');
+    if (call.session !== session) return;
+    await session.setStream(local.stream);
+    if (local.missing) call.view.announce(t('media.problem.no_camera_fallback'));
+  } catch (error) {
+    call.view?.announce(t(`media.problem.${error.code}`));
+  }
+  call.view?.showSelf();
+  if (call.session !== session) return;
+  try {
+    await session.connect({ ticket: ticketId });
+  } catch (error) {
+    if (call.session === session) hangUp(errorMessage(error));
+  }
+}
+
+/** Leave the video but keep the panel: the clerk still finishes, returns or transfers the ticket. */
+function hangUp(text) {
+  const invited = call.invitedBy;
+  stopVideo({ tell: true });
+  if (invited) {
+    call.ticketId = null;
+    call.invitedBy = null;
+    renderConsultPanel();
+    renderAll();
+    announce(text);
+    return;
+  }
+  $('consult-after').hidden = false;
+  $('consult-after').querySelector('[data-field="consult-after-text"]').textContent = text;
+  renderConsultPanel();
+  renderAll();
+  $('consult-actions').querySelector('button')?.focus();
+}
+
+function stopVideo({ tell }) {
+  clearTimeout(call.timer);
+  call.view?.destroy();
+  call.view = null;
+  call.session?.dispose({ tell });
+  call.session = null;
+}
+
+function endConsultation({ tell = false } = {}) {
+  stopVideo({ tell });
+  call.ticketId = null;
+  call.invitedBy = null;
+  $('consult-after').hidden = true;
+  renderConsultPanel();
+  renderAll();
+}
+
+function onMediaEnd({ ticket: ticketId }) {
+  if (ticketId !== call.ticketId) return;
+  const ticket = findTicket(ticketId);
+  if (!call.invitedBy && ticket && ACTIVE.has(ticket.state)) hangUp(t('media.ended'));
+  else endConsultation();
+}
+
+$('consult-reconnect').addEventListener('click', () => {
+  const { ticketId, invitedBy } = call;
+  if (!ticketId) return;
+  call.ticketId = null;
+  joinConsultation(ticketId, { invitedBy });
+});
+
+function onInvitation(invitation) {
+  invitations.set(invitation.ticket, invitation);
+  chime([784, 988]);
+  notify(t('media.invitation', { from: invitation.from, department: departmentNames[invitation.department] || invitation.department }), '', `sps-invite-${invitation.ticket}`);
+  renderInvitations();
+}
+
+function renderInvitations() {
+  const box = $('invitations');
+  box.hidden = invitations.size === 0;
+  box.replaceChildren(
+    ...[...invitations.values()].map((invitation) => {
+      const text = t('media.invitation', {
+        from: invitation.from,
+        department: departmentNames[invitation.department] || invitation.department,
+      });
+      const join = h('button', { type: 'button', class: 'button button--primary' }, t('media.join'));
+      const decline = h('button', { type: 'button', class: 'button button--quiet' }, t('media.decline'));
+      join.addEventListener('click', () => {
+        invitations.delete(invitation.ticket);
+        renderInvitations();
+        joinConsultation(invitation.ticket, { invitedBy: invitation.from });
+        $('consult-heading').focus();
+      });
+      decline.addEventListener('click', () => {
+        invitations.delete(invitation.ticket);
+        renderInvitations();
+      });
+      return h('div', { class: 'notice notice--info invitation', role: 'alert' }, h('p', {}, text), h('div', { class: 'button-row button-row--start' }, join, decline));
+    }),
+  );
+}
 
 // -- transfer dialog --------------------------------------------------------------------------------
 

@@ -17,6 +17,8 @@ import {
   unlockAudio,
 } from './common.js';
 import { estimateWait, positionIn } from './estimate.js';
+import { MediaSession, micLevel, openLocalMedia, play, stopStream, storeMode, storedMode, testTone } from './media.js';
+import { createConsultation } from './consult.js';
 
 const ACK_TIMEOUT_MS = 10000;
 const data = pageData();
@@ -42,9 +44,17 @@ const fromFragment = decodeURIComponent(window.location.hash.slice(1));
 const token = fromFragment || storedToken();
 if (fromFragment) storeToken(fromFragment);
 
+const waitHeading = $('wait-heading').textContent;
+const mediaSupported = Boolean(window.RTCPeerConnection && navigator.mediaDevices?.getUserMedia);
+
 function show(view) {
   for (const [name, element] of Object.entries(views)) element.hidden = name !== view;
   $('controls').hidden = !(view === 'waiting' || view === 'called');
+  $('check').hidden = !(view === 'waiting' && mediaSupported);
+  document.body.classList.toggle('page-consult', view === 'consultation');
+  $('wait-heading').textContent = view === 'consultation' ? t('media.title') : waitHeading;
+  if (view !== 'waiting') endCheckView();
+  if (view !== 'consultation') closeConsultationView();
 }
 
 function setConnection(state) {
@@ -118,8 +128,10 @@ function applyTicket(next) {
         notice(t('returned'));
       }
       $('alert').textContent = '';
+      if (purpose === 'consultation') endMedia(false);
       show('waiting');
       renderWaiting();
+      updatePrewarm();
       break;
     }
     case 'called': {
@@ -129,6 +141,11 @@ function applyTicket(next) {
         : t('called_by_anonymous');
       show('called');
       if (previous?.state !== 'called') alertCalled();
+      // Connect while the citizen reads the call (no camera yet): answering only adds the tracks.
+      if (mediaSupported && socket?.connected) {
+        purpose = 'consultation';
+        if (!session?.pc && !connecting) offer({}, 'consultation').catch(() => reofferSoon());
+      }
       break;
     }
     case 'in_consultation': {
@@ -139,10 +156,15 @@ function applyTicket(next) {
         ? t('in_consultation', { clerk: next.clerk_name })
         : t('in_consultation_anonymous');
       show('consultation');
+      if (previous?.state !== 'in_consultation') $('consultation-heading').focus();
+      openConsultation();
       break;
     }
     default:
-      if (FINAL_STATES.has(next.state)) finish(t(next.state));
+      if (FINAL_STATES.has(next.state)) {
+        endMedia(false);
+        finish(t(next.state));
+      }
   }
 }
 
@@ -169,13 +191,309 @@ async function act(event, method, url) {
   return body.ticket;
 }
 
+// -- media: device check, pre-warmed connection, consultation ---------------------------------------
+
+const CHECK_DEADLINE_MS = 10000;
+let session = null; // the page's one MediaSession (one RTCPeerConnection at most)
+let purpose = null; // 'check' | 'prewarm' | 'consultation'
+let connecting = null; // the pending connect() promise
+let notYetAt = null; // the `queue.t` of the update after which the server said `not_yet`
+let consultation = null; // the consultation view
+let retries = 0;
+let retryTimer = null;
+const check = { meter: null, deadline: null, ok: false };
+
+function mediaSession() {
+  if (!session) session = new MediaSession(socket, { onLayout, onState });
+  return session;
+}
+
+function currentPosition() {
+  const queue = ticket && queues[ticket.department];
+  return queue ? positionIn(queue.w, ticket.seq) : null;
+}
+
+/** Near the head of the queue: position ≤ 2 × available clerks (docs/protocol.md). */
+function nearHead() {
+  const queue = ticket && queues[ticket.department];
+  const position = currentPosition();
+  return Boolean(ticket?.state === 'waiting' && queue && position && queue.a > 0 && position <= 2 * queue.a);
+}
+
+async function offer(payload, why) {
+  purpose = why;
+  const media = mediaSession();
+  const attempt = media.connect(payload);
+  connecting = attempt;
+  try {
+    return await attempt;
+  } finally {
+    if (connecting === attempt) connecting = null;
+  }
+}
+
+/** Hold a connection near the head of the queue (so that being called only switches forwarding on),
+ * none further back. */
+function updatePrewarm() {
+  if (!mediaSupported || !socket?.connected || purpose === 'check' || connecting) return;
+  const queue = queues[ticket?.department];
+  if (nearHead()) {
+    if (session?.pc || notYetAt === queue.t) return;
+    offer({}, 'prewarm').catch((error) => {
+      if (error.code === 'not_yet') notYetAt = queue.t; // try again with a later update
+      if (purpose === 'prewarm') purpose = null;
+    });
+  } else if (purpose === 'prewarm' && ticket?.state === 'waiting') {
+    purpose = null;
+    session?.leave();
+  }
+}
+
+function onLayout(slots) {
+  if (purpose === 'consultation') consultation?.setSlots(slots.filter((slot) => slot.participant !== `citizen:${ticket.id}`));
+}
+
+function onState(state, detail) {
+  if (purpose === 'check') {
+    if (state === 'failed') checkFailed('network');
+    return;
+  }
+  if (purpose !== 'consultation') {
+    if (state === 'failed') session?.leave(); // a pre-warmed connection: the next update may try again
+    return;
+  }
+  if (state === 'connected') {
+    retries = 0;
+    consultation?.announce(t('media.connected'));
+  } else if (state === 'failed') {
+    consultation?.announce(t('media.reconnecting'));
+    reofferSoon();
+  } else if (state === 'connecting' && detail === undefined && session?.pc?.connectionState === 'disconnected') {
+    consultation?.announce(t('media.unstable'));
+  }
+}
+
+/** A dropped connection during the consultation: offer again, backing off a little. */
+function reofferSoon() {
+  clearTimeout(retryTimer);
+  const delay = Math.min(10000, 1000 * 2 ** retries);
+  retries += 1;
+  retryTimer = setTimeout(() => {
+    if (purpose === 'consultation' && (ticket?.state === 'in_consultation' || ticket?.state === 'called')) {
+      offer({}, 'consultation').catch(() => reofferSoon());
+    }
+  }, delay);
+}
+
+// The device check ----------------------------------------------------------------------------------
+
+const modeInputs = [...document.querySelectorAll('input[name="media-mode"]')];
+for (const input of modeInputs) input.checked = input.value === storedMode();
+for (const input of modeInputs) input.addEventListener('change', () => storeMode(input.value));
+
+function checkError(key) {
+  const box = $('check-error');
+  say(box, t(`media.problem.${key}`));
+  box.focus();
+}
+
+function checkResult(text, kind) {
+  const box = $('check-result');
+  box.className = `notice notice--${kind}`;
+  say(box, text);
+}
+
+function checkFailed(reason) {
+  if (purpose !== 'check' || check.ok) return;
+  clearTimeout(check.deadline);
+  checkResult(t(`media.problem.${reason}`), 'error');
+}
+
+async function startCheck() {
+  unlockAudio();
+  const mode = modeInputs.find((input) => input.checked)?.value || 'full';
+  storeMode(mode);
+  say($('check-error'), '');
+  const button = $('check-start');
+  button.disabled = true;
+  let local;
+  try {
+    local = await openLocalMedia(mode);
+  } catch (error) {
+    button.disabled = false;
+    checkError(error.code);
+    return;
+  }
+  button.hidden = true;
+  $('check-panel').hidden = false;
+  check.ok = false;
+  const media = mediaSession();
+  await media.setStream(local.stream);
+  const withVideo = Boolean(local.stream.getVideoTracks().length);
+  $('check-tile').hidden = !withVideo;
+  checkResult(local.missing === 'camera' ? t('media.problem.no_camera_fallback') : t('media.check_connecting'), local.missing ? 'warn' : 'info');
+
+  check.meter = micLevel(local.stream.getAudioTracks()[0], (level) => {
+    $('mic-meter').value = level;
+    if (level > 0.15 && !$('mic-status').dataset.heard) {
+      $('mic-status').dataset.heard = '1';
+      $('mic-status').textContent = t('media.mic_heard');
+    }
+  });
+  check.deadline = setTimeout(() => checkFailed('network'), CHECK_DEADLINE_MS);
+  try {
+    await offer({ check: true }, 'check');
+  } catch (error) {
+    checkFailed(error.code === 'network' ? 'server' : 'server');
+    return;
+  }
+  watchSelfView(withVideo, local.missing);
+}
+
+/** The own picture (or sound) coming back through the server proves the whole media path. */
+function watchSelfView(withVideo, missing) {
+  const video = $('check-video');
+  const succeed = () => {
+    if (check.ok || purpose !== 'check') return;
+    check.ok = true;
+    clearTimeout(check.deadline);
+    $('check-tile').classList.remove('tile--off');
+    $('check-placeholder').textContent = '';
+    checkResult(withVideo ? t('media.check_ok') : t('media.check_ok_audio'), missing ? 'warn' : 'ok');
+  };
+  if (withVideo) {
+    const show = (track) => {
+      if (video.srcObject?.getVideoTracks()[0] === track) return;
+      video.srcObject = new MediaStream([track]);
+      play(video);
+    };
+    for (const receiver of session.videoReceivers()) {
+      const track = receiver.track;
+      if (!track.muted) show(track);
+      track.addEventListener('unmute', () => purpose === 'check' && show(track), { once: true });
+    }
+    video.addEventListener('resize', () => video.videoWidth > 0 && succeed());
+  } else {
+    const poll = setInterval(async () => {
+      if (purpose !== 'check' || check.ok) {
+        clearInterval(poll);
+        return;
+      }
+      const { byMid } = await session.inbound();
+      if (Object.values(byMid).some((entry) => entry.kind === 'audio' && entry.packets > 0)) succeed();
+    }, 500);
+  }
+}
+
+/** End the check view; keeps a connection near the head of the queue, closes it otherwise. */
+function endCheckView() {
+  if (purpose !== 'check' && $('check-panel').hidden) return;
+  clearTimeout(check.deadline);
+  check.meter?.stop();
+  check.meter = null;
+  $('check-video').srcObject = null;
+  $('check-panel').hidden = true;
+  $('check-start').hidden = false;
+  $('check-start').disabled = false;
+  delete $('mic-status').dataset.heard;
+  $('mic-status').textContent = t('media.mic_hint');
+  say($('check-result'), '');
+  if (purpose !== 'check') return;
+  purpose = null;
+  if (socket?.connected && session?.pc) socket.emit('media_check_done', () => {});
+  // Nobody sees the citizen before the call: no camera or microphone while waiting.
+  stopStream(session?.stream);
+  session?.setStream(null);
+  if (nearHead() || ticket?.state === 'called') purpose = ticket?.state === 'called' ? 'consultation' : 'prewarm';
+  else session?.leave();
+}
+
+$('check-start').addEventListener('click', startCheck);
+$('check-done').addEventListener('click', () => {
+  endCheckView();
+  $('check-start').focus();
+  updatePrewarm();
+});
+$('speaker-test').addEventListener('click', () => {
+  testTone();
+  $('speaker-status').textContent = t('media.speaker_hint');
+});
+
+// The consultation ------------------------------------------------------------------------------------
+
+async function ensureOwnMedia() {
+  const media = mediaSession();
+  if (media.stream) return;
+  const mode = storedMode();
+  try {
+    const local = await openLocalMedia(mode);
+    await media.setStream(local.stream);
+    if (local.missing) notice(t('media.problem.no_camera_fallback'));
+  } catch (error) {
+    notice(t(`media.problem.${error.code}`));
+  }
+}
+
+async function openConsultation() {
+  if (!mediaSupported) {
+    notice(t('media.problem.unsupported'));
+    return;
+  }
+  if (!consultation) {
+    const media = mediaSession();
+    consultation = createConsultation($('consultation-media'), {
+      session: media,
+      socket,
+      role: 'citizen',
+      audioOnly: storedMode() === 'audio',
+      onHangUp: () => $('leave-dialog').showModal(),
+      hangUpLabel: t('media.leave_consultation'),
+    });
+    $('leave-question').textContent = t('media.end_question');
+    $('leave-explain').textContent = t('media.end_explain');
+  }
+  purpose = 'consultation';
+  await ensureOwnMedia();
+  consultation?.showSelf();
+  if (!session.pc && !connecting) {
+    offer({}, 'consultation').catch(() => reofferSoon());
+  } else {
+    session._applyLayout(session.layout);
+  }
+}
+
+function closeConsultationView() {
+  if (!consultation) return;
+  consultation.destroy();
+  consultation = null;
+  $('leave-question').textContent = leaveTexts.question;
+  $('leave-explain').textContent = leaveTexts.explain;
+}
+
+/** After the consultation (or the call) ended: no media at all, until pre-warming starts again. */
+function endMedia(tell) {
+  clearTimeout(retryTimer);
+  retries = 0;
+  purpose = null;
+  const media = session;
+  session = null;
+  media?.dispose({ tell });
+}
+
+const leaveTexts = { question: $('leave-question').textContent, explain: $('leave-explain').textContent };
+
 function connect() {
   setConnection('connecting');
   socket = window.io({ auth: { token }, reconnectionDelayMax: 10000 });
-  socket.on('connect', () => setConnection('connected'));
+  socket.on('connect', () => {
+    setConnection('connected');
+    // A new socket: a consultation's media is offered again (the server re-enters us into it).
+    if (purpose === 'consultation' && session) offer({}, 'consultation').catch(() => reofferSoon());
+  });
   socket.on('disconnect', (reason) => {
     if (reason !== 'io client disconnect') setConnection('reconnecting');
   });
+  socket.on('media_end', () => endMedia(false));
   socket.on('connect_error', (error) => {
     if (error?.message === 'ticket_not_found') {
       socket.disconnect();
@@ -189,7 +507,10 @@ function connect() {
   socket.on('ticket', applyTicket);
   socket.on('queue', (update) => {
     queues[update.d] = update;
-    if (ticket?.state === 'waiting' && update.d === ticket.department) renderWaiting();
+    if (ticket?.state === 'waiting' && update.d === ticket.department) {
+      renderWaiting();
+      updatePrewarm();
+    }
   });
 }
 
@@ -197,6 +518,7 @@ $('answer').addEventListener('click', async () => {
   const button = $('answer');
   button.disabled = true;
   say($('answer-error'), '');
+  if (mediaSupported) await ensureOwnMedia(); // asked from the click: the browser may prompt
   try {
     applyTicket(await act('answer', 'POST', '/api/tickets/me/answer'));
   } catch (error) {

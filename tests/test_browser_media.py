@@ -1,0 +1,135 @@
+"""Real-browser tests of video consultations: Chromium's fake camera and microphone through our SFU.
+
+Media is asserted the way DESIGN.md §4 says: from the page's own RTCPeerConnection (exposed as
+``window.sprechstundeMedia.pc``), inbound video ``framesDecoded`` rising, or a video element that has a
+size and a moving ``currentTime``; never an exact resolution, and never by sleeping.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, PASSWORD, Problems, check_in
+
+pytestmark = pytest.mark.browser
+pytest.importorskip("server.signaling.media", reason="the server side of the media protocol is not in this tree")
+
+MEDIA_ARGS = [*CHROMIUM_ARGS, "--disable-features=WebRtcHideLocalIpsWithMdns"]
+MEDIA_TIMEOUT_MS = 10_000
+
+# Video frames this page's peer connection has decoded so far (0 without a connection).
+FRAMES = """async () => {
+  const pc = window.sprechstundeMedia && window.sprechstundeMedia.pc;
+  if (!pc) return 0;
+  let frames = 0;
+  (await pc.getStats()).forEach((s) => {
+    if (s.type === 'inbound-rtp' && s.kind === 'video') frames += s.framesDecoded || 0;
+  });
+  return frames;
+}"""
+
+
+@pytest.fixture
+async def browser(live_server) -> AsyncIterator[Browser]:
+    # As in test_browser: after live_server, so that the browser closes its sockets first.
+    if not os.path.exists(CHROMIUM):  # noqa: ASYNC240 - once, before the browser starts
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: run `make chromium`")
+        pytest.skip(f"{CHROMIUM} is missing: run `make chromium`")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=MEDIA_ARGS)
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+def problems() -> Problems:
+    return Problems()
+
+
+async def media_page(browser: Browser, problems: Problems, base_url: str) -> tuple[BrowserContext, Page]:
+    context = await browser.new_context(
+        base_url=base_url,
+        locale="de-DE",
+        permissions=["camera", "microphone"],
+    )
+    return context, problems.watch(await context.new_page())
+
+
+async def frames_rising(page: Page) -> None:
+    """Wait until the page decodes remote video, then until it decodes more (it plays, not froze)."""
+    await page.wait_for_function(f"async () => ({FRAMES})().then((n) => n > 0)", timeout=MEDIA_TIMEOUT_MS)
+    seen = await page.evaluate(FRAMES)
+    await page.wait_for_function(
+        f"async (seen) => ({FRAMES})().then((n) => n > seen + 5)", arg=seen, timeout=MEDIA_TIMEOUT_MS
+    )
+
+
+async def test_device_check_loops_through_the_server(browser: Browser, live_server, problems: Problems) -> None:
+    """The citizen tests camera and microphone while waiting: their own picture comes back through the
+    server and plays; ending the test closes the connection (nobody is near the head: no clerk)."""
+    _, page = await media_page(browser, problems, live_server.url)
+    await check_in(page, "Alex")
+    await expect(page.locator("[data-field='position-number']")).to_have_text("1")
+    check = page.locator("#check")
+    await expect(check.get_by_label("Mit Kamera und Mikrofon")).to_be_checked()
+    await check.get_by_role("button", name="Test starten").click()
+
+    await page.wait_for_function(
+        """() => {
+          const v = document.getElementById('check-video');
+          if (!v || v.videoWidth === 0) return false;
+          if (window.checkStartedAt === undefined) window.checkStartedAt = v.currentTime;
+          return v.currentTime > window.checkStartedAt + 0.3;
+        }""",
+        timeout=MEDIA_TIMEOUT_MS,
+    )
+    await expect(page.locator("#check-result")).to_contain_text("Alles in Ordnung")
+    await frames_rising(page)
+
+    await check.get_by_role("button", name="Test beenden").click()
+    await page.wait_for_function("() => !window.sprechstundeMedia || !window.sprechstundeMedia.pc")
+    await expect(check.get_by_role("button", name="Test starten")).to_be_visible()
+    assert problems == []
+
+
+async def test_consultation_both_ways_then_done(browser: Browser, live_server, problems: Problems) -> None:
+    """A clerk calls a citizen: each sees the other's video (frames decoded and rising on both pages),
+    a chat message arrives; the clerk finishes and the citizen's page says the visit is done."""
+    await live_server.add_staff("clara", PASSWORD, ["buergerbuero"], "Clara Schulz")
+    _, citizen = await media_page(browser, problems, live_server.url)
+    await check_in(citizen, "Alex")
+    await expect(citizen.locator("[data-field='position-number']")).to_have_text("1")
+
+    _, clerk = await media_page(browser, problems, live_server.url)
+    await clerk.goto("/staff")
+    await clerk.get_by_label("Benutzername").fill("clara")
+    await clerk.get_by_label("Passwort").fill(PASSWORD)
+    await clerk.get_by_role("button", name="Anmelden").click()
+    panel = clerk.locator(".panel[data-department='buergerbuero']")
+    await expect(panel.locator(".ticket--waiting")).to_contain_text("Alex")
+    await panel.get_by_role("button", name="Nächste Person aufrufen").click()
+
+    consult = clerk.locator("#consult-panel")
+    await expect(consult).to_contain_text("Gespräch mit Alex")
+    await citizen.get_by_role("button", name="Jetzt eintreten").click()
+    await expect(citizen.locator("#consultation-view")).to_contain_text("Clara Schulz")
+
+    await frames_rising(citizen)
+    await frames_rising(clerk)
+    await expect(citizen.locator(".tile--main .tile__name")).to_have_text(re.compile("Clara Schulz"))
+
+    await clerk.get_by_label("Nachricht schreiben").fill("Guten Tag!")
+    await clerk.get_by_role("button", name="Senden").click()
+    await expect(citizen.locator(".chat__log")).to_contain_text("Guten Tag!")
+
+    await consult.get_by_role("button", name=re.compile("^Abschließen")).click()
+    await expect(citizen.locator("#final-view")).to_contain_text("Ihr Termin ist beendet")
+    await expect(consult).to_be_hidden()
+    assert await citizen.evaluate("() => !window.sprechstundeMedia")
+    assert problems == []
