@@ -16,12 +16,14 @@ from .http.auth import Auth
 from .http.keys import AUTH, ROOM, SETTINGS, STORE
 from .settings import Settings
 from .signaling import Signaling
+from .signaling.media import MediaSignaling
 from .store.base import Store
 from .waitingroom import WaitingRoom
 
 log = logging.getLogger("sprechstunde")
 
 SIGNALING: web.AppKey[Signaling] = web.AppKey("signaling")
+MEDIA: web.AppKey[MediaSignaling] = web.AppKey("media")
 
 
 def make_store(settings: Settings) -> Store:
@@ -53,11 +55,14 @@ def create_app(settings: Settings, store: Store | None = None,
     room = WaitingRoom(settings, store)
     auth = Auth(settings, store)
     signaling = Signaling(settings, room, auth)
+    media = MediaSignaling(settings, room, auth, signaling.sio)
+    signaling.media = media
     app[SETTINGS] = settings
     app[STORE] = store
     app[ROOM] = room
     app[AUTH] = auth
     app[SIGNALING] = signaling
+    app[MEDIA] = media
     app.add_routes(api.routes)
     try:
         from .http.pages import setup_pages
@@ -69,6 +74,7 @@ def create_app(settings: Settings, store: Store | None = None,
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await ensure_demo_staff(settings, auth, announce)
+        media.start()  # the SFU: its connections live on this process's event loop
         tasks = [
             asyncio.create_task(signaling.broadcast_positions(), name="positions"),
             asyncio.create_task(signaling.renew_presence(), name="presence"),
@@ -82,6 +88,7 @@ def create_app(settings: Settings, store: Store | None = None,
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        await media.close()
         await store.close()
 
     async def disconnect_sockets(app: web.Application) -> None:

@@ -48,6 +48,18 @@ class Settings:
     max_socket_message_bytes: int = 16 * 1024
     cors_origins: tuple[str, ...] = ()
     """Extra origins allowed for socket.io (same origin is always allowed)."""
+    turn_urls: tuple[str, ...] = ()
+    """TURN (or STUN) server URLs for browsers and the SFU, e.g. ``turn:turn.example.org:3478``. Empty:
+    no ICE servers at all (the SFU then asks no public STUN server)."""
+    turn_secret: str | None = None
+    """coturn's ``static-auth-secret`` (``use-auth-secret``): short-lived TURN credentials are derived
+    from it per participant."""
+    turn_ttl_seconds: float = 86400.0
+    """How long a browser's TURN credential stays valid."""
+    max_video_bitrate: int = 1_000_000
+    """Cap for every publisher's video, in bit/s (told to browsers and enforced with REMB)."""
+    max_media_rooms: int = 200
+    """Media rooms (camera checks, pre-warmed waiting citizens, consultations) per server process."""
     config_path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -67,7 +79,8 @@ _SERVER_KEYS = {
     "grace_seconds": (int, float), "position_interval": (int, float), "joins_per_address": int,
     "join_window_seconds": (int, float), "login_attempts_per_address": int, "session_hours": (int, float),
     "secure_cookies": bool, "trust_forwarded_for": bool, "demo": bool, "max_body_bytes": int,
-    "max_socket_message_bytes": int, "cors_origins": list,
+    "max_socket_message_bytes": int, "cors_origins": list, "turn_urls": list, "turn_secret": str,
+    "turn_ttl_seconds": (int, float), "max_video_bitrate": int, "max_media_rooms": int,
 }
 _DEPT_KEYS = {"id", "name", "description", "hours", "queue_cap", "service_minutes", "require_name",
               "require_concern"}
@@ -142,6 +155,15 @@ def settings_from_dict(raw: dict[str, Any], env: dict[str, str] | None = None,
         data_dir = (config_path.parent / data_dir) if "data_dir" in raw.get("server", {}) else data_dir
     if "cors_origins" in server:
         server["cors_origins"] = tuple(server["cors_origins"])
+    if "turn_urls" in server:
+        urls = server["turn_urls"]
+        if not all(isinstance(u, str) and u.startswith(("turn:", "turns:", "stun:")) for u in urls):
+            raise ConfigError("[server]: turn_urls must be turn:, turns: or stun: URLs")
+        server["turn_urls"] = tuple(urls)
+    if server.get("turn_secret") and not server.get("turn_urls"):
+        raise ConfigError("[server]: turn_secret is set but turn_urls is empty")
+    if not server.get("turn_secret"):
+        server["turn_secret"] = None
     if not server.get("redis_url"):
         server["redis_url"] = None
     settings = Settings(departments=departments, data_dir=data_dir, config_path=config_path, **server)
@@ -151,4 +173,8 @@ def settings_from_dict(raw: dict[str, Any], env: dict[str, str] | None = None,
         raise ConfigError(f"[server]: unknown timezone {settings.timezone!r}") from e
     if settings.position_interval <= 0 or settings.grace_seconds < 0:
         raise ConfigError("[server]: position_interval must be positive and grace_seconds not negative")
+    if settings.max_media_rooms < 0 or settings.max_video_bitrate <= 0 or settings.turn_ttl_seconds <= 0:
+        raise ConfigError(
+            "[server]: max_video_bitrate and turn_ttl_seconds must be positive, max_media_rooms not negative"
+        )
     return settings

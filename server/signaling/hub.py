@@ -16,7 +16,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from http.cookies import SimpleCookie
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import socketio
 
@@ -27,6 +27,9 @@ from ..queue.model import Clerk, Presence, TicketEvent
 from ..settings import Settings
 from ..waitingroom import PRESENCE_TTL, WaitingRoom, staff_view
 from .managers import ClosingRedisManager, FastManager
+
+if TYPE_CHECKING:
+    from .media import MediaSignaling
 
 log = logging.getLogger("sprechstunde.signaling")
 
@@ -60,6 +63,8 @@ class Signaling:
         self._clerks: dict[str, Clerk] = {}
         self._closing = False
         self._updates: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.media: MediaSignaling | None = None
+        """Video consultations (server.signaling.media); it registers its own events on ``sio``."""
         self._register()
         room.on_events(self._on_events)
         room.on_presence(self._on_presence)
@@ -115,12 +120,18 @@ class Signaling:
         await self.sio.save_session(sid, {"role": "staff", "session": session.session_id, "clerk": clerk.username})
         for dep in clerk.departments:
             await self.sio.enter_room(sid, f"s:{dep}")
+        await self.sio.enter_room(sid, f"u:{clerk.username}")  # invitations to a consultation
         self._clerk_sockets[clerk.username] += 1
         self._clerks[clerk.username] = clerk
         await self.room.choose_presence(clerk, session.presence)  # busy instead while holding a ticket
         await self.sio.emit("dashboard", await self.room.dashboard(clerk), to=sid)
 
     async def _disconnect(self, sid: str, *args: Any) -> None:
+        if self.media is not None:
+            try:
+                await self.media.disconnected(sid)
+            except Exception:  # noqa: BLE001 - the queue's bookkeeping below must still happen
+                log.exception("media disconnect failed")
         session = await self.sio.get_session(sid)
         if session.get("role") == "citizen":
             ticket_id = session["ticket"]
@@ -230,6 +241,8 @@ class Signaling:
             if e.kind in QUEUE_CHANGES:
                 self._dirty.update(e.departments)
                 self._wake.set()
+        if self.media is not None:
+            await self.media.on_events(events)  # the queue decides who is in which consultation
 
     async def _queue_update(self, department: str) -> dict[str, Any]:
         """The department's latest update for a (re)connecting page: the one just broadcast when it is

@@ -1,0 +1,492 @@
+"""socket.io events of video consultations: offer/answer with the SFU, layouts, chat, invitations.
+
+The queue decides who is in which consultation; this layer follows it. Media rooms are per ticket:
+``w:<ticket>`` (the citizen alone while waiting: camera check, pre-warmed connection) and
+``c:<ticket>`` (the consultation). Participants are ``citizen:<ticket>`` and ``staff:<username>``.
+A socket is at most one media participant. The consultation's sockets are also in the socket.io room
+``c:<ticket>`` (chat).
+
+Authorisation: a citizen only ever joins the rooms of the ticket its socket was authenticated for
+(no ticket id is taken from a citizen); a member of staff only the consultation of a ticket they hold
+or were invited to by the clerk holding it. Handlers translate, they never decide: the ticket's state
+comes from the store, the connection from the hub (``server.media``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import socketio
+from aiortc import RTCIceServer
+
+from ..errors import error_payload
+from ..http.auth import Auth
+from ..media import MediaError, MediaHub, UnsupportedOffer
+from ..queue import core
+from ..queue.errors import InvalidInput, NotAuthorised, NotYourTicket, QueueError, TicketNotFound
+from ..queue.model import Clerk, Ticket, TicketEvent, TicketState
+from ..settings import Settings
+from ..waitingroom import WaitingRoom
+
+log = logging.getLogger("sprechstunde.media")
+
+ENDING = frozenset({"finished", "returned", "transferred", "no_show", "left", "expired"})
+"""Ticket events that end a ticket's media: everybody in its rooms is disconnected."""
+MAX_CHAT = 1000
+SERVER_TURN_TTL = 10 * 365 * 86400.0
+"""The SFU's own TURN credential is made once at start and must outlive the process."""
+
+Handler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class NotYet(QueueError):
+    """Your connection opens when you are near the head of the queue."""
+
+    code = "not_yet"
+    status = 409
+
+
+class NoMedia(QueueError):
+    """The offer has no VP8 video or Opus audio, or does not bundle its media."""
+
+    code = "no_media"
+    status = 409
+
+
+class NotInConsultation(QueueError):
+    """There is no video connection for this ticket now."""
+
+    code = "not_in_consultation"
+    status = 409
+
+
+class MediaBusy(QueueError):
+    """The server has no room for another video connection now; please try again shortly."""
+
+    code = "media_busy"
+    status = 503
+
+
+@dataclass(frozen=True)
+class Member:
+    """A socket that is a media participant."""
+
+    sid: str
+    participant: str
+    "``citizen:<ticket>`` or ``staff:<username>``."
+    ticket: str
+    room: str
+    "``w:<ticket>`` or ``c:<ticket>``."
+    name: str
+    "Shown to the other participants only, never logged."
+    role: str
+    "``citizen``, ``clerk`` (holds the ticket) or ``guest`` (an invited colleague or interpreter)."
+
+
+def waiting_room(ticket_id: str) -> str:
+    return f"w:{ticket_id}"
+
+
+def consultation_room(ticket_id: str) -> str:
+    return f"c:{ticket_id}"
+
+
+def turn_credential(secret: str, participant: str, expires: float) -> tuple[str, str]:
+    """coturn's REST scheme (``use-auth-secret``): username ``<expiry>:<participant>``, credential
+    base64(HMAC-SHA1(secret, username))."""
+    username = f"{int(expires)}:{participant}"
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return username, base64.b64encode(digest).decode("ascii")
+
+
+def browser_ice_servers(settings: Settings, participant: str, now: float) -> list[dict[str, Any]]:
+    """``RTCPeerConnection`` iceServers for a browser; empty unless TURN is configured."""
+    if not settings.turn_urls:
+        return []
+    server: dict[str, Any] = {"urls": list(settings.turn_urls)}
+    if settings.turn_secret:
+        server["username"], server["credential"] = turn_credential(
+            settings.turn_secret, participant, now + settings.turn_ttl_seconds
+        )
+    return [server]
+
+
+def server_ice_servers(settings: Settings, now: float) -> list[RTCIceServer]:
+    """The same TURN servers for the SFU's own connections (none by default: no public STUN)."""
+    if not settings.turn_urls:
+        return []
+    if not settings.turn_secret:
+        return [RTCIceServer(urls=list(settings.turn_urls))]
+    username, credential = turn_credential(settings.turn_secret, "sprechstunde", now + SERVER_TURN_TTL)
+    return [RTCIceServer(urls=list(settings.turn_urls), username=username, credential=credential)]
+
+
+class MediaSignaling:
+    """The media events on the application's socket.io server. ``hub`` is set by the app's lifecycle."""
+
+    def __init__(self, settings: Settings, room: WaitingRoom, auth: Auth, sio: socketio.AsyncServer) -> None:
+        self.settings = settings
+        self.room = room
+        self.auth = auth
+        self.sio = sio
+        self.hub: MediaHub | None = None
+        self._by_sid: dict[str, Member] = {}
+        self._rooms: dict[str, dict[str, Member]] = {}
+        self._invited: dict[str, set[str]] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._register()
+
+    def start(self) -> MediaHub:
+        self.hub = MediaHub(
+            ice_servers=server_ice_servers(self.settings, time.time()),
+            max_video_bitrate=self.settings.max_video_bitrate,
+        )
+        return self.hub
+
+    async def close(self) -> None:
+        hub, self.hub = self.hub, None
+        self._by_sid.clear()
+        self._rooms.clear()
+        self._invited.clear()
+        if hub is not None:
+            await hub.close()
+
+    # -- registration and authorisation --
+    def _register(self) -> None:
+        for name, handler in {
+            "media_config": self._config,
+            "media_offer": self._offer,
+            "media_check_done": self._check_done,
+            "media_leave": self._leave,
+            "media_stats": self._stats,
+            "chat": self._chat,
+            "invite": self._invite,
+        }.items():
+            self.sio.on(name, self._guard(handler))
+
+    def _guard(self, handler: Handler) -> Callable[..., Awaitable[dict[str, Any]]]:
+        async def guarded(sid: str, data: Any = None, *rest: Any) -> dict[str, Any]:
+            try:
+                session = await self.sio.get_session(sid)
+                if session.get("role") not in ("citizen", "staff"):
+                    raise NotAuthorised("not connected")
+                if data is None:
+                    data = {}
+                if not isinstance(data, dict) or rest:
+                    raise InvalidInput("the payload must be one JSON object")
+                return await handler(sid, {**data, "_session": session})
+            except Exception as e:  # noqa: BLE001 - every refusal becomes an ack
+                return error_payload(e)
+
+        return guarded
+
+    def _hub(self) -> MediaHub:
+        if self.hub is None:
+            raise MediaBusy("video is not available on this server now")
+        return self.hub
+
+    async def _clerk(self, data: dict[str, Any]) -> Clerk:
+        return (await self.auth.session(data["_session"]["session"])).clerk
+
+    @staticmethod
+    def _participant_id(session: dict[str, Any]) -> str:
+        if session["role"] == "citizen":
+            return f"citizen:{session['ticket']}"
+        return f"staff:{session['clerk']}"
+
+    @contextlib.asynccontextmanager
+    async def _ticket_lock(self, ticket_id: str) -> AsyncIterator[None]:
+        """Offers and queue events of one ticket take turns (an offer awaits ICE gathering)."""
+        lock, users = self._locks.get(ticket_id) or (asyncio.Lock(), 0)
+        self._locks[ticket_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[ticket_id]
+            if users <= 1:
+                del self._locks[ticket_id]
+            else:
+                self._locks[ticket_id] = (lock, users - 1)
+
+    # -- events from clients --
+    async def _config(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        participant = self._participant_id(data["_session"])
+        return {
+            "ok": True,
+            "ice_servers": browser_ice_servers(self.settings, participant, time.time()),
+            "max_video_bitrate": self.settings.max_video_bitrate,
+        }
+
+    async def _offer(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        session = data["_session"]
+        sdp = data.get("sdp")
+        if not isinstance(sdp, str) or not sdp:
+            raise InvalidInput("sdp must be an SDP offer")
+        if session["role"] == "citizen":
+            if "ticket" in data:
+                raise NotAuthorised("a citizen's connection is always for their own ticket")
+            return await self._citizen_offer(sid, session["ticket"], sdp, data.get("check") is True)
+        clerk = await self._clerk(data)
+        return await self._staff_offer(sid, clerk, data.get("ticket"), sdp)
+
+    async def _citizen_offer(self, sid: str, ticket_id: str, sdp: str, check: bool) -> dict[str, Any]:
+        async with self._ticket_lock(ticket_id):
+            ticket = await self._ticket(ticket_id)
+            if ticket.state.is_active:
+                room_id = consultation_room(ticket_id)
+            elif ticket.state is TicketState.WAITING:
+                room_id = waiting_room(ticket_id)
+                if not check and not await self._near_head(ticket):
+                    raise NotYet()
+            else:
+                raise NotInConsultation("this ticket has ended")
+            member = Member(sid, f"citizen:{ticket_id}", ticket_id, room_id, ticket.name, "citizen")
+            answer = await self._join(member, sdp)
+            if room_id == waiting_room(ticket_id) and check:
+                self._hub().set_self_view(room_id, member.participant, True)
+        await self._send_layouts(room_id)
+        return {"ok": True, "sdp": answer, "room": "consultation" if room_id.startswith("c:") else "waiting"}
+
+    async def _near_head(self, ticket: Ticket) -> bool:
+        seqs = [seq for seq, _ in await self.room.store.waiting(ticket.department)]
+        position = core.position(seqs, ticket.seq)
+        available = (await self.room.load(ticket.department)).available
+        return position is not None and position <= 2 * available
+
+    async def _staff_offer(self, sid: str, clerk: Clerk, ticket_id: Any, sdp: str) -> dict[str, Any]:
+        if not isinstance(ticket_id, str) or not ticket_id or len(ticket_id) > 64:
+            raise InvalidInput("ticket id missing or malformed")
+        async with self._ticket_lock(ticket_id):
+            ticket, role = await self._staff_access(clerk, ticket_id)
+            room_id = consultation_room(ticket_id)
+            member = Member(sid, f"staff:{clerk.username}", ticket_id, room_id, clerk.display_name, role)
+            answer = await self._join(member, sdp)
+        await self._send_layouts(room_id)
+        return {"ok": True, "sdp": answer, "room": "consultation"}
+
+    async def _staff_access(self, clerk: Clerk, ticket_id: str) -> tuple[Ticket, str]:
+        """The ticket and the clerk's role in its consultation, or a refusal."""
+        ticket = await self.room.store.get_ticket(ticket_id)
+        invited = clerk.username in self._invited.get(ticket_id, set())
+        if ticket is None or (ticket.department not in clerk.departments and not invited):
+            raise TicketNotFound("ticket not found or expired")  # a foreign ticket looks like a missing one
+        if not ticket.state.is_active:
+            raise NotInConsultation("this ticket is not in a consultation")
+        if ticket.clerk == clerk.username:
+            return ticket, "clerk"
+        if invited:
+            return ticket, "guest"
+        raise NotYourTicket("another clerk is handling this ticket")
+
+    async def _ticket(self, ticket_id: str) -> Ticket:
+        ticket = await self.room.store.get_ticket(ticket_id)
+        if ticket is None:
+            raise TicketNotFound("ticket not found or expired")
+        return ticket
+
+    async def _join(self, member: Member, sdp: str) -> str:
+        """Connect ``member``'s offer in its room: one participant per socket, rooms capped."""
+        hub = self._hub()
+        previous = self._by_sid.get(member.sid)
+        if previous is not None and (previous.room, previous.participant) != (member.room, member.participant):
+            await self._drop(previous)
+        if member.room not in self._rooms and len(self._rooms) >= self.settings.max_media_rooms:
+            raise MediaBusy()
+        try:
+            answer = await hub.handle_offer(member.room, member.participant, sdp)
+        except (ValueError, MediaError) as e:  # UnsupportedOffer, or an offer aiortc cannot parse
+            # a re-offer replaces the connection first: whatever this participant had is gone now
+            stale = self._rooms.get(member.room, {}).get(member.participant)
+            if stale is not None:
+                self._forget(stale)
+                await self.sio.leave_room(stale.sid, stale.room)
+                await self._send_layouts(member.room)
+            detail = str(e) if isinstance(e, UnsupportedOffer) else type(e).__name__
+            raise NoMedia(f"the offer cannot be served: {detail}") from None
+        replaced = self._rooms.get(member.room, {}).get(member.participant)
+        if replaced is not None and replaced.sid != member.sid:  # another page of the same participant
+            self._forget(replaced)
+            await self.sio.leave_room(replaced.sid, replaced.room)
+            await self.sio.emit("media_end", {"ticket": replaced.ticket, "reason": "replaced"}, to=replaced.sid)
+        await self._remember(member)
+        log.info("media room %s: %s joined", member.room, member.role)
+        return answer
+
+    async def _remember(self, member: Member) -> None:
+        self._by_sid[member.sid] = member
+        self._rooms.setdefault(member.room, {})[member.participant] = member
+        await self.sio.enter_room(member.sid, member.room)
+
+    def _forget(self, member: Member) -> None:
+        if self._by_sid.get(member.sid) is member:
+            del self._by_sid[member.sid]
+        members = self._rooms.get(member.room, {})
+        if members.get(member.participant) is member:
+            del members[member.participant]
+            if not members:
+                del self._rooms[member.room]
+
+    async def _drop(self, member: Member) -> None:
+        """Disconnect one participant and tell the rest of its room."""
+        self._forget(member)
+        await self.sio.leave_room(member.sid, member.room)
+        if self.hub is not None:
+            await self.hub.leave(member.room, member.participant)
+        await self._send_layouts(member.room)
+
+    async def _check_done(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        member = self._member(sid)
+        if member.room.startswith("w:"):
+            self._hub().set_self_view(member.room, member.participant, False)
+            await self._send_layouts(member.room)
+        return {"ok": True}
+
+    async def _leave(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        member = self._by_sid.get(sid)
+        if member is not None:
+            async with self._ticket_lock(member.ticket):
+                if self._by_sid.get(sid) is member:
+                    await self._drop(member)
+        return {"ok": True}
+
+    async def _stats(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        member = self._member(sid)
+        try:
+            stats = self._hub().stats(member.room, member.participant)
+        except MediaError:
+            raise NotInConsultation("the video connection is gone") from None
+        return {"ok": True, "stats": dataclasses.asdict(stats)}
+
+    async def _chat(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        text = data.get("text")
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_CHAT:
+            raise InvalidInput(f"text must be 1 to {MAX_CHAT} characters")
+        member = self._member(sid)
+        if not member.room.startswith("c:"):
+            raise NotInConsultation("chat is open during the consultation")
+        message = {"from": member.name, "role": member.role, "text": text, "at": round(time.time(), 3)}
+        await self.sio.emit("chat", message, room=member.room, skip_sid=sid)
+        return {"ok": True}
+
+    async def _invite(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        if data["_session"]["role"] != "staff":
+            raise NotAuthorised("only the clerk holding the ticket can invite")
+        clerk = await self._clerk(data)
+        ticket_id, username = data.get("ticket"), data.get("username")
+        if not isinstance(ticket_id, str) or not ticket_id or len(ticket_id) > 64:
+            raise InvalidInput("ticket id missing or malformed")
+        if not isinstance(username, str) or not username or len(username) > 64 or username == clerk.username:
+            raise InvalidInput("username of a colleague expected")
+        ticket, role = await self._staff_access(clerk, ticket_id)
+        if role != "clerk":
+            raise NotYourTicket("only the clerk holding the ticket can invite")
+        if await self.room.store.get_staff(username) is None:
+            raise InvalidInput("no such colleague")
+        self._invited.setdefault(ticket_id, set()).add(username)
+        log.info("ticket %s: a colleague was invited", ticket_id)
+        await self.sio.emit(
+            "invitation",
+            {"ticket": ticket_id, "from": clerk.display_name, "department": ticket.department},
+            room=f"u:{username}",
+        )
+        return {"ok": True}
+
+    def _member(self, sid: str) -> Member:
+        member = self._by_sid.get(sid)
+        if member is None:
+            raise NotInConsultation("this page has no video connection")
+        return member
+
+    # -- layouts --
+    async def _send_layouts(self, room_id: str) -> None:
+        """Each participant of the room learns which remote is in which of its transceivers."""
+        if self.hub is None:
+            return
+        members = dict(self._rooms.get(room_id, {}))
+        kind = "consultation" if room_id.startswith("c:") else "waiting"
+        for participant, member in members.items():
+            try:
+                layout = self.hub.layout(room_id, participant)
+            except MediaError:  # the hub removed a connection that failed; the page offers again
+                self._forget(member)
+                continue
+            slots = []
+            for other, remote in layout.items():
+                known = members.get(other)
+                slots.append({
+                    "participant": other,
+                    "name": known.name if known else "",
+                    "role": known.role if known else "",
+                    "audio_mid": remote.audio_mid,
+                    "video_mid": remote.video_mid,
+                })
+            await self.sio.emit("media_layout", {"room": kind, "slots": slots}, to=member.sid)
+
+    # -- the queue decides, media follows --
+    async def on_events(self, events: list[TicketEvent]) -> None:
+        for e in events:
+            try:
+                if e.kind == "called":
+                    await self._called(e.ticket.id)
+                elif e.kind in ENDING:
+                    await self.end(e.ticket.id, e.kind)
+            except Exception:  # noqa: BLE001 - the queue's command is committed; media must not undo it
+                log.exception("media: following ticket %s %s failed", e.ticket.id, e.kind)
+
+    async def _called(self, ticket_id: str) -> None:
+        """A pre-warmed citizen's connection moves into the consultation: forwarding on, self view off."""
+        if self.hub is None:
+            return
+        async with self._ticket_lock(ticket_id):
+            waiting, consultation = waiting_room(ticket_id), consultation_room(ticket_id)
+            member = self._rooms.get(waiting, {}).get(f"citizen:{ticket_id}")
+            if member is None:
+                return
+            try:
+                self.hub.set_self_view(waiting, member.participant, False)
+                self.hub.move(member.participant, waiting, consultation)
+            except MediaError:  # the connection failed meanwhile: the page offers again
+                self._forget(member)
+                return
+            self.hub.set_forwarding(consultation, True)
+            self._forget(member)
+            await self.sio.leave_room(member.sid, waiting)
+            await self._remember(dataclasses.replace(member, room=consultation))
+            log.info("media room %s: citizen moved in", consultation)
+        await self._send_layouts(consultation)
+
+    async def end(self, ticket_id: str, reason: str) -> None:
+        """Disconnect everyone in the ticket's rooms and tell them why."""
+        async with self._ticket_lock(ticket_id):
+            self._invited.pop(ticket_id, None)
+            for room_id in (consultation_room(ticket_id), waiting_room(ticket_id)):
+                for member in list(self._rooms.get(room_id, {}).values()):
+                    self._forget(member)
+                    await self.sio.leave_room(member.sid, room_id)
+                    if self.hub is not None:
+                        await self.hub.leave(room_id, member.participant)
+                    await self.sio.emit("media_end", {"ticket": ticket_id, "reason": reason}, to=member.sid)
+                if self.hub is not None:
+                    for participant in self.hub.participants(room_id):  # connections no socket owns any more
+                        await self.hub.leave(room_id, participant)
+        log.info("media of ticket %s ended: %s", ticket_id, reason)
+
+    async def disconnected(self, sid: str) -> None:
+        """A socket went away: its connection goes too (a reloaded page offers again)."""
+        member = self._by_sid.get(sid)
+        if member is None:
+            return
+        async with self._ticket_lock(member.ticket):
+            if self._by_sid.get(sid) is member:
+                await self._drop(member)
