@@ -22,6 +22,7 @@ lint: $(STAMP_TEST)
 
 bench: $(STAMP_TEST)
 	$(PY) bench/queue_load.py
+	$(PY) bench/media_load.py
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

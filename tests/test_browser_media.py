@@ -17,7 +17,6 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, PASSWORD, Problems, check_in
 
 pytestmark = pytest.mark.browser
-pytest.importorskip("server.signaling.media", reason="the server side of the media protocol is not in this tree")
 
 MEDIA_ARGS = [*CHROMIUM_ARGS, "--disable-features=WebRtcHideLocalIpsWithMdns"]
 MEDIA_TIMEOUT_MS = 10_000
