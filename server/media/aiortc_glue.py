@@ -8,7 +8,7 @@ aiortc has no public API for forwarding RTP without decoding it. The SFU needs t
   starting encoders or sending their own sender reports,
 * read the negotiated codecs and header extensions of a transceiver.
 
-The pinned version is in ``requirements-media.txt``; ``tests/media/test_aiortc_internals.py``
+The exact pins are in ``pyproject.toml``; ``tests/media/test_aiortc_internals.py``
 checks every name used here and fails with a clear message when one has moved.
 """
 
