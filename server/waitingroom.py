@@ -245,8 +245,10 @@ class WaitingRoom:
         return await self._apply(ticket_id, command)
 
     async def _apply(
-        self, ticket_id: str, command: Callable[[Ticket, float], tuple[Ticket, list[TicketEvent]]]
+        self, ticket_id: str, command: Callable[[Ticket, float], tuple[Ticket, list[TicketEvent]]],
+        clerk: Clerk | None = None,
     ) -> Ticket:
+        """Run one command of the core on one ticket, atomically, then publish what happened."""
         now = self.clock()
 
         async def attempt(tx: Tx) -> tuple[Ticket, list[TicketEvent]]:
@@ -259,7 +261,7 @@ class WaitingRoom:
             return new, events
 
         new, events = await self.store.transaction(attempt)
-        await self._after(events)
+        await self._after(events, clerk)
         return new
 
     async def leave_ticket(self, ticket_id: str) -> Ticket:
@@ -352,19 +354,7 @@ class WaitingRoom:
         # A foreign department's ticket looks exactly like a missing one.
         if existing is None or existing.department not in clerk.departments:
             raise TicketNotFound(f"no ticket {ticket_id} in your departments")
-        now = self.clock()
-
-        async def attempt(tx: Tx) -> tuple[Ticket, list[TicketEvent]]:
-            ticket = await tx.ticket(ticket_id)
-            if ticket is None:
-                raise TicketNotFound(f"no ticket {ticket_id}")
-            new, events = command(ticket, now)
-            tx.put(new)
-            return new, events
-
-        new, events = await self.store.transaction(attempt)
-        await self._after(events, clerk)
-        return new
+        return await self._apply(ticket_id, command, clerk)
 
     async def _after(self, events: list[TicketEvent], clerk: Clerk | None = None) -> None:
         """Publish, then the bookkeeping that follows a transition: service times, the clerk's presence.

@@ -7,6 +7,7 @@ reconnect after a reload. They wait on conditions, never on time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import AsyncIterator
@@ -28,18 +29,27 @@ CHROMIUM_ARGS = [
 PASSWORD = "correct horse battery"
 
 
-@pytest.fixture
-async def browser(live_server) -> AsyncIterator[Browser]:
-    # Depends on live_server so that the browser (and its sockets) goes first at teardown: a server
-    # stopping under open sockets waits out aiohttp's shutdown timeout.
+@contextlib.asynccontextmanager
+async def launched(args: list[str]) -> AsyncIterator[Browser]:
+    """Debian's Chromium under Playwright (no browser download). Missing: a failure in CI, else a skip."""
     if not os.path.exists(CHROMIUM):  # noqa: ASYNC240 - once, before the browser starts
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing: run `make chromium`")
         pytest.skip(f"{CHROMIUM} is missing: run `make chromium`")
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=args)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest.fixture
+async def browser(live_server) -> AsyncIterator[Browser]:
+    # Depends on live_server so that the browser (and its sockets) goes first at teardown: a server
+    # stopping under open sockets waits out aiohttp's shutdown timeout.
+    async with launched(CHROMIUM_ARGS) as browser:
         yield browser
-        await browser.close()
 
 
 class Problems(list[str]):

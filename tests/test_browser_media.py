@@ -7,14 +7,13 @@ size and a moving ``currentTime``; never an exact resolution, and never by sleep
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import AsyncIterator
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, Page, expect
 
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, PASSWORD, Problems, check_in
+from tests.test_browser import CHROMIUM_ARGS, PASSWORD, Problems, check_in, launched
 
 pytestmark = pytest.mark.browser
 
@@ -36,14 +35,8 @@ FRAMES = """async () => {
 @pytest.fixture
 async def browser(live_server) -> AsyncIterator[Browser]:
     # As in test_browser: after live_server, so that the browser closes its sockets first.
-    if not os.path.exists(CHROMIUM):  # noqa: ASYNC240 - once, before the browser starts
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: run `make chromium`")
-        pytest.skip(f"{CHROMIUM} is missing: run `make chromium`")
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=MEDIA_ARGS)
+    async with launched(MEDIA_ARGS) as browser:
         yield browser
-        await browser.close()
 
 
 @pytest.fixture

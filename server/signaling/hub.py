@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import socketio
 
-from ..errors import error_payload
 from ..http.auth import SESSION_COOKIE, Auth
-from ..queue.errors import InvalidInput, NotAuthorised, QueueError
+from ..queue.errors import QueueError
 from ..queue.model import Clerk, Presence, TicketEvent
 from ..settings import Settings
 from ..waitingroom import PRESENCE_TTL, WaitingRoom, staff_view
+from .guard import Handler, guard
 from .managers import ClosingRedisManager, FastManager
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ log = logging.getLogger("sprechstunde.signaling")
 
 QUEUE_CHANGES = frozenset({"joined", "called", "returned", "transferred", "left", "expired"})
 
-Handler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class Signaling:
@@ -153,20 +152,7 @@ class Signaling:
 
     # -- authorisation of every event --
     def _guard(self, role: str, handler: Handler) -> Callable[..., Awaitable[dict[str, Any]]]:
-        async def guarded(sid: str, data: Any = None, *rest: Any) -> dict[str, Any]:
-            try:
-                session = await self.sio.get_session(sid)
-                if session.get("role") != role:
-                    raise NotAuthorised(f"this event is for {role} connections")
-                if data is None:
-                    data = {}
-                if not isinstance(data, dict) or rest:
-                    raise InvalidInput("the payload must be one JSON object")
-                return await handler(sid, {**data, "_session": session})
-            except Exception as e:  # noqa: BLE001 - every refusal becomes an ack
-                return error_payload(e)
-
-        return guarded
+        return guard(self.sio, (role,), handler)
 
     async def _clerk(self, data: dict[str, Any]) -> Clerk:
         session = await self.auth.session(data["_session"]["session"])

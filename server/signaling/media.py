@@ -29,7 +29,6 @@ from typing import Any
 import socketio
 from aiortc import RTCIceServer
 
-from ..errors import error_payload
 from ..http.auth import Auth
 from ..media import MediaError, MediaHub, UnsupportedOffer
 from ..queue import core
@@ -37,6 +36,7 @@ from ..queue.errors import InvalidInput, NotAuthorised, NotYourTicket, QueueErro
 from ..queue.model import Clerk, Ticket, TicketEvent, TicketState
 from ..settings import Settings
 from ..waitingroom import WaitingRoom
+from .guard import guard
 
 log = logging.getLogger("sprechstunde.media")
 
@@ -175,20 +175,7 @@ class MediaSignaling:
             self.sio.on(name, self._guard(handler))
 
     def _guard(self, handler: Handler) -> Callable[..., Awaitable[dict[str, Any]]]:
-        async def guarded(sid: str, data: Any = None, *rest: Any) -> dict[str, Any]:
-            try:
-                session = await self.sio.get_session(sid)
-                if session.get("role") not in ("citizen", "staff"):
-                    raise NotAuthorised("not connected")
-                if data is None:
-                    data = {}
-                if not isinstance(data, dict) or rest:
-                    raise InvalidInput("the payload must be one JSON object")
-                return await handler(sid, {**data, "_session": session})
-            except Exception as e:  # noqa: BLE001 - every refusal becomes an ack
-                return error_payload(e)
-
-        return guarded
+        return guard(self.sio, ("citizen", "staff"), handler)
 
     def _hub(self) -> MediaHub:
         if self.hub is None:
