@@ -271,6 +271,11 @@ async def test_invited_colleague_joins_the_consultation(live_server, clients, pe
     ben_sees_citizen = slot_of(layouts[2], f"citizen:{c.ticket}")["video_mid"]
     await wait_for(lambda: len(ben_peer.frames_from(ben_sees_citizen)) >= 10, what="Ben sees Alex")
     assert consecutive(numbers(ben_peer, ben_sees_citizen))
+    # While in the consultation Ben is busy for his own queue; when it ends he is free again.
+    assert (await live_server.room.store.presences("bauamt"))["ben"].value == "busy"
+    assert (await c.clerk.call("finish", {"ticket": c.ticket}))["ok"]
+    await ben.wait_for("media_end")
+    assert (await live_server.room.store.presences("bauamt"))["ben"].value == "available"
 
 
 async def test_a_disconnecting_socket_leaves_the_media_room(live_server, clients, peers):

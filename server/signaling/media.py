@@ -33,7 +33,7 @@ from ..http.auth import Auth
 from ..media import MediaError, MediaHub, UnsupportedOffer
 from ..queue import core
 from ..queue.errors import InvalidInput, NotAuthorised, NotYourTicket, QueueError, TicketNotFound
-from ..queue.model import Clerk, Ticket, TicketEvent, TicketState
+from ..queue.model import Clerk, Presence, Ticket, TicketEvent, TicketState
 from ..settings import Settings
 from ..waitingroom import WaitingRoom
 from .guard import guard
@@ -259,6 +259,8 @@ class MediaSignaling:
             room_id = consultation_room(ticket_id)
             member = Member(sid, f"staff:{clerk.username}", ticket_id, room_id, clerk.display_name, role)
             answer = await self._join(member, sdp)
+        if role == "guest":  # a colleague or interpreter in a consultation is not free for the queue
+            await self.room.set_presence(clerk, Presence.BUSY)
         await self._send_layouts(room_id)
         return {"ok": True, "sdp": answer, "room": "consultation"}
 
@@ -331,6 +333,15 @@ class MediaSignaling:
         if self.hub is not None:
             await self.hub.leave(member.room, member.participant)
         await self._send_layouts(member.room)
+        await self._guest_done(member)
+
+    async def _guest_done(self, member: Member) -> None:
+        """An invited colleague left the consultation: free again (busy if they hold a ticket)."""
+        if member.role != "guest":
+            return
+        account = await self.auth.store.get_staff(member.participant.removeprefix("staff:"))
+        if account is not None:
+            await self.room.choose_presence(self.auth.clerk_from_account(account), "available")
 
     async def _check_done(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         member = self._member(sid)
@@ -464,6 +475,7 @@ class MediaSignaling:
                     if self.hub is not None:
                         await self.hub.leave(room_id, member.participant)
                     await self.sio.emit("media_end", {"ticket": ticket_id, "reason": reason}, to=member.sid)
+                    await self._guest_done(member)
                 if self.hub is not None:
                     for participant in self.hub.participants(room_id):  # connections no socket owns any more
                         await self.hub.leave(room_id, participant)
