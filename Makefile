@@ -15,10 +15,12 @@ run: $(STAMP_RUN) assets
 
 test: $(STAMP_TEST) assets chromium
 	$(VENV)/bin/ruff check server tests bench
+	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check server tests bench
+	$(VENV)/bin/mypy
 
 bench: $(STAMP_TEST)
 	$(PY) bench/queue_load.py

@@ -74,7 +74,7 @@ class Settings:
         return None
 
 
-_SERVER_KEYS = {
+_SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "host": str, "port": int, "timezone": str, "redis_url": str, "redis_prefix": str, "data_dir": str,
     "grace_seconds": (int, float), "position_interval": (int, float), "joins_per_address": int,
     "join_window_seconds": (int, float), "login_attempts_per_address": int, "session_hours": (int, float),

@@ -105,7 +105,7 @@ class WaitingRoom:
             for listener in self._listeners:
                 await listener(events)
 
-    def department(self, department_id: str) -> Department:
+    def department(self, department_id: object) -> Department:
         d = self.departments.get(department_id) if isinstance(department_id, str) else None
         if d is None:
             raise UnknownDepartment(f"unknown department {department_id!r}")
@@ -336,7 +336,7 @@ class WaitingRoom:
     async def return_to_queue(self, clerk: Clerk, ticket_id: str) -> Ticket:
         return await self._clerk_command(clerk, ticket_id, lambda t, now: core.return_to_queue(t, clerk, now))
 
-    async def transfer(self, clerk: Clerk, ticket_id: str, department_id: str, note: str) -> Ticket:
+    async def transfer(self, clerk: Clerk, ticket_id: object, department_id: object, note: object) -> Ticket:
         target = self.department(department_id)
         if not isinstance(note, str):
             raise InvalidInput("note must be text")

@@ -226,6 +226,6 @@ async def presence(request: web.Request) -> web.Response:
     session = await staff_session(request)
     requested = (await json_body(request)).get("status")
     status = await request.app[ROOM].choose_presence(session.clerk, requested)
-    await request.app[AUTH].remember_presence(session.session_id, requested)
+    await request.app[AUTH].remember_presence(session.session_id, str(requested))  # valid: chosen above
     return web.json_response({"status": status.value})
 

@@ -75,13 +75,14 @@ class Signaling:
     def _register(self) -> None:
         self.sio.on("connect", self._connect)
         self.sio.on("disconnect", self._disconnect)
-        for name, handler in {
+        citizen_events: dict[str, Handler] = {
             "subscribe": self._subscribe,
             "answer": self._answer,
             "leave": self._leave,
-        }.items():
+        }
+        for name, handler in citizen_events.items():
             self.sio.on(name, self._guard("citizen", handler))
-        for name, handler in {
+        staff_events: dict[str, Handler] = {
             "refresh": self._refresh,
             "call_next": self._call_next,
             "call": self._ticket_action("call"),
@@ -91,7 +92,8 @@ class Signaling:
             "return": self._ticket_action("return_to_queue"),
             "transfer": self._transfer,
             "presence": self._presence,
-        }.items():
+        }
+        for name, handler in staff_events.items():
             self.sio.on(name, self._guard("staff", handler))
 
     async def _connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
