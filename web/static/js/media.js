@@ -2,6 +2,8 @@
 // server, offered by us with fixed slots (own audio+video as the first pair, one recvonly pair for a
 // second remote), so that people joining and leaving never need a renegotiation.
 
+import { chime } from './common.js';
+
 const ACK_TIMEOUT_MS = 15000;
 const GATHER_TIMEOUT_MS = 3000;
 const CONNECT_TIMEOUT_MS = 10000;
@@ -439,23 +441,7 @@ export function micLevel(track, onLevel) {
   };
 }
 
-/** A short test tone for the speakers (about a second, gentle). */
+/** A short test tone for the speakers (three rising notes, gentle). */
 export function testTone() {
-  const AudioContextClass = window.AudioContext || window.webkitAudioContext;
-  if (!AudioContextClass) return;
-  const context = new AudioContextClass();
-  const start = context.currentTime + 0.05;
-  [523, 659, 784].forEach((frequency, i) => {
-    const at = start + i * 0.3;
-    const oscillator = context.createOscillator();
-    const gain = context.createGain();
-    oscillator.frequency.value = frequency;
-    gain.gain.setValueAtTime(0.0001, at);
-    gain.gain.exponentialRampToValueAtTime(0.3, at + 0.03);
-    gain.gain.exponentialRampToValueAtTime(0.0001, at + 0.28);
-    oscillator.connect(gain).connect(context.destination);
-    oscillator.start(at);
-    oscillator.stop(at + 0.3);
-  });
-  setTimeout(() => context.close().catch(() => {}), 1500);
+  chime([523, 659, 784]);
 }
