@@ -8,12 +8,12 @@ VENDOR := web/static/vendor/socket.io.min.js
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench assets chromium clean
+.PHONY: run test lint bench assets chromium coturn clean
 
 run: $(STAMP_RUN) assets
 	$(VENV)/bin/sprechstunde serve $(ARGS)
 
-test: $(STAMP_TEST) assets chromium
+test: $(STAMP_TEST) assets chromium coturn
 	$(VENV)/bin/ruff check server tests bench
 	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -49,6 +49,11 @@ $(VENDOR): web/package.json web/package-lock.json
 # Debian's Chromium for the real-browser tests (Playwright drives it; no browser download).
 chromium:
 	@[ -x $(CHROMIUM) ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+# Debian's coturn for the TURN tests, which start their own turnserver: the package's service is stopped.
+coturn:
+	@command -v turnserver >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq coturn >/dev/null \
+		&& { $(SUDO) systemctl disable --now coturn >/dev/null 2>&1 || true; }; }
 
 clean:
 	rm -rf $(VENV) web/node_modules web/static/vendor
