@@ -1,9 +1,18 @@
 """One client process of the queue bench: a share of the simulated citizens.
 
-Each citizen joins over HTTP, then holds a python-socketio AsyncClient (websocket transport only) and
-behaves like a waiting page: it computes its position from every ``queue`` update (decode the
-delta-encoded seqs, find its own seq), notes when its ``ticket`` says it was called, and closes
-its page once the ticket is done (a new citizen then joins in its place, so that queues stay full).
+Each citizen joins over HTTP, then holds a socket and behaves like a waiting page: it computes its
+position from every ``queue`` update (decode the delta-encoded seqs, find its own seq), notes when its
+``ticket`` says it was called, and closes its page once the ticket is done (a new citizen then joins in
+its place, so that queues stay full).
+
+Two socket clients, both real socket.io clients on a real websocket:
+
+- ``lean`` (default): ``LeanPage``, a minimal socket.io v5 / engine.io v4 client on a plain aiohttp
+  websocket (``/socket.io/?EIO=4&transport=websocket``): the open packet, ``40{auth}`` and its answer
+  ``40{sid}`` or ``44{error}``, ping ``2`` answered with ``3``, events ``42[...]``. One task per page
+  (its reader) and no per-message task; the server does exactly the protocol work it does for a browser.
+- ``socketio``: python-socketio's ``AsyncClient`` (websocket transport only), about three times the
+  client CPU per page (a read task, a write task and a task per received event).
 
 The process is driven by the bench over a pipe: commands in, reports out. It records receipt times
 with ``time.time()``; the bench compares them with its own stamps (same machine, same clock).
@@ -31,6 +40,7 @@ import aiohttp
 import socketio
 
 FINAL = frozenset({"done", "no_show", "left", "expired"})
+CLIENTS = ("lean", "socketio")
 CONNECT_TIMEOUT = 60.0
 CONNECT_ATTEMPTS = 3
 REPLACERS = 8
@@ -61,6 +71,46 @@ class SharedJson:
 SHARED_JSON = SharedJson()
 
 
+class ConnectFailed(Exception):
+    """A lean page's connect did not reach socket.io CONNECT (refused, closed, or no open packet)."""
+
+
+class LeanPage:
+    """One waiting page's socket: a minimal socket.io v5 / engine.io v4 client on an aiohttp websocket.
+
+    The worker's ``read`` task (one per page) receives every frame; ``disconnect`` closes the websocket
+    the way a closing or reloading page does (no socket.io DISCONNECT packet first)."""
+
+    __slots__ = ("ws", "task", "ready", "connected", "closing", "last_rx", "ping_interval", "ping_timeout")
+
+    def __init__(self) -> None:
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.connected = False
+        self.closing = False
+        self.last_rx = time.monotonic()
+        self.ping_interval = 25.0
+        self.ping_timeout = 20.0
+
+    async def disconnect(self) -> None:
+        self.closing = True
+        self.connected = False
+        task = self.task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        if self.ws is not None and not self.ws.closed:
+            with contextlib.suppress(Exception):
+                await self.ws.close()
+
+
+QUEUE_PREFIX = '42["queue",'
+LEAN_CLOSE_TIMEOUT = aiohttp.ClientWSTimeout(ws_close=5.0)
+"""As python-socketio's client (its request timeout, 5 s) waits for the server's close frame."""
+
+
 @dataclass
 class Citizen:
     department: str
@@ -68,7 +118,7 @@ class Citizen:
     ticket_id: str = ""
     seq: int = 0
     state: str = "new"
-    client: socketio.AsyncClient | None = None
+    client: socketio.AsyncClient | LeanPage | None = None
     position: int | None = None
     last_queue_t: float = 0.0
     has_ticket: bool = False
@@ -95,6 +145,7 @@ class Worker:
     join_concurrency: int
     connect_concurrency: int
     replace: bool
+    client_kind: str = "lean"
     citizens: list[Citizen] = field(default_factory=list)
     messages: dict[tuple[str, float], QueueMessage] = field(default_factory=dict)
     called: list[tuple[str, float, float]] = field(default_factory=list)
@@ -109,6 +160,14 @@ class Worker:
     storm_pages: list[Citizen] = field(default_factory=list)
     ready_target: int = 0
     all_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    queue_texts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Lean client: the decoded ``queue`` update by its raw frame text (one text reaches every page of
+    a department in this process; each text is parsed once)."""
+
+    @property
+    def ws_url(self) -> str:
+        """The engine.io websocket endpoint, straight to the websocket transport (no polling first)."""
+        return "ws" + self.url.removeprefix("http") + "/socket.io/?EIO=4&transport=websocket"
 
     # -- one citizen --
     async def join(self, c: Citizen) -> None:
@@ -131,13 +190,15 @@ class Worker:
     def _make_client(self, c: Citizen) -> socketio.AsyncClient:
         client = socketio.AsyncClient(reconnection=False, handle_sigint=False, http_session=self.ws_http,
                                       json=SHARED_JSON)
-        client.on("ticket", lambda data: self.on_ticket(c, data))
-        client.on("queue", lambda data: self.on_queue(c, data))
+        client.on("ticket", lambda data: self.on_ticket(c, data, time.time()))
+        client.on("queue", lambda data: self.on_queue(c, data, time.time()))
         return client
 
     async def connect(self, c: Citizen) -> bool:
         """Open the citizen's page socket (same token on a reconnect), retrying like a page would."""
         c.has_ticket = c.has_queue = False
+        if self.client_kind == "lean":
+            return await self._connect_lean(c)
         for attempt in range(CONNECT_ATTEMPTS):
             c.client = self._make_client(c)
             try:
@@ -152,8 +213,109 @@ class Worker:
         self.counters["connect_failures"] += 1
         return False
 
-    def on_ticket(self, c: Citizen, data: dict[str, Any]) -> None:
-        now = time.time()
+    # -- the lean client --
+    async def _connect_lean(self, c: Citizen) -> bool:
+        for attempt in range(CONNECT_ATTEMPTS):
+            page = c.client = LeanPage()
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    page.ws = await self.ws_http.ws_connect(self.ws_url, timeout=LEAN_CLOSE_TIMEOUT)
+                    page.task = asyncio.get_running_loop().create_task(self._read(c, page))
+                    if await page.ready:
+                        return True
+                    raise ConnectFailed
+            except (TimeoutError, ConnectFailed, aiohttp.ClientError, OSError):
+                self.counters["connect_retries"] += 1
+                await page.disconnect()
+                await asyncio.sleep(random.uniform(0.5, 1.5) * (attempt + 1))
+        self.counters["connect_failures"] += 1
+        return False
+
+    async def _read(self, c: Citizen, page: LeanPage) -> None:
+        """Every frame of one page's websocket, in order. Engine.io pings are answered at once, from
+        this loop; the work per ``queue`` frame is a dict lookup and the page's own bisect."""
+        ws = page.ws
+        assert ws is not None
+        receive, send, texts, on_queue = ws.receive, ws.send_str, self.queue_texts, self.on_queue
+        text_type = aiohttp.WSMsgType.TEXT
+        try:
+            while True:
+                msg = await receive()
+                if msg.type is not text_type:
+                    if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
+                                    aiohttp.WSMsgType.ERROR):
+                        break
+                    continue
+                text: str = msg.data
+                page.last_rx = time.monotonic()
+                if text.startswith(QUEUE_PREFIX):
+                    data = texts.get(text)
+                    if data is None:
+                        data = json.loads(text[2:])[1]
+                        if len(texts) >= 256:
+                            texts.clear()
+                        texts[text] = data
+                    on_queue(c, data, time.time())
+                elif text == "2":  # engine.io ping
+                    await send("3")
+                elif text.startswith("42"):
+                    self._lean_event(c, text, time.time())
+                elif text.startswith("0"):  # engine.io open: {"sid", "upgrades", "pingInterval", "pingTimeout"}
+                    opened = json.loads(text[1:])
+                    page.ping_interval = opened["pingInterval"] / 1000
+                    page.ping_timeout = opened["pingTimeout"] / 1000
+                    await send("40" + json.dumps({"token": c.token}, separators=(",", ":")))
+                elif text.startswith("40"):  # socket.io CONNECT answered: {"sid": ...}
+                    page.connected = True
+                    if not page.ready.done():
+                        page.ready.set_result(True)
+                elif text.startswith("44"):  # connect_error: {"message": ...}
+                    with contextlib.suppress(ValueError, TypeError, AttributeError):
+                        self.counters[f"connect_error: {json.loads(text[2:]).get('message')}"] += 1
+                    break
+                elif text.startswith(("41", "1")):  # socket.io DISCONNECT from the server / engine.io close
+                    self.counters["lean: closed by the server"] += 1
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - count and end this page, like a client error
+            self.counters[f"lean: {type(e).__name__}"] += 1
+        finally:
+            page.connected = False
+            if not page.ready.done():
+                page.ready.set_result(False)
+            if not page.closing and not ws.closed:
+                page.closing = True
+                asyncio.get_running_loop().create_task(ws.close())
+
+    def _lean_event(self, c: Citizen, text: str, now: float) -> None:
+        body = text[2:]
+        if not body.startswith("["):  # an ack id before the array (not used by the server's emits)
+            body = body.lstrip("0123456789")
+        event, *args = json.loads(body)
+        if event == "ticket":
+            self.on_ticket(c, args[0], now)
+        elif event == "queue":
+            self.on_queue(c, args[0], now)
+        else:
+            self.counters[f"lean: event {event}"] += 1
+
+    async def watchdog(self) -> None:
+        """Like python-socketio's client, give up a page that has heard nothing (not even a ping) for
+        ping interval + ping timeout: one sweep a second for the whole process, no timer per page."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for c in self.citizens:
+                page = c.client
+                if (isinstance(page, LeanPage) and page.connected
+                        and now - page.last_rx > page.ping_interval + page.ping_timeout):
+                    self.counters["lean: no ping for interval + timeout, page closed"] += 1
+                    page.connected = False
+                    asyncio.get_running_loop().create_task(page.disconnect())
+
+    # -- what a page does with its events (both clients) --
+    def on_ticket(self, c: Citizen, data: dict[str, Any], now: float) -> None:
         state = data.get("state")
         if state == "called" and c.state != "called":
             self.called.append((data["id"], now, data.get("called_at") or 0.0))
@@ -167,8 +329,7 @@ class Worker:
             c.has_ticket = True
             self._maybe_ready(c, now)
 
-    def on_queue(self, c: Citizen, data: dict[str, Any]) -> None:
-        now = time.time()
+    def on_queue(self, c: Citizen, data: dict[str, Any], now: float) -> None:
         key = (data["d"], data["t"])
         msg = self.messages.get(key)
         if msg is None:
@@ -304,6 +465,8 @@ class Worker:
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.join_concurrency))
         self.ws_http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         replacers = [loop.create_task(self.replacer()) for _ in range(REPLACERS)]
+        if self.client_kind == "lean":
+            replacers.append(loop.create_task(self.watchdog()))
         try:
             while True:
                 command, arg = await _receive(self.conn)
@@ -364,7 +527,7 @@ async def _receive(conn: Connection) -> tuple[str, Any]:
 
 
 def run(conn: Connection, url: str, departments: list[str], join_concurrency: int, connect_concurrency: int,
-        replace: bool) -> None:
+        replace: bool, client_kind: str = "lean") -> None:
     """Process entry point (spawned by the bench)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the bench handles Ctrl-C and tells us to stop
     from _server import die_with_parent
@@ -372,7 +535,7 @@ def run(conn: Connection, url: str, departments: list[str], join_concurrency: in
     die_with_parent()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    worker = Worker(conn, url, departments, join_concurrency, connect_concurrency, replace)
+    worker = Worker(conn, url, departments, join_concurrency, connect_concurrency, replace, client_kind)
     for name in ("engineio.client", "socketio.client"):
         # Count the clients' own error reports (e.g. "packet queue is empty, aborting": a page gave up
         # after hearing nothing for ping interval + 5 s) instead of printing thousands of lines.

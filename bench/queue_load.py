@@ -3,6 +3,7 @@
     .venv/bin/python bench/queue_load.py                       # 2,000 citizens, 20 departments, 50 calls/s
     .venv/bin/python bench/queue_load.py --citizens 10000      # the goal's size
     .venv/bin/python bench/queue_load.py --profile py-spy      # also sample where the server spends time
+    .venv/bin/python bench/queue_load.py --client socketio     # pages on python-socketio's AsyncClient
 
 Phases: start ``sprechstunde serve`` with a generated configuration (clerk accounts created first with
 ``sprechstunde staff add``); log the clerks in and connect their sockets; let the citizen processes join
@@ -179,12 +180,13 @@ class CitizenProcesses:
         self.pipes: list[Connection] = []
 
     def start(self, count: int, url: str, departments: list[str], join_concurrency: int,
-              connect_concurrency: int, replace: bool) -> None:
+              connect_concurrency: int, replace: bool, client_kind: str) -> None:
         ctx = multiprocessing.get_context("spawn")
         for _ in range(count):
             ours, theirs = ctx.Pipe()
             p = ctx.Process(target=_citizens.run, args=(theirs, url, departments, join_concurrency,
-                                                        connect_concurrency, replace), daemon=True)
+                                                        connect_concurrency, replace, client_kind),
+                            daemon=True)
             p.start()
             theirs.close()
             self.procs.append(p)
@@ -306,7 +308,7 @@ async def bench(args: argparse.Namespace, server: ServerProcess, clerk_accounts:
 
         say(f"starting {args.processes} citizen processes; {args.citizens} citizens join and connect ...", flush=True)
         citizens.start(args.processes, server.url, departments, args.join_concurrency, args.connect_concurrency,
-                       not args.no_replace)
+                       not args.no_replace, args.client)
         shares: list[list[str]] = [[] for _ in range(args.processes)]
         for i in range(args.citizens):
             shares[i % args.processes].append(departments[i % len(departments)])
@@ -413,7 +415,8 @@ async def bench(args: argparse.Namespace, server: ServerProcess, clerk_accounts:
         outcomes = dict(stats.outcomes)
         print(f"\nconfig: {args.citizens} citizens, {args.departments} departments, "
               f"{len(clerks)} clerks, {args.calls_per_second:g} calls/s for {args.duration:g} s, "
-              f"{'redis' if args.redis else 'memory'} store, {args.processes} citizen processes; "
+              f"{'redis' if args.redis else 'memory'} store, {args.processes} citizen processes "
+              f"({args.client} client); "
               f"replaced citizens: {counters.get('replaced', 0)}")
         print_table("results (goals are for 10,000 citizens / 20 departments / 50 calls per s)", rows)
         if errors or outcomes:
@@ -441,6 +444,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--redis", metavar="URL", help="run the server on the Redis store (a loopback URL)")
     p.add_argument("--call-via", choices=("socket", "http"), default="socket",
                    help="clerks call next with the socket event or the HTTP route")
+    p.add_argument("--client", choices=_citizens.CLIENTS, default="lean",
+                   help="the waiting pages' socket client: lean (a minimal socket.io client on an aiohttp "
+                        "websocket, cheap per page) or socketio (python-socketio's AsyncClient)")
     p.add_argument("--no-replace", action="store_true", help="do not let new citizens join for those called")
     p.add_argument("--join-concurrency", type=int, default=16, help="parallel joins per process")
     p.add_argument("--connect-concurrency", type=int, default=64, help="parallel first connects per process")
