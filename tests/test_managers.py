@@ -66,3 +66,36 @@ async def test_a_broadcast_reaches_every_page_of_a_department(live_server):
     finally:
         for p in pages:
             await p.close()
+
+
+def test_engineio_poll_we_replace_is_still_the_one_we_know():
+    """server/signaling/engineio_poll.py replaces engine.io's AsyncSocket.poll: fail loudly when
+    engine.io changes it, so that the replacement is reviewed against the new version."""
+    from server.signaling import engineio_poll
+
+    source = inspect.getsource(engineio_poll._original_poll)
+    for fragment in ("asyncio.wait_for(", "self.queue.get()", "self.queue.task_done()", "QueueEmpty",
+                     "self.queue.put_nowait(None)", "self.server.ping_interval + self.server.ping_timeout"):
+        assert fragment in source, f"engine.io's AsyncSocket.poll changed: {fragment!r} is gone"
+
+
+async def test_the_cheaper_poll_keeps_engineio_semantics():
+    import asyncio
+    from types import SimpleNamespace
+
+    from engineio import exceptions
+
+    from server.signaling.engineio_poll import poll
+
+    sock = SimpleNamespace(queue=asyncio.Queue(), server=SimpleNamespace(ping_interval=0.05, ping_timeout=0.05))
+    for p in ("a", "b", None, "c"):
+        sock.queue.put_nowait(p)
+    assert await poll(sock) == ["a", "b"]  # up to the close marker, which is queued again (at the end)
+    assert await poll(sock) == ["c"]
+    assert await poll(sock) == []  # the close marker: the writer ends
+    try:
+        await poll(sock)  # nothing within ping interval + timeout
+    except exceptions.QueueEmpty:
+        pass
+    else:
+        raise AssertionError("an idle socket's writer must end with QueueEmpty")

@@ -25,6 +25,7 @@ from ..queue.errors import QueueError
 from ..queue.model import Clerk, Presence, TicketEvent
 from ..settings import Settings
 from ..waitingroom import PRESENCE_TTL, WaitingRoom, staff_view
+from . import engineio_poll
 from .guard import Handler, guard
 from .managers import ClosingRedisManager, FastManager
 
@@ -46,6 +47,7 @@ class Signaling:
         if settings.redis_url:
             # Emits travel through Redis so that every node's sockets receive them.
             manager = ClosingRedisManager(settings.redis_url, channel=f"{settings.redis_prefix}socketio")
+        engineio_poll.install()
         origins: list[str] | None = list(settings.cors_origins) or None  # None: same origin only
         self.sio = socketio.AsyncServer(
             async_mode="aiohttp",
