@@ -128,3 +128,21 @@ async def make_live_server(aiohttp_server, make_app):
 async def live_server(make_live_server) -> LiveServer:
     """The whole app on a free port with the memory store."""
     return await make_live_server()
+
+
+@pytest.fixture
+async def clients() -> Any:
+    """Socket clients a test opens (tests.socket_clients.Recorder); all closed afterwards."""
+    opened: list[Any] = []
+    yield opened
+    for c in opened:
+        await c.close()
+
+
+@pytest.fixture
+async def peers() -> Any:
+    """aiortc test peers a test opens (tests.media.peers.Client); all closed afterwards."""
+    opened: list[Any] = []
+    yield opened
+    for p in opened:
+        await p.close()

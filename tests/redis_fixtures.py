@@ -44,7 +44,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate a helper server started by a fixture; kill it if it does not go within 10 s."""
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -81,7 +82,7 @@ def _start_redis(binary: str, workdir: Path) -> tuple[subprocess.Popen[bytes], s
             if _answers(url, timeout=0.2):
                 return proc, url
             time.sleep(0.05)
-        _stop(proc)
+        stop_process(proc)
     log = log_file.read_text("utf-8", errors="replace")[-2000:] if log_file.exists() else ""
     pytest.fail(f"redis-server ({binary}) did not start answering on 127.0.0.1; its log:\n{log}", pytrace=False)
 
@@ -106,7 +107,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield started_url
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @pytest.fixture

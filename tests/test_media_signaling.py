@@ -25,22 +25,6 @@ from .socket_clients import Recorder, citizen_socket, join, staff_socket
 PASSWORD = "correct horse battery"
 
 
-@pytest.fixture
-async def clients():
-    opened: list[Recorder] = []
-    yield opened
-    for c in opened:
-        await c.close()
-
-
-@pytest.fixture
-async def peers():
-    opened: list[Client] = []
-    yield opened
-    for p in opened:
-        await p.close()
-
-
 def hub_of(live_server) -> MediaHub:
     hub = live_server.app[MEDIA].hub
     assert hub is not None

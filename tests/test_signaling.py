@@ -10,14 +10,6 @@ import socketio
 from .socket_clients import WAIT, citizen_socket, join, positions, staff_socket
 
 
-@pytest.fixture
-async def clients():
-    opened = []
-    yield opened
-    for c in opened:
-        await c.close()
-
-
 async def test_citizen_sees_ticket_and_position_and_is_told_when_called(live_server, clients):
     await live_server.add_staff("anna", "correct horse battery", ["buergerbuero"], "Anna Amt")
     first, second = await join(live_server.url), await join(live_server.url)

@@ -34,7 +34,8 @@ from aiortc import (
 from server.media import aiortc_glue
 
 from .media.peers import Client, FrameNumberTrack, ToneTrack, consecutive, wait_for
-from .socket_clients import Recorder, citizen_socket, join
+from .redis_fixtures import stop_process
+from .socket_clients import citizen_socket, join
 from .test_media_signaling import numbers, offer, slot_of
 
 pytestmark = pytest.mark.turn
@@ -95,14 +96,6 @@ def _answers_stun(port: int, timeout: float = 0.2) -> bool:
     return len(data) >= 20 and data[:2] == b"\x01\x01" and data[8:20] == transaction
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _start_coturn(binary: str, workdir: Path, secret: str) -> tuple[subprocess.Popen[bytes], Coturn]:
@@ -143,7 +136,7 @@ def _start_coturn(binary: str, workdir: Path, secret: str) -> tuple[subprocess.P
             if _answers_stun(port):
                 return proc, Coturn(port, secret, log_file)
             time.sleep(0.05)
-        _stop(proc)
+        stop_process(proc)
     log = log_file.read_text("utf-8", errors="replace")[-3000:] if log_file.exists() else ""
     pytest.fail(f"turnserver ({binary}) did not start answering on 127.0.0.1; its log:\n{log}", pytrace=False)
 
@@ -155,7 +148,7 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
     try:
         yield server
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 class RelayClient(Client):
@@ -184,22 +177,6 @@ class RelayClient(Client):
     def nominated_pair(self) -> Any:
         """aioice's nominated candidate pair of the (single, bundled) component, or None."""
         return getattr(self.ice_connection(), aiortc_glue.CONN_NOMINATED).get(1)
-
-
-@pytest.fixture
-async def clients():
-    opened: list[Recorder] = []
-    yield opened
-    for c in opened:
-        await c.close()
-
-
-@pytest.fixture
-async def peers():
-    opened: list[Client] = []
-    yield opened
-    for p in opened:
-        await p.close()
 
 
 def allocations(log: str, username: str) -> list[str]:
