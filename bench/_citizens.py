@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ CLIENTS = ("lean", "socketio")
 CONNECT_TIMEOUT = 60.0
 CONNECT_ATTEMPTS = 3
 REPLACERS = 8
+LAG_TICK = 0.005
 """Concurrent replacement joins per process (bounds the background work during the steady phase)."""
 
 
@@ -160,6 +162,9 @@ class Worker:
     storm_pages: list[Citizen] = field(default_factory=list)
     ready_target: int = 0
     all_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    lags: list[tuple[float, float]] = field(default_factory=list)
+    """(time, seconds late) of this process's own event loop, sampled every LAG_TICK: the load generator's
+    lag adds to every latency the pages measure."""
     queue_texts: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Lean client: the decoded ``queue`` update by its raw frame text (one text reaches every page of
     a department in this process; each text is parsed once)."""
@@ -300,6 +305,15 @@ class Worker:
         else:
             self.counters[f"lean: event {event}"] += 1
 
+    async def lag_monitor(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + LAG_TICK
+            await asyncio.sleep(LAG_TICK)
+            late = loop.time() - due
+            if late > 0.002:
+                self.lags.append((time.time(), late))
+
     async def watchdog(self) -> None:
         """Like python-socketio's client, give up a page that has heard nothing (not even a ping) for
         ping interval + ping timeout: one sweep a second for the whole process, no timer per page."""
@@ -398,6 +412,8 @@ class Worker:
         self.ready_count = 0
         await asyncio.gather(*(one(d) for d in departments), return_exceptions=True)
         await self._wait_ready(len(self.citizens), 30.0)
+        gc.collect()
+        gc.freeze()  # thousands of pages' objects: out of the collector's way, as in the server
         return {"started": started, "joined": len(joined_at), "last_join": max(joined_at, default=started),
                 "ready": self.ready_count, "last_ready": self.last_ready, "connected": self.connected()}
 
@@ -445,6 +461,7 @@ class Worker:
             "messages": [(d, t, m.head, m.receivers, m.first, m.last) for (d, t), m in self.messages.items()
                          if t >= since - 5 and m.receivers],
             "called": [x for x in self.called if x[1] >= since - 5],
+            "lags": [lag for t, lag in self.lags if t >= since],
             "stale_pages": sum(1 for c in self.waiting() if c.last_queue_t < latest.get(c.department, 0.0)),
             "waiting_pages": len(self.waiting()),
             "connected": self.connected(),
@@ -465,6 +482,7 @@ class Worker:
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.join_concurrency))
         self.ws_http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         replacers = [loop.create_task(self.replacer()) for _ in range(REPLACERS)]
+        replacers.append(loop.create_task(self.lag_monitor()))
         if self.client_kind == "lean":
             replacers.append(loop.create_task(self.watchdog()))
         try:
@@ -535,6 +553,9 @@ def run(conn: Connection, url: str, departments: list[str], join_concurrency: in
     die_with_parent()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # The load generator must not stall its pages: the same collector settings as the server (server/gcpolicy.py),
+    # whose full collections over thousands of pages' objects took up to 0.7 s here too.
+    gc.set_threshold(10_000, 5, 1_000_000_000)
     worker = Worker(conn, url, departments, join_concurrency, connect_concurrency, replace, client_kind)
     for name in ("engineio.client", "socketio.client"):
         # Count the clients' own error reports (e.g. "packet queue is empty, aborting": a page gave up

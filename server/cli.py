@@ -8,24 +8,13 @@ import getpass
 import logging
 import sys
 
+from . import gcpolicy
 from .queue.errors import QueueError
 from .settings import ConfigError, Settings, load_settings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, host=getattr(args, "host", None), port=getattr(args, "port", None))
-
-
-def tune_gc() -> None:
-    """Fewer, cheaper garbage collections: measured in bench/queue_load.py, the cyclic collector's
-    full passes over thousands of sockets' objects were the call-next latency tail (p99 158 ms with
-    the defaults). Objects alive after start-up (modules, the app) are frozen out of collection, and
-    young collections run every 50,000 allocations instead of 700."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -38,7 +27,8 @@ def serve(args: argparse.Namespace) -> int:
     # aiohttp's access log would record paths; ours hold no secrets (tokens travel in headers or the
     # URL fragment), but we keep it terse and free of client addresses.
     app = create_app(settings)
-    tune_gc()
+    gcpolicy.tune()
+    app.cleanup_ctx.append(gcpolicy.collections_ctx(settings.full_gc_interval))
     print(f"Sprechstunde on http://{settings.host}:{settings.port}/ "
           f"({'redis' if settings.redis_url else 'embedded memory'} store)", flush=True)
     # A reconnect storm of thousands of pages overflows aiohttp's default listen backlog of 128.

@@ -10,7 +10,7 @@ import socketio
 from server.app import SIGNALING
 from server.signaling.managers import ClosingRedisManager, FastManager, broadcast
 
-from .socket_clients import citizen_socket, join
+from .socket_clients import Recorder, citizen_socket, join
 
 
 def test_python_socketio_internals_we_rely_on_are_there():
@@ -99,3 +99,91 @@ async def test_the_cheaper_poll_keeps_engineio_semantics():
         pass
     else:
         raise AssertionError("an idle socket's writer must end with QueueEmpty")
+
+
+def test_engineio_and_aiohttp_internals_of_the_direct_path_are_there():
+    """server/signaling/engineio_ws.py writes broadcast frames straight to aiohttp's transport and learns
+    which websocket belongs to which engine.io socket from engine.io's aiohttp driver."""
+    from aiohttp import web
+    from engineio import async_socket
+    from engineio.async_drivers import aiohttp as eio_aiohttp
+
+    assert list(inspect.signature(eio_aiohttp.WebSocket.__init__).parameters) == ["self", "handler", "server"]
+    call = inspect.getsource(eio_aiohttp.WebSocket.__call__)
+    assert "self._sock = WebSocketResponse(" in call and "await self.handler(self)" in call
+    assert "self._websocket_handler, self.server" in inspect.getsource(async_socket.AsyncSocket._upgrade_websocket)
+    handler = inspect.getsource(async_socket.AsyncSocket._websocket_handler)
+    for fragment in ("packets = await self.poll()", "await ws.send(pkt.encode())", "self.upgraded = True"):
+        assert fragment in handler, f"engine.io's websocket writer changed: {fragment!r} is gone"
+    assert "_writer" in web.WebSocketResponse.__slots__ or "_writer" in inspect.getsource(web.WebSocketResponse)
+    from aiohttp._websocket.writer import WebSocketWriter
+
+    writer = inspect.getsource(WebSocketWriter.__init__)
+    assert "self.transport = transport" in writer and "self._closing = False" in writer
+
+
+def test_text_frames_have_the_three_length_forms():
+    from server.signaling.engineio_ws import text_frame
+
+    assert text_frame("4x") == b"\x81\x024x"
+    assert text_frame("a" * 126)[:4] == b"\x81\x7e\x00\x7e"
+    assert text_frame("a" * 70000)[:10] == b"\x81\x7f" + (70000).to_bytes(8, "big")
+    assert text_frame("ä").endswith("ä".encode()) and text_frame("ä")[1] == 2
+
+
+async def test_broadcasts_reach_websocket_pages_directly_and_polling_pages_through_engineio(live_server):
+    """Websocket pages get the one frame written to their transport, a polling page the queued packet;
+    small, 16-bit and 64-bit frame lengths all arrive whole."""
+    from server.signaling.managers import delivered
+
+    tickets = [await join(live_server.url) for _ in range(3)]
+    pages = [await citizen_socket(live_server.url, t["token"]) for t in tickets[:2]]
+    polling = Recorder()
+    await polling.client.connect(live_server.url, auth={"token": tickets[2]["token"]}, transports=["polling"],
+                                 wait_timeout=15)
+    try:
+        for p in [*pages, polling]:
+            await p.wait_for("queue")
+        sio = live_server.app[SIGNALING].sio
+        for probe, size in enumerate((10, 500, 70_000), start=1):
+            before = delivered.copy()
+            await sio.emit("queue", {"d": "buergerbuero", "probe": probe, "pad": "x" * size}, room="d:buergerbuero")
+            for p in [*pages, polling]:
+                got = await p.wait_for("queue", lambda u, probe=probe: u.get("probe") == probe)
+                assert got["pad"] == "x" * size
+            assert delivered["direct"] - before["direct"] == 2
+            assert delivered["queued"] - before["queued"] == 1
+    finally:
+        for p in pages:
+            await p.close()
+        # python-engineio's client would wait for its pending long poll, which the server ends only at the
+        # ping timeout (engine.io does not answer a poll when the client closes); a browser just drops it.
+        await polling.client.eio.disconnect(abort=True)
+
+
+async def test_a_direct_frame_never_overtakes_a_queued_packet(live_server):
+    """A packet already on a page's engine.io queue goes out first: the broadcast behind it is queued too."""
+    from engineio import packet as eio_packet
+    from socketio import packet as sio_packet
+
+    from server.signaling.managers import delivered
+
+    ticket = await join(live_server.url)
+    page = await citizen_socket(live_server.url, ticket["token"])
+    try:
+        await page.wait_for("queue")
+        sio = live_server.app[SIGNALING].sio
+        eio_sid = next(iter(sio.eio.sockets))
+        before = delivered.copy()
+        for probe in range(1, 21):
+            if probe % 2:  # straight onto engine.io's queue, as python-socketio's own emits do
+                encoded = sio_packet.Packet(sio_packet.EVENT, data=["queue", {"probe": probe}]).encode()
+                await sio.eio.sockets[eio_sid].send(eio_packet.Packet(eio_packet.MESSAGE, encoded))
+            else:
+                await sio.emit("queue", {"probe": probe}, room="d:buergerbuero")
+        await page.wait_for("queue", lambda u: u.get("probe") == 20)
+        probes = [d["probe"] for name, d in page.events if name == "queue" and "probe" in d]
+        assert probes == list(range(1, 21))
+        assert delivered["queued"] - before["queued"] >= 1  # at least one broadcast had to queue behind
+    finally:
+        await page.close()

@@ -25,7 +25,7 @@ from ..queue.errors import QueueError
 from ..queue.model import Clerk, Presence, TicketEvent
 from ..settings import Settings
 from ..waitingroom import PRESENCE_TTL, WaitingRoom, staff_view
-from . import engineio_poll
+from . import engineio_poll, engineio_ws
 from .guard import Handler, guard
 from .managers import ClosingRedisManager, FastManager
 
@@ -57,6 +57,7 @@ class Signaling:
             logger=False,
             engineio_logger=False,
         )
+        engineio_ws.install(self.sio.eio)
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._citizen_sockets: Counter[str] = Counter()

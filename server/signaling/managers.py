@@ -6,8 +6,10 @@ costs O(N^2) and blocks the loop for seconds. Its ``emit`` creates one task per 
 
 - ``IndexedRoomsMixin`` keeps an index socket -> rooms, so leaving every room on disconnect costs
   O(rooms of that socket), and the pending connect/disconnect lists become sets;
-- ``broadcast`` encodes a packet once and hands it to each recipient's send queue in turn, yielding
-  to the event loop every few hundred sends, so that a clerk's "call next" is not stuck behind a
+- ``broadcast`` encodes a packet once, as one websocket frame, and writes it straight to each
+  recipient's websocket (``engineio_ws``); a recipient that cannot take it directly (polling, an upgrade
+  in progress, packets already queued, a slow transport) gets it on its engine.io send queue. It yields
+  to the event loop every few hundred recipients, so that a clerk's "call next" is not stuck behind a
   department's position update.
 
 Both rest on python-socketio's manager attributes (``rooms``, ``pending_connect``,
@@ -20,16 +22,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from typing import Any
 
 import socketio
 from engineio import packet as eio_packet
 from socketio import packet
 
+from .engineio_ws import text_frame, write_direct
+
 log = logging.getLogger("sprechstunde.signaling")
 
 YIELD_EVERY = 128
 _sent = [0]
+delivered: Counter[str] = Counter()
+"""How broadcasts reached their recipients: ``direct`` (one frame written to the websocket) or ``queued``
+(engine.io's send queue); for tests and the bench."""
 
 
 class _SidSet(dict):  # type: ignore[type-arg]
@@ -95,19 +103,27 @@ async def broadcast(manager: Any, event: str, data: Any, namespace: str, room: A
     args = list(data) if isinstance(data, tuple) else ([] if data is None else [data])
     encoded = manager.server.packet_class(packet.EVENT, namespace=namespace, data=[event, *args]).encode()
     packets = [eio_packet.Packet(eio_packet.MESSAGE, p) for p in (encoded if isinstance(encoded, list) else [encoded])]
+    frame = text_frame(packets[0].encode()) if isinstance(encoded, str) else None  # binary: engine.io's path
     skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}
     send = manager.server._send_eio_packet
+    eio_sockets = manager.server.eio.sockets
     for sid, eio_sid in list(manager.get_participants(namespace, room)):
         if sid in skip:
             continue
+        _sent[0] += 1
+        if _sent[0] % YIELD_EVERY == 0:  # counted across broadcasts: small rooms add up too
+            await asyncio.sleep(0)
+        if frame is not None:
+            eio_socket = eio_sockets.get(eio_sid)
+            if eio_socket is not None and write_direct(eio_socket, frame):
+                delivered["direct"] += 1
+                continue
+        delivered["queued"] += 1
         for p in packets:
             try:
                 await send(eio_sid, p)  # puts the packet on the socket's queue; its writer sends it
             except Exception:  # noqa: BLE001 - one broken socket must not stop the broadcast
                 log.debug("send to a socket failed", exc_info=True)
-        _sent[0] += 1
-        if _sent[0] % YIELD_EVERY == 0:  # counted across broadcasts: small rooms add up too
-            await asyncio.sleep(0)
 
 
 class FastManager(IndexedRoomsMixin, socketio.AsyncManager):  # type: ignore[misc]
