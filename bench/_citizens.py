@@ -305,6 +305,11 @@ class Worker:
         else:
             self.counters[f"lean: event {event}"] += 1
 
+    async def young_collections(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            gc.collect(1)
+
     async def lag_monitor(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -483,6 +488,7 @@ class Worker:
         self.ws_http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         replacers = [loop.create_task(self.replacer()) for _ in range(REPLACERS)]
         replacers.append(loop.create_task(self.lag_monitor()))
+        replacers.append(loop.create_task(self.young_collections()))
         if self.client_kind == "lean":
             replacers.append(loop.create_task(self.watchdog()))
         try:
@@ -553,9 +559,9 @@ def run(conn: Connection, url: str, departments: list[str], join_concurrency: in
     die_with_parent()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    # The load generator must not stall its pages: the same collector settings as the server (server/gcpolicy.py),
-    # whose full collections over thousands of pages' objects took up to 0.7 s here too.
-    gc.set_threshold(10_000, 5, 1_000_000_000)
+    # The load generator must not stall its pages: the same collector policy as the server (server/gcpolicy.py);
+    # CPython's own full collections over thousands of pages' objects took up to 0.7 s here too.
+    gc.disable()
     worker = Worker(conn, url, departments, join_concurrency, connect_concurrency, replace, client_kind)
     for name in ("engineio.client", "socketio.client"):
         # Count the clients' own error reports (e.g. "packet queue is empty, aborting": a page gave up

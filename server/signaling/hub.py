@@ -5,8 +5,8 @@ Rooms: ``t:<ticket>`` (a citizen's pages), ``d:<department>`` (every waiting pag
 ``s:<department>`` (the dashboards of its clerks).
 
 Position updates are coalesced: a change marks its department dirty and a loop sends one compact
-``queue`` message per dirty department at most every ``position_interval`` seconds. The called
-citizen is told at once through their own room.
+``queue`` message per dirty department at most every ``position_interval`` seconds, each department at
+its own phase of the interval. The called citizen is told at once through their own room.
 """
 
 from __future__ import annotations
@@ -59,7 +59,6 @@ class Signaling:
         )
         engineio_ws.install(self.sio.eio)
         self._dirty: set[str] = set()
-        self._wake = asyncio.Event()
         self._citizen_sockets: Counter[str] = Counter()
         self._clerk_sockets: Counter[str] = Counter()
         self._clerks: dict[str, Clerk] = {}
@@ -231,7 +230,6 @@ class Signaling:
             )
             if e.kind in QUEUE_CHANGES:
                 self._dirty.update(e.departments)
-                self._wake.set()
         if self.media is not None:
             await self.media.on_events(events)  # the queue decides who is in which consultation
 
@@ -257,27 +255,40 @@ class Signaling:
             to=[f"s:{d}" for d in sorted(clerk.departments)],
         )
         self._dirty.update(clerk.departments)
-        self._wake.set()
 
     # -- background loops --
     async def broadcast_positions(self) -> None:
-        """Send one compact update per changed department, at most every ``position_interval``."""
+        """Send one compact update per changed department, at most every ``position_interval``.
+
+        Departments take turns: each owns one slot of the interval (the k-th of n departments at
+        k/n of it) and sends at its slot if it changed, so a change waits at most one interval and the
+        pages of all departments are not written to, and do not wake up, in one burst. With thousands of
+        waiting pages that burst delayed a called citizen's message behind every other department's
+        update (bench/queue_load.py)."""
         loop = asyncio.get_running_loop()
+        configured = [d.id for d in self.settings.departments]
+        slot = self.settings.position_interval / max(1, len(configured))
+        due = loop.time()
+        turn = 0
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            started = loop.time()
-            dirty, self._dirty = self._dirty, set()
-            for dep in sorted(dirty):
+            due += slot
+            now = loop.time()
+            if due < now - self.settings.position_interval:  # far behind (a stalled loop): no catch-up burst
+                due = now
+            await asyncio.sleep(max(0.0, due - now))
+            dep = configured[turn % len(configured)] if configured else None
+            turn += 1
+            mine = [dep] if dep in self._dirty else []
+            mine += [d for d in self._dirty if d not in configured]  # not configured (any more): any slot
+            for d in mine:
+                self._dirty.discard(d)
                 try:
-                    update = await self.room.queue_update(dep)
-                    self._updates[dep] = (loop.time(), update)
-                    await self.sio.emit("queue", update, room=f"d:{dep}")
-                    await self.sio.emit("load", (await self.room.load(dep)).to_public(), room=f"s:{dep}")
+                    update = await self.room.queue_update(d)
+                    self._updates[d] = (loop.time(), update)
+                    await self.sio.emit("queue", update, room=f"d:{d}")
+                    await self.sio.emit("load", (await self.room.load(d)).to_public(), room=f"s:{d}")
                 except Exception:  # noqa: BLE001 - a failed broadcast must not end the loop
                     log.exception("position broadcast failed")
-                await asyncio.sleep(0)  # let a clerk's "call next" in between two departments
-            await asyncio.sleep(max(0.0, self.settings.position_interval - (loop.time() - started)))
 
     async def renew_presence(self) -> None:
         """Keep connected clerks' presence alive; a crashed node's clerks lapse to offline."""
