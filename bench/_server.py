@@ -46,7 +46,8 @@ def department_ids(count: int) -> list[str]:
     return [f"dept{i:02d}" for i in range(1, count + 1)]
 
 
-def write_config(directory: Path, departments: list[str], redis_url: str | None, redis_prefix: str) -> Path:
+def write_config(directory: Path, departments: list[str], redis_url: str | None, redis_prefix: str,
+                 full_gc_interval: float | None = None) -> Path:
     """A bench configuration: every department always open, no queue cap, position updates every second,
     joins and logins from one address (all clients are on 127.0.0.1) effectively unlimited."""
     hours = "{ " + ", ".join(f"{d} = {_toml_str(h)}" for d, h in ALWAYS_OPEN.items()) + " }"
@@ -61,6 +62,8 @@ def write_config(directory: Path, departments: list[str], redis_url: str | None,
         "join_window_seconds = 600",
         "login_attempts_per_address = 100000",
     ]
+    if full_gc_interval:
+        lines.append(f"full_gc_interval = {full_gc_interval}")
     if redis_url:
         lines += [f"redis_url = {_toml_str(redis_url)}", f"redis_prefix = {_toml_str(redis_prefix)}"]
     for d in departments:

@@ -368,11 +368,13 @@ async def bench(args: argparse.Namespace, server: ServerProcess, clerk_accounts:
         disconnected = await citizens.ask("storm_disconnect", [None] * args.processes)
         storm_pages = sum(d["pages"] for d in disconnected)
         overflows0 = listen_overflows()
-        storm_cpu0, storm_t0 = server.cpu_seconds(), time.time()
+        storm_cpu0, storm_clients_cpu0, storm_t0 = server.cpu_seconds(), citizens.cpu_seconds(), time.time()
         storm = await citizens.ask("storm_reconnect", [None] * args.processes)
         storm_s = max(s["last_ready"] for s in storm) - min(s["started"] for s in storm)
         storm_ready = sum(s["ready"] for s in storm)
-        storm_cpu = (server.cpu_seconds() - storm_cpu0) / max(1e-9, time.time() - storm_t0)
+        storm_server_cpu_s = server.cpu_seconds() - storm_cpu0
+        storm_clients_cpu_s = citizens.cpu_seconds() - storm_clients_cpu0
+        storm_cpu = storm_server_cpu_s / max(1e-9, time.time() - storm_t0)
         overflows1 = listen_overflows()
         await asyncio.sleep(2.0)
         rss_after_storm = server.rss()
@@ -410,6 +412,9 @@ async def bench(args: argparse.Namespace, server: ServerProcess, clerk_accounts:
             Row("reconnect storm: all pages back with ticket + queue", "< 10 s",
                 f"{storm_s:.2f} s for {storm_ready} of {storm_pages} pages "
                 f"({sum(s['retries'] for s in storm)} retries, {sum(s['failures'] for s in storm)} failed)"),
+            Row("  CPU the storm took: server / citizen processes", "-",
+                f"{storm_server_cpu_s:.1f} / {storm_clients_cpu_s:.1f} core-s "
+                f"({storm_server_cpu_s / max(1, storm_ready) * 1e3:.2f} ms of server CPU per page)"),
             Row("  listen queue overflows during the storm (kernel)", "0",
                 f"{overflows1 - overflows0}" if overflows0 is not None and overflows1 is not None else "n/a"),
             Row("client CPU: citizen processes / clerk process", "-",
@@ -426,6 +431,13 @@ async def bench(args: argparse.Namespace, server: ServerProcess, clerk_accounts:
         print_table("results (goals are for 10,000 citizens / 20 departments / 50 calls per s)", rows)
         if errors or outcomes:
             print(f"\nclient-side counters: {errors}  clerk outcomes: {outcomes}")
+        collections = [line.split("full garbage collection: ", 1)[1]
+                       for line in server.log_path.read_text("utf-8", "replace").splitlines()
+                       if "full garbage collection: " in line]
+        if collections:
+            print("\nthe server's full garbage collections (server/gcpolicy.py):")
+            for line in collections:
+                print(f"  {line}")
         if spying:
             print("\nserver profile (py-spy, steady phase):")
             for line in summarize_py_spy(spy_out):
@@ -445,6 +457,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clerks-per-department", type=int, default=1)
     p.add_argument("--calls-per-second", type=float, default=50.0, help="over all clerks together")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of calling")
+    p.add_argument("--full-gc-interval", type=float, default=None,
+                   help="the server's full_gc_interval (default: the server's own, 600 s); the full collections "
+                        "it logged are printed after the table")
     p.add_argument("--processes", type=int, default=2, help="citizen client processes")
     p.add_argument("--redis", metavar="URL", help="run the server on the Redis store (a loopback URL)")
     p.add_argument("--call-via", choices=("socket", "http"), default="socket",
@@ -488,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="sps-bench-"))
     prefix = f"spsbench{secrets.token_hex(4)}:"
     departments = department_ids(args.departments)
-    config = write_config(run_dir, departments, args.redis, prefix)
+    config = write_config(run_dir, departments, args.redis, prefix, args.full_gc_interval)
     server = ServerProcess(config, free_port(), run_dir / "server.log", args.profile)
     citizens = CitizenProcesses()
     started = time.monotonic()

@@ -166,8 +166,7 @@ class WaitingRoom:
         """Everything the citizen's own page shows about their ticket."""
         position = None
         if ticket.state is TicketState.WAITING:
-            seqs = [seq for seq, _ in await self.store.waiting(ticket.department)]
-            position = core.position(seqs, ticket.seq)
+            position = await self.store.position(ticket.department, ticket.id, ticket.seq)
         d = self.departments.get(ticket.department)
         return {
             "id": ticket.id,

@@ -210,6 +210,15 @@ class StoreContract:
         assert await store.waiting_counts(["a", "b", "empty"]) == {"a": 3, "b": 1, "empty": 0}
         assert await store.waiting_counts([]) == {}
 
+    async def test_position_of_a_waiting_ticket(self, store: Store) -> None:
+        await put(store, *(make_ticket(f"t{seq}", seq, d) for seq, d in [(5, "a"), (2, "a"), (9, "b"), (1, "a")]))
+        assert [await store.position("a", f"t{seq}", seq) for seq in (1, 2, 5)] == [1, 2, 3]
+        assert await store.position("b", "t9", 9) == 1
+        assert await store.position("a", "t9", 9) is None  # waiting, but elsewhere
+        assert await store.position("a", "missing", 3) is None
+        await update(store, "t2", CALL)
+        assert await store.position("a", "t2", 2) is None and await store.position("a", "t5", 5) == 2
+
     async def test_returned_ticket_keeps_its_place(self, store: Store) -> None:
         await put(store, make_ticket("t1", 1), make_ticket("t2", 2))
         await update(store, "t1", CALL)

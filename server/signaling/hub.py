@@ -27,7 +27,7 @@ from ..settings import Settings
 from ..waitingroom import PRESENCE_TTL, WaitingRoom, staff_view
 from . import engineio_poll, engineio_ws
 from .guard import Handler, guard
-from .managers import ClosingRedisManager, FastManager
+from .managers import ClosingRedisManager, FastManager, deliver, encode_event
 
 if TYPE_CHECKING:
     from .media import MediaSignaling
@@ -63,7 +63,8 @@ class Signaling:
         self._clerk_sockets: Counter[str] = Counter()
         self._clerks: dict[str, Clerk] = {}
         self._closing = False
-        self._updates: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._updates: dict[str, tuple[float, dict[str, Any], Any]] = {}
+        """Per department: when its latest update was made, the update, and its encoded ``queue`` event."""
         self.media: MediaSignaling | None = None
         """Video consultations (server.signaling.media); it registers its own events on ``sio``."""
         self._register()
@@ -111,7 +112,7 @@ class Signaling:
             if ticket.disconnected_at is not None:
                 ticket = await self.room.citizen_connected(ticket.id)
             await self.sio.emit("ticket", await self.room.citizen_view(ticket), to=sid)
-            await self.sio.emit("queue", await self._queue_update(ticket.department), to=sid)
+            await deliver(self.sio.manager, (await self._queue_update(ticket.department))[1], "/", sid)
             return
         cookie = SimpleCookie(environ.get("HTTP_COOKIE", ""))
         morsel = cookie.get(SESSION_COOKIE)
@@ -233,17 +234,22 @@ class Signaling:
         if self.media is not None:
             await self.media.on_events(events)  # the queue decides who is in which consultation
 
-    async def _queue_update(self, department: str) -> dict[str, Any]:
-        """The department's latest update for a (re)connecting page: the one just broadcast when it is
-        younger than ``position_interval`` and nothing changed since (a reconnect storm of thousands
-        of pages then costs one computation per department, not one per page), else a fresh one."""
+    async def _queue_update(self, department: str) -> tuple[dict[str, Any], Any]:
+        """The department's latest update and its encoded ``queue`` event, for a (re)connecting page: the
+        one just broadcast when it is younger than ``position_interval`` and nothing changed since (a
+        reconnect storm of thousands of pages then costs one computation and one encoding per
+        department, not one per page), else a fresh one."""
         now = asyncio.get_running_loop().time()
         cached = self._updates.get(department)
         if cached and department not in self._dirty and now - cached[0] < self.settings.position_interval:
-            return cached[1]
+            return cached[1], cached[2]
         update = await self.room.queue_update(department)
-        self._updates[department] = (now, update)
-        return update
+        return self._remember_update(department, update)
+
+    def _remember_update(self, department: str, update: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        encoded = encode_event(self.sio, "queue", update)
+        self._updates[department] = (asyncio.get_running_loop().time(), update, encoded)
+        return update, encoded
 
     async def _on_presence(self, clerk: Clerk, presence: Presence) -> None:
         if self._closing:
@@ -283,8 +289,7 @@ class Signaling:
             for d in mine:
                 self._dirty.discard(d)
                 try:
-                    update = await self.room.queue_update(d)
-                    self._updates[d] = (loop.time(), update)
+                    update, _ = self._remember_update(d, await self.room.queue_update(d))
                     await self.sio.emit("queue", update, room=f"d:{d}")
                     await self.sio.emit("load", (await self.room.load(d)).to_public(), room=f"s:{d}")
                 except Exception:  # noqa: BLE001 - a failed broadcast must not end the loop

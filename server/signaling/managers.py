@@ -96,12 +96,23 @@ class IndexedRoomsMixin:
         return [r for r in self._sid_rooms.get((namespace, sid), ()) if r is not None]
 
 
+def encode_event(server: Any, event: str, data: Any, namespace: str = "/") -> Any:
+    """The socket.io packet of one event, as python-socketio encodes it (a str; a list when binary)."""
+    args = list(data) if isinstance(data, tuple) else ([] if data is None else [data])
+    return server.packet_class(packet.EVENT, namespace=namespace, data=[event, *args]).encode()
+
+
 async def broadcast(manager: Any, event: str, data: Any, namespace: str, room: Any, skip_sid: Any = None) -> None:
     """Send one event to every local participant of ``room`` (a name or a list of names)."""
     if namespace not in manager.rooms:
         return
-    args = list(data) if isinstance(data, tuple) else ([] if data is None else [data])
-    encoded = manager.server.packet_class(packet.EVENT, namespace=namespace, data=[event, *args]).encode()
+    await deliver(manager, encode_event(manager.server, event, data, namespace), namespace, room, skip_sid)
+
+
+async def deliver(manager: Any, encoded: Any, namespace: str, room: Any, skip_sid: Any = None) -> None:
+    """Send an encoded socket.io packet (``encode_event``) to every local participant of ``room``."""
+    if namespace not in manager.rooms:
+        return
     packets = [eio_packet.Packet(eio_packet.MESSAGE, p) for p in (encoded if isinstance(encoded, list) else [encoded])]
     frame = text_frame(packets[0].encode()) if isinstance(encoded, str) else None  # binary: engine.io's path
     skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}

@@ -93,6 +93,11 @@ class Store(abc.ABC):
     async def waiting_counts(self, departments: list[str]) -> dict[str, int]: ...
 
     @abc.abstractmethod
+    async def position(self, department: str, ticket_id: str, seq: int) -> int | None:
+        """1-based place of a waiting ticket in its department's queue (None: not waiting there), without
+        reading the whole queue: a reconnect storm asks this once per page."""
+
+    @abc.abstractmethod
     async def active(self, department: str) -> list[str]:
         """Ids of called and in-consultation tickets of a department."""
 

@@ -128,6 +128,11 @@ class MemoryStore(Store):
     async def waiting_counts(self, departments: list[str]) -> dict[str, int]:
         return {d: len(self._waiting.get(d, [])) for d in departments}
 
+    async def position(self, department: str, ticket_id: str, seq: int) -> int | None:
+        queue = self._waiting.get(department, [])
+        i = bisect.bisect_left(queue, (seq, ticket_id))
+        return i + 1 if i < len(queue) and queue[i] == (seq, ticket_id) else None
+
     async def active(self, department: str) -> list[str]:
         return sorted(self._active.get(department, set()))
 

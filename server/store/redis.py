@@ -229,6 +229,10 @@ class RedisStore(Store):
         entries = await self._redis.zrange(self._keys.queue(department), 0, -1, withscores=True)
         return [(int(score), ticket_id) for ticket_id, score in cast("list[tuple[str, float]]", entries)]
 
+    async def position(self, department: str, ticket_id: str, seq: int) -> int | None:
+        rank = await self._redis.zrank(self._keys.queue(department), ticket_id)
+        return None if rank is None else int(cast("int", rank)) + 1
+
     async def waiting_counts(self, departments: list[str]) -> dict[str, int]:
         if not departments:
             return {}
