@@ -21,6 +21,7 @@ def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from .app import create_app
+    from .http.accesslog import AccessLogger
 
     settings = _settings(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -36,7 +37,8 @@ def serve(args: argparse.Namespace) -> int:
     import uvloop
 
     web.run_app(app, host=settings.host, port=settings.port, print=None, backlog=4096,
-                access_log_format='"%r" %s %b %Tfs', loop=uvloop.new_event_loop())
+                access_log_format='"%r" %s %b %Tfs', access_log_class=AccessLogger,
+                loop=uvloop.new_event_loop())
     return 0
 
 

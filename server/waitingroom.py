@@ -31,6 +31,7 @@ from .rooms.departments import Department
 from .settings import Settings
 from .store.base import Store, Tx
 
+CONNECTIVITY = frozenset({"disconnected", "reconnected"})
 log = logging.getLogger("sprechstunde.queue")
 
 Listener = Callable[[list[TicketEvent]], Awaitable[None]]
@@ -97,10 +98,11 @@ class WaitingRoom:
 
     async def _publish(self, events: list[TicketEvent]) -> None:
         for e in events:
-            # Transitions, never people: no names or concerns in logs.
+            # Transitions, never people: no names or concerns in logs. A page's connection coming and
+            # going is not a transition of the queue: debug level (a reconnect storm is thousands of them).
             prev = e.previous_state.value if e.previous_state else "-"
-            log.info("ticket %s %s: %s -> %s (%s)", e.ticket.id, e.kind, prev, e.ticket.state.value,
-                     e.ticket.department)
+            log.log(logging.DEBUG if e.kind in CONNECTIVITY else logging.INFO, "ticket %s %s: %s -> %s (%s)",
+                    e.ticket.id, e.kind, prev, e.ticket.state.value, e.ticket.department)
         if events:
             for listener in self._listeners:
                 await listener(events)
