@@ -60,6 +60,9 @@ class Settings:
     """Cap for every publisher's video, in bit/s (told to browsers and enforced with REMB)."""
     max_media_rooms: int = 200
     """Media rooms (camera checks, pre-warmed waiting citizens, consultations) per server process."""
+    ping_interval: float = 25.0
+    """Seconds between engine.io pings to each page (a page that does not answer within 20 s more is
+    gone); lower it when a proxy closes idle connections sooner."""
     full_gc_interval: float = 600.0
     """Seconds between full garbage collections in ``sprechstunde serve`` (server/gcpolicy.py): each
     stops the server for about 1 ms per 10 connected pages."""
@@ -84,7 +87,7 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "secure_cookies": bool, "trust_forwarded_for": bool, "demo": bool, "max_body_bytes": int,
     "max_socket_message_bytes": int, "cors_origins": list, "turn_urls": list, "turn_secret": str,
     "turn_ttl_seconds": (int, float), "max_video_bitrate": int, "max_media_rooms": int,
-    "full_gc_interval": (int, float),
+    "full_gc_interval": (int, float), "ping_interval": (int, float),
 }
 _DEPT_KEYS = {"id", "name", "description", "hours", "queue_cap", "service_minutes", "require_name",
               "require_concern"}
@@ -175,8 +178,8 @@ def settings_from_dict(raw: dict[str, Any], env: dict[str, str] | None = None,
         settings.tz  # noqa: B018 - validate now, not at the first request
     except (ZoneInfoNotFoundError, ValueError) as e:
         raise ConfigError(f"[server]: unknown timezone {settings.timezone!r}") from e
-    if settings.full_gc_interval <= 0:
-        raise ConfigError("[server]: full_gc_interval must be positive")
+    if settings.full_gc_interval <= 0 or settings.ping_interval <= 0:
+        raise ConfigError("[server]: full_gc_interval and ping_interval must be positive")
     if settings.position_interval <= 0 or settings.grace_seconds < 0:
         raise ConfigError("[server]: position_interval must be positive and grace_seconds not negative")
     if settings.max_media_rooms < 0 or settings.max_video_bitrate <= 0 or settings.turn_ttl_seconds <= 0:

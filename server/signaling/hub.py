@@ -54,6 +54,7 @@ class Signaling:
             client_manager=manager,
             cors_allowed_origins=origins,
             max_http_buffer_size=settings.max_socket_message_bytes,
+            ping_interval=settings.ping_interval,
             logger=False,
             engineio_logger=False,
         )

@@ -1,0 +1,111 @@
+"""The collector policy of ``sprechstunde serve`` (server/gcpolicy.py) rests on one property: a waiting
+page's life leaves no reference cycles in the server, so its objects are freed by reference counting and
+the rare full collection finds nothing. Checked on a real server process with real socket.io pages."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from server.settings import ConfigError, load_settings
+
+from .app_fixtures import free_port
+from .socket_clients import citizen_socket, join
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = """
+[server]
+data_dir = "{data}"
+port = {port}
+full_gc_interval = 0.3
+ping_interval = 1
+joins_per_address = 1000
+
+[[departments]]
+id = "buergerbuero"
+name = "Bürgerbüro"
+hours = {{ {hours} }}
+"""
+ALWAYS_OPEN = ", ".join(f'{day} = "00:00-24:00"' for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun"))
+FULL = re.compile(r"^(\S+ \S+) INFO sprechstunde.gc: full garbage collection: (\d+) objects freed", re.M)
+PING_INTERVAL = 1.0
+
+
+async def _until(condition, seconds: float = 60.0) -> None:
+    """Poll a condition on another process's log: there is no event to wait on."""
+    async with asyncio.timeout(seconds):
+        while not condition():  # noqa: ASYNC110 - a file written by another process
+            await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+def server_process(tmp_path):
+    port = free_port()
+    config = tmp_path / "townhall.toml"
+    config.write_text(CONFIG.format(data=tmp_path / "var", port=port, hours=ALWAYS_OPEN), "utf-8")
+    log = tmp_path / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "--config", str(config), "serve"], cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "REDIS_URL": ""})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as resp:
+                    assert resp.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "server did not answer /healthz"
+                time.sleep(0.1)  # polling a starting process; there is no event to wait on
+        yield url, log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+async def test_pages_coming_and_going_leave_nothing_for_the_full_collection(server_process):
+    url, log = server_process
+
+    def collections() -> list[tuple[datetime, int]]:
+        return [(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f"), int(m.group(2)))
+                for m in FULL.finditer(log.read_text("utf-8"))]
+
+    tickets = [await join(url) for _ in range(20)]
+    for _ in range(2):  # the second round reconnects the same tickets, as a reload or a storm does
+        pages = [await citizen_socket(url, t["token"]) for t in tickets]
+        for p in pages:
+            await p.wait_for("queue")
+            await p.wait_for("ticket")
+        answered = await pages[0].call("leave")  # a transition, an acknowledgement, events to the others
+        assert answered["ok"]
+        for p in pages:
+            await p.close()
+        tickets = tickets[1:]
+    # A closed page's engine.io socket stays referenced by its ping task for one more ping interval;
+    # after that, only a reference cycle would keep its objects for a full collection to find.
+    closed = datetime.now()
+    settled = closed + timedelta(seconds=PING_INTERVAL + 1.0)
+    await _until(lambda: sum(1 for at, _ in collections() if at > settled) >= 2)
+    freed = [n for at, n in collections() if at > closed]
+    assert not any(freed), log.read_text("utf-8")[-3000:]
+    text = log.read_text("utf-8")
+    assert "POST /api/departments/buergerbuero/tickets" in text  # the access log is on ...
+    assert "/socket.io/" not in text  # ... without a line per page socket
+
+
+def test_full_gc_interval_must_be_positive(tmp_path):
+    config = tmp_path / "t.toml"
+    config.write_text("[server]\nfull_gc_interval = 0\n\n[[departments]]\nid = \"a\"\nname = \"A\"\n", "utf-8")
+    with pytest.raises(ConfigError, match="full_gc_interval"):
+        load_settings(config, env={})
