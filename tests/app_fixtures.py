@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +114,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until_healthy(proc: subprocess.Popen[Any], port: int, output: Callable[[], str]) -> None:
+    """Wait for a ``sprechstunde serve`` process to answer /healthz (failing with its output if it dies)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                assert resp.status == 200
+                return
+        except OSError:
+            assert proc.poll() is None, output()
+            assert time.monotonic() < deadline, "server did not answer /healthz"
+            time.sleep(0.1)  # polling a starting process; there is no event to wait on
 
 
 @pytest.fixture

@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from .app_fixtures import free_port
+from .app_fixtures import free_port, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = """
@@ -85,16 +83,7 @@ def test_serve_answers_health_and_creates_demo_clerks_once(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "REDIS_URL": ""})
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
-                    assert resp.status == 200
-                    break
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-                assert time.monotonic() < deadline, "server did not answer /healthz"
-                time.sleep(0.1)  # polling a starting process; there is no event to wait on
+        wait_until_healthy(proc, port, lambda: proc.stdout.read() if proc.stdout else "")
     finally:
         proc.terminate()
         output = proc.communicate(timeout=30)[0]

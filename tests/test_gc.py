@@ -9,8 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import time
-import urllib.request
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pytest
 
 from server.settings import ConfigError, load_settings
 
-from .app_fixtures import free_port
+from .app_fixtures import free_port, wait_until_healthy
 from .socket_clients import citizen_socket, join
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,19 +54,9 @@ def server_process(tmp_path):
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "server.cli", "--config", str(config), "serve"], cwd=ROOT,
                                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "REDIS_URL": ""})
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as resp:
-                    assert resp.status == 200
-                    break
-            except OSError:
-                assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, "server did not answer /healthz"
-                time.sleep(0.1)  # polling a starting process; there is no event to wait on
-        yield url, log
+        wait_until_healthy(proc, port, log.read_text)
+        yield f"http://127.0.0.1:{port}", log
     finally:
         proc.terminate()
         proc.wait(timeout=30)
