@@ -76,6 +76,14 @@ async def new_page(browser: Browser, problems: Problems, base_url: str) -> tuple
     return context, problems.watch(await context.new_page())
 
 
+async def staff_login(page: Page, username: str, password: str = PASSWORD) -> None:
+    """Log in on /staff the way a clerk does."""
+    await page.goto("/staff")
+    await page.get_by_label("Benutzername").fill(username)
+    await page.get_by_label("Passwort").fill(password)
+    await page.get_by_role("button", name="Anmelden").click()
+
+
 async def check_in(page: Page, name: str, department: str = "buergerbuero") -> None:
     """Fill the check-in form the way a person does and land on the waiting page."""
     await page.goto(f"/join/{department}")
@@ -96,10 +104,7 @@ async def test_clerk_calls_citizen(browser: Browser, live_server, problems: Prob
     await expect(citizen.locator("#position-text")).to_contain_text("Position 1")
 
     _, clerk = await new_page(browser, problems, live_server.url)
-    await clerk.goto("/staff")
-    await clerk.get_by_label("Benutzername").fill("clara")
-    await clerk.get_by_label("Passwort").fill(PASSWORD)
-    await clerk.get_by_role("button", name="Anmelden").click()
+    await staff_login(clerk, "clara")
     panel = clerk.locator(".panel[data-department='buergerbuero']")
     await expect(panel.locator(".ticket--waiting")).to_contain_text("Alex")
     await panel.get_by_role("button", name="Nächste Person aufrufen").click()

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
-from tests.test_browser import CHROMIUM_ARGS, PASSWORD, Problems, check_in, launched
+from tests.test_browser import CHROMIUM_ARGS, PASSWORD, Problems, check_in, launched, staff_login
 
 pytestmark = pytest.mark.browser
 
@@ -99,10 +99,7 @@ async def test_consultation_both_ways_then_done(browser: Browser, live_server, p
     await expect(citizen.locator("[data-field='position-number']")).to_have_text("1")
 
     _, clerk = await media_page(browser, problems, live_server.url)
-    await clerk.goto("/staff")
-    await clerk.get_by_label("Benutzername").fill("clara")
-    await clerk.get_by_label("Passwort").fill(PASSWORD)
-    await clerk.get_by_role("button", name="Anmelden").click()
+    await staff_login(clerk, "clara")
     panel = clerk.locator(".panel[data-department='buergerbuero']")
     await expect(panel.locator(".ticket--waiting")).to_contain_text("Alex")
     await panel.get_by_role("button", name="Nächste Person aufrufen").click()
