@@ -295,10 +295,106 @@ def print_table(title: str, rows: list[Row]) -> None:
         print(f"| {r.metric:<{widths[0]}} | {r.goal:<{widths[1]}} | {r.measured:<{widths[2]}} |")
 
 
+# -- the host --
+def host_reference_ms() -> float:
+    """A fixed pure-Python workload (JSON, dicts, string formatting: what the server does most), best of
+    three, in ms. It does not measure the server; it tells how fast this host runs Python, so that runs on
+    different machines can be compared (the same code measured 0.47 and 0.87-1.39 ms of server CPU per
+    reconnecting page on two hosts)."""
+    import json
+
+    doc = {"kind": "queue", "department": "dept01", "waiting": [[f"t{i:06d}", i, 1700000000.0 + i] for i in range(50)]}
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for i in range(2000):
+            text = json.dumps(doc)
+            back = json.loads(text)
+            _ = {f"k{j}": back["waiting"][j][1] for j in range(50)}
+            _ = f"{i}:{text[:20]}"
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+# -- the reconnect storm --
+@dataclass
+class Storm:
+    pages: int
+    ready: int
+    seconds: float
+    """From the first reconnect to the last page back with its ticket and queue."""
+    retries: int
+    failures: int
+    disconnect_cpu: float
+    """Server CPU from the first disconnect until the reconnects start (the rest of the disconnects' cost
+    falls into ``server_cpu``: the pages reconnect at once, while the server may still be closing)."""
+    server_cpu: float
+    clients_cpu: float
+    server_cpu_rate: float
+    overflows: int | None
+    rss: int
+    """Server RSS 2 s after the storm."""
+    profile: Path | None
+
+
+def spying_storm(args: argparse.Namespace, index: int) -> bool:
+    return args.profile == "py-spy" and index == 0
+
+
+async def reconnect_storm(server: ServerProcess, citizens: CitizenProcesses, args: argparse.Namespace,
+                          profile: Path | None) -> Storm:
+    """Every waiting page closes its socket; as soon as all have, all reconnect at once with their token."""
+    if profile is not None and not server.start_py_spy(_STORM_PROFILE_S, profile):
+        profile = None
+    cpu0 = server.cpu_seconds()
+    disconnected = await citizens.ask("storm_disconnect", [None] * args.processes)
+    overflows0 = listen_overflows()
+    storm_cpu0, clients_cpu0, t0 = server.cpu_seconds(), citizens.cpu_seconds(), time.time()
+    storm = await citizens.ask("storm_reconnect", [None] * args.processes)
+    server_cpu = server.cpu_seconds() - storm_cpu0
+    clients_cpu = citizens.cpu_seconds() - clients_cpu0
+    rate = server_cpu / max(1e-9, time.time() - t0)
+    overflows1 = listen_overflows()
+    if profile is not None:
+        server.wait_py_spy(_STORM_PROFILE_S + 30)
+    else:
+        await asyncio.sleep(2.0)
+    return Storm(
+        pages=sum(d["pages"] for d in disconnected), ready=sum(s["ready"] for s in storm),
+        seconds=max(s["last_ready"] for s in storm) - min(s["started"] for s in storm),
+        retries=sum(s["retries"] for s in storm), failures=sum(s["failures"] for s in storm),
+        disconnect_cpu=storm_cpu0 - cpu0, server_cpu=server_cpu, clients_cpu=clients_cpu, server_cpu_rate=rate,
+        overflows=overflows1 - overflows0 if overflows0 is not None and overflows1 is not None else None,
+        rss=server.rss(), profile=profile,
+    )
+
+
+_STORM_PROFILE_S = 15.0
+"""How long py-spy samples the server from the first disconnect of a storm."""
+
+
+def storm_rows(storms: list[Storm]) -> list[Row]:
+    rows = []
+    for k, st in enumerate(storms):
+        label = f" {k + 1}" if len(storms) > 1 else ""
+        rows += [
+            Row(f"reconnect storm{label}: all pages back with ticket + queue", "< 10 s",
+                f"{st.seconds:.2f} s for {st.ready} of {st.pages} pages ({st.retries} retries, {st.failures} failed)"),
+            Row("  CPU the storm took: server / citizen processes", "-",
+                f"{st.server_cpu:.1f} / {st.clients_cpu:.1f} core-s "
+                f"({st.server_cpu / max(1, st.ready) * 1e3:.2f} ms of server CPU per page; "
+                f"{st.disconnect_cpu:.1f} core-s before, while the pages closed)"),
+            Row("  listen queue overflows during the storm (kernel)", "0",
+                "n/a" if st.overflows is None else f"{st.overflows}"),
+        ]
+    return rows
+
+
 # -- the run --
 async def bench(args: argparse.Namespace, server: ServerProcess, clerk_accounts: list[ClerkAccount],
                 citizens: CitizenProcesses, run_dir: Path) -> None:
     say = print if not args.quiet else (lambda *a, **k: None)
+    host_ms = host_reference_ms()
     departments = department_ids(args.departments)
     rows: list[Row] = []
     clerks = [ClerkClient(a, server.url, args.call_via) for a in clerk_accounts]
@@ -364,20 +460,13 @@ async def bench(args: argparse.Namespace, server: ServerProcess, clerk_accounts:
         lags = sorted(lag for r in reports for lag in r["lags"])
         lag_p99 = lags[-max(1, ticks // 100)] if len(lags) >= max(1, ticks // 100) else 0.0
 
-        say("reconnect storm: every waiting page disconnects, then all reconnect at once ...", flush=True)
-        disconnected = await citizens.ask("storm_disconnect", [None] * args.processes)
-        storm_pages = sum(d["pages"] for d in disconnected)
-        overflows0 = listen_overflows()
-        storm_cpu0, storm_clients_cpu0, storm_t0 = server.cpu_seconds(), citizens.cpu_seconds(), time.time()
-        storm = await citizens.ask("storm_reconnect", [None] * args.processes)
-        storm_s = max(s["last_ready"] for s in storm) - min(s["started"] for s in storm)
-        storm_ready = sum(s["ready"] for s in storm)
-        storm_server_cpu_s = server.cpu_seconds() - storm_cpu0
-        storm_clients_cpu_s = citizens.cpu_seconds() - storm_clients_cpu0
-        storm_cpu = storm_server_cpu_s / max(1e-9, time.time() - storm_t0)
-        overflows1 = listen_overflows()
-        await asyncio.sleep(2.0)
-        rss_after_storm = server.rss()
+        storms = []
+        for k in range(args.storms):
+            say(f"reconnect storm {k + 1} of {args.storms}: every waiting page disconnects, then all reconnect "
+                f"at once ...", flush=True)
+            storm_spy = run_dir / f"server.storm{k + 1}.pyspy.txt"
+            storms.append(await reconnect_storm(server, citizens, args, storm_spy if spying_storm(args, k) else None))
+        first = storms[0]
 
         per_citizen_kb = (rss_loaded - rss_base) / max(1, ready) / 1024
         achieved = len(stats.calls) / steady_wall
@@ -404,19 +493,13 @@ async def bench(args: argparse.Namespace, server: ServerProcess, clerk_accounts:
                 f"{ms(pct(fanout, 50))} / {ms(pct(fanout, 99))} ({len(fanout)} updates)"),
             Row("  pages behind their dept's last update at the end", "0", f"{stale} of {waiting_pages}"),
             Row("server CPU: idle with everyone waiting / steady / storm", "-",
-                f"{idle_cpu:.2f} / {steady_cpu:.2f} / {storm_cpu:.2f} core-s per s"),
+                f"{idle_cpu:.2f} / {steady_cpu:.2f} / {first.server_cpu_rate:.2f} core-s per s"),
             Row("server CPU while citizens joined", "-", f"{populate_cpu:.2f} core-s per s"),
             Row("server memory per waiting citizen", "< 100 KB",
                 f"{per_citizen_kb:.1f} KB (RSS {rss_base / 2**20:.0f} -> {rss_loaded / 2**20:.0f} MiB; "
-                f"{rss_steady / 2**20:.0f} after calls, {rss_after_storm / 2**20:.0f} after storm)"),
-            Row("reconnect storm: all pages back with ticket + queue", "< 10 s",
-                f"{storm_s:.2f} s for {storm_ready} of {storm_pages} pages "
-                f"({sum(s['retries'] for s in storm)} retries, {sum(s['failures'] for s in storm)} failed)"),
-            Row("  CPU the storm took: server / citizen processes", "-",
-                f"{storm_server_cpu_s:.1f} / {storm_clients_cpu_s:.1f} core-s "
-                f"({storm_server_cpu_s / max(1, storm_ready) * 1e3:.2f} ms of server CPU per page)"),
-            Row("  listen queue overflows during the storm (kernel)", "0",
-                f"{overflows1 - overflows0}" if overflows0 is not None and overflows1 is not None else "n/a"),
+                f"{rss_steady / 2**20:.0f} after calls, "
+                f"{' / '.join(f'{st.rss / 2**20:.0f}' for st in storms)} after each storm)"),
+            *storm_rows(storms),
             Row("client CPU: citizen processes / clerk process", "-",
                 f"{clients_cpu:.2f} / {main_cpu:.2f} core-s per s ({args.processes} processes, "
                 f"{os.cpu_count()} cores)"),
@@ -426,7 +509,7 @@ async def bench(args: argparse.Namespace, server: ServerProcess, clerk_accounts:
         print(f"\nconfig: {args.citizens} citizens, {args.departments} departments, "
               f"{len(clerks)} clerks, {args.calls_per_second:g} calls/s for {args.duration:g} s, "
               f"{'redis' if args.redis else 'memory'} store, {args.processes} citizen processes "
-              f"({args.client} client); "
+              f"({args.client} client); host reference workload {host_ms:.0f} ms; "
               f"replaced citizens: {counters.get('replaced', 0)}")
         print_table("results (goals are for 10,000 citizens / 20 departments / 50 calls per s)", rows)
         if errors or outcomes:
@@ -438,12 +521,15 @@ async def bench(args: argparse.Namespace, server: ServerProcess, clerk_accounts:
             print("\nthe server's full garbage collections (server/gcpolicy.py):")
             for line in collections:
                 print(f"  {line}")
-        if spying:
-            print("\nserver profile (py-spy, steady phase):")
-            for line in summarize_py_spy(spy_out):
+        profiles = [("steady phase", spy_out)] if spying else []
+        profiles += [(f"storm {k + 1}, disconnect and reconnect", st.profile) for k, st in enumerate(storms)
+                     if st.profile is not None]
+        for title, path in profiles:
+            print(f"\nserver profile (py-spy, {title}):")
+            for line in summarize_py_spy(path):
                 print(line)
             if args.keep:
-                print(f"raw stacks: {spy_out}")
+                print(f"raw stacks: {path}")
     finally:
         for c in clerks:
             await c.close()
@@ -473,13 +559,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", choices=("none", "py-spy", "cprofile"), default="none",
                    help="py-spy: sample the server during the calling phase (pip install py-spy into the "
                         "venv); cprofile: run the whole server under cProfile (slower), stats kept")
+    p.add_argument("--storms", type=int, default=1,
+                   help="reconnect storms in a row (the server's memory is reported after each)")
     p.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
     p.add_argument("--keep", action="store_true", help="keep the run directory (config, server log, profile)")
     p.add_argument("--quiet", action="store_true", help="print only the results")
     args = p.parse_args(argv)
     if args.redis and not args.redis.startswith(("redis://127.", "redis://localhost", "redis://[::1]")):
         p.error("--redis must be a loopback URL")
-    if min(args.citizens, args.departments, args.processes, args.clerks_per_department) < 1:
+    if min(args.citizens, args.departments, args.processes, args.clerks_per_department, args.storms) < 1:
         p.error("counts must be positive")
     if args.calls_per_second <= 0 or args.duration <= 0:
         p.error("--calls-per-second and --duration must be positive")

@@ -3,6 +3,7 @@ that the index of rooms stays exact through joins, leaves and disconnects."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 
 import socketio
@@ -118,6 +119,7 @@ def test_engineio_and_aiohttp_internals_of_the_direct_path_are_there():
     assert "_writer" in web.WebSocketResponse.__slots__ or "_writer" in inspect.getsource(web.WebSocketResponse)
     from aiohttp._websocket.writer import WebSocketWriter
 
+    assert "self._exception = exc" in inspect.getsource(web.WebSocketResponse.close)  # dropped by our close()
     writer = inspect.getsource(WebSocketWriter.__init__)
     assert "self.transport = transport" in writer and "self._closing = False" in writer
 
@@ -186,4 +188,32 @@ async def test_a_direct_frame_never_overtakes_a_queued_packet(live_server):
         assert probes == list(range(1, 21))
         assert delivered["queued"] - before["queued"] >= 1  # at least one broadcast had to queue behind
     finally:
+        await page.close()
+
+
+async def test_a_page_whose_connection_is_gone_leaves_no_cycle(live_server):
+    """When a page's TCP connection has ended before engine.io closes its websocket (a reconnect storm: the
+    page's close frame and its FIN arrive together), aiohttp fails to write its close frame and keeps the
+    error, whose traceback holds the response: 35 objects per page that only a full collection would free
+    (server/gcpolicy.py turns automatic collection off). Here the server's side of the connection is closed
+    under the page, the same path, and the response must be freed by reference counting alone."""
+    import gc
+    import weakref
+
+    ticket = await join(live_server.url)
+    page = await citizen_socket(live_server.url, ticket["token"])
+    signaling = live_server.app[SIGNALING]
+    gc.disable()
+    try:
+        await page.wait_for("queue")
+        socket = next(iter(signaling.sio.eio.sockets.values()))
+        response = socket.direct_ws._sock
+        gone = weakref.ref(response)
+        response._writer.transport.close()  # as if the network had ended it
+        del socket, response
+        async with asyncio.timeout(15):
+            while signaling._citizen_sockets or gone() is not None:  # noqa: ASYNC110 - no event for "freed"
+                await asyncio.sleep(0.05)
+    finally:
+        gc.enable()
         await page.close()

@@ -47,6 +47,18 @@ class DirectWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
                 self.owner.direct_ws = None
             self.owner = None
 
+    async def close(self) -> None:
+        """Close the websocket. When the page's connection has already ended (its close frame and its FIN
+        arrived together, as in a reconnect storm), aiohttp cannot write its own close frame and keeps the
+        error on the response: the error's traceback holds the frames that hold the response, a cycle of
+        35 objects per page that only a full collection frees. Nobody asks the response for that error
+        after this, so it is dropped."""
+        try:
+            await super().close()
+        finally:
+            if self._sock is not None and getattr(self._sock, "_exception", None) is not None:
+                self._sock._exception = None
+
     async def send(self, message: Any) -> None:
         self.sending += 1
         try:
