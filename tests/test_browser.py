@@ -120,6 +120,31 @@ async def test_clerk_calls_citizen(browser: Browser, live_server, problems: Prob
     assert problems == []
 
 
+async def test_dashboard_marks_a_citizen_whose_page_is_gone(browser: Browser, live_server,
+                                                             problems: Problems) -> None:
+    """The clerk sees that a waiting citizen's page has gone (closed tab, lost network) and that it came
+    back: the coalesced ``connectivity`` message updates the waiting list."""
+    await live_server.add_staff("clara", PASSWORD, ["buergerbuero"], "Clara Schulz")
+    citizen_context, citizen = await new_page(browser, problems, live_server.url)
+    await check_in(citizen, "Alex")
+    await expect(citizen.locator("[data-field='position-number']")).to_have_text("1")
+    url = citizen.url
+
+    _, clerk = await new_page(browser, problems, live_server.url)
+    await staff_login(clerk, "clara")
+    waiting = clerk.locator(".panel[data-department='buergerbuero'] .ticket--waiting")
+    await expect(waiting).to_contain_text("Alex")
+    await expect(waiting).not_to_contain_text("Verbindung unterbrochen")
+
+    await citizen.close()
+    await expect(waiting).to_contain_text("Verbindung unterbrochen")
+    again = problems.watch(await citizen_context.new_page())
+    await again.goto(url)
+    await expect(again.locator("[data-field='position-number']")).to_have_text("1")
+    await expect(waiting).not_to_contain_text("Verbindung unterbrochen")
+    assert problems == []
+
+
 async def test_reload_keeps_ticket_and_position(browser: Browser, live_server, problems: Problems) -> None:
     """A reload (with the fragment) and a visit without it (localStorage) show the same ticket and place."""
     await live_server.room.join("buergerbuero", JoinRequest(name="First", consent=True), "192.0.2.1")

@@ -112,6 +112,37 @@ async def test_reload_keeps_ticket_and_position_and_disconnect_starts_the_grace_
     assert t.disconnected_at is None
 
 
+async def test_dashboards_hear_of_pages_coming_and_going_once_per_interval(live_server, clients):
+    """Pages that disconnect and reconnect reach the clerk's dashboard as one ``connectivity`` message per
+    department and interval, with each ticket's latest state, not as a ``ticket`` event per page."""
+    await live_server.add_staff("anna", "correct horse battery", ["buergerbuero"])
+    tickets = [await join(live_server.url) for _ in range(3)]
+    pages = [await citizen_socket(live_server.url, t["token"]) for t in tickets]
+    clerk = await staff_socket(live_server.url, "anna", "correct horse battery")
+    clients.append(clerk)
+    await clerk.wait_for("dashboard")
+    ids = {t["ticket"]["id"] for t in tickets}
+    for p in pages:
+        await p.close()
+
+    def states(update):  # every ticket's latest state, once all three are in one message or across several
+        return {i: s for u in [*(d for n, d in clerk.events if n == "connectivity"), update]
+                for i, s in u["tickets"].items()}
+
+    gone = await clerk.wait_for("connectivity", lambda u: set(states(u)) == ids
+                                and all(s is not None for s in states(u).values()))
+    assert gone["department"] == "buergerbuero"
+    again = [await citizen_socket(live_server.url, t["token"]) for t in tickets]
+    clients.extend(again)
+    await clerk.wait_for("connectivity", lambda u: all(states(u)[i] is None for i in ids))
+    assert not [d for n, d in clerk.events if n == "ticket" and d["kind"] in ("disconnected", "reconnected")]
+    # A dashboard opened now sees them connected, as the messages said.
+    other = await staff_socket(live_server.url, "anna", "correct horse battery", clerk.cookie)
+    clients.append(other)
+    dash = await other.wait_for("dashboard")
+    assert all(t["disconnected_at"] is None for t in dash["departments"][0]["tickets"])
+
+
 async def test_transferred_citizen_follows_the_new_department(live_server, clients):
     await live_server.add_staff("anna", "correct horse battery", ["buergerbuero", "bauamt"])
     await join(live_server.url, "bauamt")

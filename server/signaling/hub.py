@@ -7,6 +7,10 @@ Rooms: ``t:<ticket>`` (a citizen's pages), ``d:<department>`` (every waiting pag
 Position updates are coalesced: a change marks its department dirty and a loop sends one compact
 ``queue`` message per dirty department at most every ``position_interval`` seconds, each department at
 its own phase of the interval. The called citizen is told at once through their own room.
+
+A waiting page's connection coming and going is coalesced the same way for dashboards: one
+``connectivity`` message per department and interval, with the latest state of each ticket that changed,
+instead of a ``ticket`` event per page (a reconnect storm is two per waiting citizen).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from ..http.auth import SESSION_COOKIE, Auth
 from ..queue.errors import QueueError
 from ..queue.model import Clerk, Presence, TicketEvent
 from ..settings import Settings
-from ..waitingroom import PRESENCE_TTL, WaitingRoom, staff_view
+from ..waitingroom import CONNECTIVITY, PRESENCE_TTL, WaitingRoom, staff_view
 from . import engineio_poll, engineio_ws
 from .guard import Handler, guard
 from .managers import ClosingRedisManager, FastManager, deliver, encode_event
@@ -64,6 +68,9 @@ class Signaling:
         self._clerk_sockets: Counter[str] = Counter()
         self._clerks: dict[str, Clerk] = {}
         self._closing = False
+        self._connectivity: dict[str, dict[str, float | None]] = {}
+        """Per department: tickets whose page connected or disconnected since the last ``connectivity``
+        message, with their ``disconnected_at`` (None: connected again)."""
         self._updates: dict[str, tuple[float, dict[str, Any], Any]] = {}
         """Per department: when its latest update was made, the update, and its encoded ``queue`` event."""
         self.media: MediaSignaling | None = None
@@ -223,8 +230,12 @@ class Signaling:
         if self._closing:  # disconnects during shutdown change state, but nobody is left to tell here
             return
         for e in events:
-            if e.kind not in ("disconnected", "reconnected"):
-                await self.sio.emit("ticket", await self.room.citizen_view(e.ticket), room=f"t:{e.ticket.id}")
+            if e.kind in CONNECTIVITY:  # the dashboards hear of it with the department's next slot
+                self._connectivity.setdefault(e.ticket.department, {})[e.ticket.id] = e.ticket.disconnected_at
+                continue
+            for d in e.departments:  # the full ticket below says it
+                self._connectivity.get(d, {}).pop(e.ticket.id, None)
+            await self.sio.emit("ticket", await self.room.citizen_view(e.ticket), room=f"t:{e.ticket.id}")
             await self.sio.emit(
                 "ticket",
                 {"kind": e.kind, "ticket": staff_view(e.ticket), "previous_department": e.previous_department},
@@ -295,6 +306,14 @@ class Signaling:
                     await self.sio.emit("load", (await self.room.load(d)).to_public(), room=f"s:{d}")
                 except Exception:  # noqa: BLE001 - a failed broadcast must not end the loop
                     log.exception("position broadcast failed")
+            pages = [dep] if dep in self._connectivity else []
+            pages += [d for d in self._connectivity if d not in configured]
+            for d in pages:
+                try:
+                    await self.sio.emit("connectivity", {"department": d, "tickets": self._connectivity.pop(d)},
+                                        room=f"s:{d}")
+                except Exception:  # noqa: BLE001
+                    log.exception("connectivity broadcast failed")
 
     async def renew_presence(self) -> None:
         """Keep connected clerks' presence alive; a crashed node's clerks lapse to offline."""

@@ -147,6 +147,7 @@ function connect() {
   });
   socket.on('dashboard', onDashboard);
   socket.on('ticket', onTicket);
+  socket.on('connectivity', onConnectivity);
   socket.on('presence', onPresence);
   socket.on('load', onLoad);
   socket.on('media_end', onMediaEnd);
@@ -183,6 +184,14 @@ function onTicket({ kind, ticket, previous_department: previousDepartment }) {
     if (!ACTIVE.has(ticket.state)) endConsultation();
     else renderConsultPanel();
   }
+}
+
+/** Waiting pages that went away or came back, one message per department and interval. */
+function onConnectivity({ department, tickets }) {
+  const d = departments.get(department);
+  if (!d) return;
+  d.tickets = d.tickets.map((x) => (x.id in tickets ? { ...x, disconnected_at: tickets[x.id] } : x));
+  renderDepartment(department);
 }
 
 function onPresence({ username, display_name: displayName, status, departments: serves }) {
