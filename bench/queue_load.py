@@ -384,7 +384,7 @@ def storm_rows(storms: list[Storm]) -> list[Row]:
                 f"{st.server_cpu:.1f} / {st.clients_cpu:.1f} core-s "
                 f"({st.server_cpu / max(1, st.ready) * 1e3:.2f} ms of server CPU per page; "
                 f"{st.disconnect_cpu:.1f} core-s before, while the pages closed)"),
-            Row("  listen queue overflows during the storm (kernel)", "0",
+            Row("  listen queue overflows during the storm (kernel)", "- (0 with somaxconn >= pages)",
                 "n/a" if st.overflows is None else f"{st.overflows}"),
         ]
     return rows

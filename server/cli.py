@@ -12,6 +12,11 @@ from . import gcpolicy
 from .queue.errors import QueueError
 from .settings import ConfigError, Settings, load_settings
 
+LISTEN_BACKLOG = 65535
+"""Connections the kernel may queue before we accept them. A reconnect storm of thousands of pages
+overflows aiohttp's default of 128; Linux caps this at ``net.core.somaxconn`` (4,096 on current
+kernels), which municipal IT raises for more (README, "Many waiting citizens")."""
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, host=getattr(args, "host", None), port=getattr(args, "port", None))
@@ -32,11 +37,10 @@ def serve(args: argparse.Namespace) -> int:
     app.cleanup_ctx.append(gcpolicy.collections_ctx(settings.full_gc_interval))
     print(f"Sprechstunde on http://{settings.host}:{settings.port}/ "
           f"({'redis' if settings.redis_url else 'embedded memory'} store)", flush=True)
-    # A reconnect storm of thousands of pages overflows aiohttp's default listen backlog of 128.
     # uvloop: the SFU's per-packet path (server/media) runs on this loop (measured several times cheaper).
     import uvloop
 
-    web.run_app(app, host=settings.host, port=settings.port, print=None, backlog=4096,
+    web.run_app(app, host=settings.host, port=settings.port, print=None, backlog=LISTEN_BACKLOG,
                 access_log_format='"%r" %s %b %Tfs', access_log_class=AccessLogger,
                 loop=uvloop.new_event_loop())
     return 0
