@@ -247,6 +247,18 @@ class StoreContract:
         # Finished tickets stay readable (and findable by token) until their retention ends.
         assert await store.ticket_id_for_token("hash-t1") == "t1"
 
+    async def test_a_burst_of_concurrent_transitions_all_land(self, store: Store) -> None:
+        """A reconnect storm: hundreds of pages' transitions at once. Each must wait its turn, not fail: a
+        Redis pool that refused commands past 100 connections in use lost the disconnects of a
+        10,000-page storm (bench/queue_load.py --redis), and those tickets never started their grace
+        period."""
+        burst = 400
+        await put(store, *(make_ticket(f"s{i}", i + 1) for i in range(burst)))
+        await asyncio.gather(*(update(store, f"s{i}", DISCONNECT) for i in range(burst)))
+        assert len(await store.disconnected_before(float("inf"))) == burst
+        got = await asyncio.gather(*(store.get_ticket(f"s{i}") for i in range(burst)))
+        assert all(t is not None and t.disconnected_at is not None for t in got)
+
     async def test_disconnected_before(self, store: Store) -> None:
         await put(
             store,

@@ -40,6 +40,10 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
+MAX_CONNECTIONS = 64
+"""Connections to Redis per store (per server process); more commands at once wait for one."""
+POOL_TIMEOUT = 30.0
+"""Seconds a command waits for a free connection before it fails."""
 MAX_ATTEMPTS = 50
 """Runs of a transaction function before giving up with ``Conflict``."""
 BACKOFF_SECONDS = 0.002
@@ -133,7 +137,11 @@ class _RedisTx(Tx):
 
 class RedisStore(Store):
     def __init__(self, url: str, prefix: str = "sps:") -> None:
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(url, decode_responses=True)
+        # A pool that makes a command wait for a free connection: redis-py's default pool refuses
+        # commands once 100 connections are in use, which lost the disconnects of a reconnect storm.
+        pool = aioredis.BlockingConnectionPool.from_url(url, decode_responses=True,
+                                                        max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT)
+        self._redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self._keys = _Keys(prefix)
 
     @property
