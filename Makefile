@@ -8,12 +8,12 @@ VENDOR := web/static/vendor/socket.io.min.js
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench assets chromium coturn clean
+.PHONY: run test lint bench assets chromium coturn ffmpeg clean
 
-run: $(STAMP_RUN) assets
+run: $(STAMP_RUN) assets ffmpeg
 	$(VENV)/bin/sprechstunde serve $(ARGS)
 
-test: $(STAMP_TEST) assets chromium coturn
+test: $(STAMP_TEST) assets chromium coturn ffmpeg
 	$(VENV)/bin/ruff check server tests bench
 	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -54,6 +54,10 @@ chromium:
 coturn:
 	@command -v turnserver >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq coturn >/dev/null \
 		&& { $(SUDO) systemctl disable --now coturn >/dev/null 2>&1 || true; }; }
+
+# Debian's ffmpeg composes each finished recording into one playable file (server/media/compose.py).
+ffmpeg:
+	@command -v ffmpeg >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq ffmpeg >/dev/null; }
 
 clean:
 	rm -rf $(VENV) web/node_modules web/static/vendor
