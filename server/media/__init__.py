@@ -2,6 +2,7 @@
 
 from .errors import MediaError, UnknownParticipant, UnsupportedOffer
 from .hub import MediaHub
+from .recorder import RecordedTrack, RecordingStats, RoomRecorder
 from .stats import HubCounters, ParticipantStats, RemoteSlot, TrackStats
 
 __all__ = [
@@ -9,7 +10,10 @@ __all__ = [
     "MediaError",
     "MediaHub",
     "ParticipantStats",
+    "RecordedTrack",
+    "RecordingStats",
     "RemoteSlot",
+    "RoomRecorder",
     "TrackStats",
     "UnknownParticipant",
     "UnsupportedOffer",

@@ -47,6 +47,8 @@ _time = time.time
 HISTORY_SIZE = 1024
 """Packets kept per outgoing track to answer NACKs (about 1 s of 1 Mbit/s video)."""
 HISTORY_MASK = HISTORY_SIZE - 1
+NTP_UNIX_OFFSET = 2208988800
+"""Seconds from the NTP epoch (1900) to the Unix epoch (1970)."""
 MAX_NACK_GAP = 256
 """A bigger sequence gap is not NACKed packet by packet; a keyframe is asked instead."""
 
@@ -133,6 +135,10 @@ class Inbound:
         self.keyframe_interval = keyframe_interval
         self.legs: list[OutTrack] = []
         """Outgoing tracks this one is forwarded to right now."""
+        self.tap: Callable[[bytes, int, int, float], None] | None = None
+        """The recorder's tap while this track is recorded: (packet, sequence, payload offset, arrival)."""
+        self.last_sr: tuple[float, int, float] | None = None
+        """The publisher's last sender report: (NTP time as Unix seconds, RTP timestamp, arrival)."""
 
         # receive statistics (RFC 3550 appendix A.3 and A.8)
         self.packets = 0
@@ -189,15 +195,17 @@ class Inbound:
             self.recovered += 1
 
         legs = self.legs
-        if not legs:
-            return
-        abs3 = (int(now * 262144) & 0xFFFFFF).to_bytes(3, "big")  # abs-send-time, see rtp_bytes
-        level = None
-        if self.audio_level_id is not None:
-            level = find_one_byte_extension(data, self.audio_level_id)
-        payload = data[offset:]
-        for leg in legs:
-            leg.forward(data, payload, seq, ts, offset, abs3, level)
+        if legs:
+            abs3 = (int(now * 262144) & 0xFFFFFF).to_bytes(3, "big")  # abs-send-time, see rtp_bytes
+            level = None
+            if self.audio_level_id is not None:
+                level = find_one_byte_extension(data, self.audio_level_id)
+            payload = data[offset:]
+            for leg in legs:
+                leg.forward(data, payload, seq, ts, offset, abs3, level)
+        tap = self.tap
+        if tap is not None:  # recording: after forwarding, so it never delays the call
+            tap(data, seq, offset, now)
 
     def _lost(self, seq: int, gap: int) -> None:
         if gap > MAX_NACK_GAP:
@@ -253,8 +261,11 @@ class Inbound:
         self.link.send_rtcp(bytes(nack))
 
     def on_sender_report(self, sr: RtcpSrPacket) -> None:
-        self.lsr = (sr.sender_info.ntp_timestamp >> 16) & 0xFFFFFFFF
+        ntp = sr.sender_info.ntp_timestamp
+        self.lsr = (ntp >> 16) & 0xFFFFFFFF
         self.lsr_time = time.time()
+        ntp_seconds = (ntp >> 32) - NTP_UNIX_OFFSET + (ntp & 0xFFFFFFFF) / 2**32
+        self.last_sr = (ntp_seconds, sr.sender_info.rtp_timestamp, self.lsr_time)
         for leg in self.legs:
             leg.send_sender_report(sr.sender_info)
 

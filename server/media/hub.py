@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pylibsrtp
@@ -41,6 +43,7 @@ from aiortc.rtp import (
 from . import aiortc_glue
 from .errors import UnknownParticipant, UnsupportedOffer
 from .forwarding import Counters, Inbound, OutTrack, PeerLink, receiver_report_packet
+from .recorder import DEFAULT_QUEUE_SIZE, RoomRecorder
 from .rtp_bytes import ABS_SEND_TIME_URI, AUDIO_LEVEL_URI, MID_URI
 from .stats import HubCounters, ParticipantStats, RemoteSlot, TrackStats
 
@@ -143,6 +146,8 @@ class MediaHub:
         self._rtcp_task: asyncio.Task[None] | None = None
         self._closed_receivers_decoding = 0
         self._background: set[asyncio.Future[None]] = set()
+        self._recorders: dict[str, RoomRecorder] = {}
+        "Running recorders by room; outlive the room when its last participant leaves (until stopped)."
 
     # -- membership ----------------------------------------------------------
 
@@ -252,6 +257,10 @@ class MediaHub:
         for other in others:
             self._pair(participant, other)
             self._pair(other, participant)
+        recorder = self._recorders.get(to_room)
+        if recorder is not None:
+            for inbound in participant.inbound.values():
+                recorder.add_track(participant_id, inbound)
         logger.info("media room %s: participant moved in (%d in room)", to_room, len(target.participants))
 
     def set_self_view(self, room_id: str, participant_id: str, enabled: bool) -> None:
@@ -275,6 +284,9 @@ class MediaHub:
         participant_id = participant.participant_id
         if room.participants.get(participant_id) is participant:
             del room.participants[participant_id]
+        recorder = self._recorders.get(participant.room_id)
+        if recorder is not None:
+            recorder.remove_participant(participant_id)
         for inbound in participant.inbound.values():
             for leg in list(inbound.legs):
                 leg.detach()
@@ -325,7 +337,48 @@ class MediaHub:
         room = self._rooms.get(room_id)
         return list(room.participants) if room else []
 
+    # -- recording -------------------------------------------------------------
+
+    def start_recording(
+        self,
+        room_id: str,
+        directory: Path,
+        on_failure: Callable[[str], None] | None = None,
+        *,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+    ) -> RoomRecorder:
+        """Record every track published in the room, now and by whoever joins or moves in later.
+
+        ``directory`` must exist (mode 0700, made by the caller); the per-track files go
+        to ``directory/tracks/``, the index to ``directory/tracks.json`` on
+        :meth:`RoomRecorder.stop`. ``on_failure(reason)`` is called (on the event loop)
+        if the recording fails, e.g. when the disk cannot keep up (``queue_size``
+        frames behind); the call goes on. Raises ValueError if the room already records.
+        """
+        if room_id in self._recorders:
+            raise ValueError(f"room {room_id!r} is already recording")
+        recorder = RoomRecorder(
+            room_id, directory, on_failure, queue_size=queue_size, on_finished=partial(self._recorder_finished, room_id)
+        )
+        self._recorders[room_id] = recorder
+        room = self._rooms.get(room_id)
+        if room is not None:
+            for participant in room.participants.values():
+                for inbound in participant.inbound.values():
+                    recorder.add_track(participant.participant_id, inbound)
+        return recorder
+
+    def recorder(self, room_id: str) -> RoomRecorder | None:
+        """The running recorder of a room (None once it stopped or failed)."""
+        return self._recorders.get(room_id)
+
+    def _recorder_finished(self, room_id: str, recorder: RoomRecorder) -> None:
+        if self._recorders.get(room_id) is recorder:
+            del self._recorders[room_id]
+
     async def close(self) -> None:
+        for recorder in list(self._recorders.values()):
+            await recorder.stop()
         for room_id in list(self._rooms):
             for participant_id in list(self._rooms.get(room_id, _Room()).participants):
                 await self.leave(room_id, participant_id)
@@ -487,6 +540,9 @@ class MediaHub:
             participant.unknown_ssrc_by_pt[inbound.payload_type] = inbound
         if inbound.rtx_ssrc is not None:
             participant.rtx_by_ssrc[inbound.rtx_ssrc] = inbound
+        recorder = self._recorders.get(participant.room_id)
+        if recorder is not None:
+            recorder.add_track(participant.participant_id, inbound)
         room = self._rooms.get(participant.room_id)
         if room is None:
             return
