@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 import av
 import numpy as np
 from aiortc import (
-    AudioStreamTrack,
     MediaStreamTrack,
     RTCBundlePolicy,
     RTCConfiguration,
@@ -77,19 +76,36 @@ class FrameNumberTrack(VideoStreamTrack):
         return frame
 
 
-class ToneTrack(AudioStreamTrack):
-    """20 ms frames of a 440 Hz tone at 48 kHz (aiortc's AudioStreamTrack is silence)."""
+class ToneTrack(MediaStreamTrack):
+    """A microphone in real time: 20 ms of 48 kHz audio every 20 ms, a 440 Hz beep in the first 100 ms of
+    every second after the first frame (a marker to find where audio lands), silence otherwise.
+
+    An earlier version relabelled aiortc's 8 kHz frames (160 samples) as 48 kHz: it sent a sixth of real
+    time, one 20 ms Opus packet per 120 ms (``test_tone_track_runs_in_real_time``)."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.start: float | None = None
+        """Wall time of the first frame: beep k starts at ``start + k``."""
+        self._samples = 0
 
     async def recv(self) -> av.AudioFrame:
-        frame = await super().recv()
-        samples = frame.samples
-        start = frame.pts
-        t = (np.arange(start, start + samples) / 48000.0).astype(np.float32)
-        wave = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16).reshape(1, -1)
-        tone = av.AudioFrame.from_ndarray(wave, format="s16", layout="mono")
-        tone.sample_rate = 48000
-        tone.pts, tone.time_base = start, fractions.Fraction(1, 48000)
-        return tone
+        if self.start is None:
+            self.start = time.time()
+        else:
+            self._samples += 960
+            wait = self.start + self._samples / 48000 - time.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        index = np.arange(self._samples, self._samples + 960)
+        beep = (index % 48000) < 4800
+        wave = (np.sin(2 * np.pi * 440 * index / 48000.0) * 8000 * beep).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(wave, format="s16", layout="mono")
+        frame.sample_rate = 48000
+        frame.pts, frame.time_base = self._samples, fractions.Fraction(1, 48000)
+        return frame
 
 
 @dataclass

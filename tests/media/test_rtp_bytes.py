@@ -79,3 +79,19 @@ def test_extension_block_is_word_aligned():
     assert len(block) % 4 == 0 and block[:2] == b"\xbe\xde" and block[3] == (len(block) - 4) // 4
     with pytest.raises(ValueError):
         one_byte_element(15, b"x")
+
+
+async def test_tone_track_runs_in_real_time() -> None:
+    """The test peers' microphone gives 20 ms of 48 kHz audio per frame, paced at wall speed (it once
+    relabelled 8 kHz frames as 48 kHz and so sent a sixth of real time)."""
+    import time
+
+    from .peers import ToneTrack
+
+    tone = ToneTrack()
+    frames = [await tone.recv() for _ in range(26)]
+    assert tone.start is not None
+    elapsed = time.time() - tone.start
+    assert all(f.sample_rate == 48000 and f.samples == 960 for f in frames)
+    assert [f.pts for f in frames[:3]] == [0, 960, 1920]
+    assert elapsed >= 0.49  # 25 frames after the first: 0.5 s of audio took at least that long
