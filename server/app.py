@@ -12,12 +12,16 @@ from aiohttp import web
 
 from .errors import json_errors
 from .http import api
+from .http import recordings as recording_routes
 from .http.auth import Auth
-from .http.keys import AUTH, ROOM, SETTINGS, STORE
+from .http.keys import AUTH, RECORDINGS, ROOM, SETTINGS, STORE
+from .recordings import RecordingService
 from .settings import Settings
 from .signaling import Signaling
 from .signaling.media import MediaSignaling
+from .signaling.recording import RecordingSignaling
 from .store.base import Store
+from .store.recordings import RecordingStore, make_recording_store
 from .waitingroom import WaitingRoom
 
 log = logging.getLogger("sprechstunde")
@@ -49,7 +53,8 @@ async def ensure_demo_staff(settings: Settings, auth: Auth, announce: Callable[[
 
 
 def create_app(settings: Settings, store: Store | None = None,
-               announce: Callable[[str], None] = print) -> web.Application:
+               announce: Callable[[str], None] = print,
+               recording_store: RecordingStore | None = None) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=settings.max_body_bytes)
     store = store or make_store(settings)
     room = WaitingRoom(settings, store)
@@ -57,6 +62,12 @@ def create_app(settings: Settings, store: Store | None = None,
     signaling = Signaling(settings, room, auth)
     media = MediaSignaling(settings, room, auth, signaling.sio)
     signaling.media = media
+    recordings = RecordingService(
+        settings,
+        recording_store or make_recording_store(settings.redis_url, settings.redis_prefix, settings.data_dir),
+    )
+    media.recording = RecordingSignaling(media, recordings)
+    app[RECORDINGS] = recordings
     app[SETTINGS] = settings
     app[STORE] = store
     app[ROOM] = room
@@ -64,6 +75,7 @@ def create_app(settings: Settings, store: Store | None = None,
     app[SIGNALING] = signaling
     app[MEDIA] = media
     app.add_routes(api.routes)
+    app.add_routes(recording_routes.routes)
     try:
         from .http.pages import setup_pages
     except ImportError:  # pages are optional for API-only deployments and early tests
@@ -79,7 +91,9 @@ def create_app(settings: Settings, store: Store | None = None,
             asyncio.create_task(signaling.broadcast_positions(), name="positions"),
             asyncio.create_task(signaling.renew_presence(), name="presence"),
             asyncio.create_task(_sweep(room), name="sweep"),
+            asyncio.create_task(recordings.run_sweeps(), name="recording-retention"),
         ]
+        await recordings.resume_compositions()
         log.info("started: %d departments, %s store", len(settings.departments),
                  "redis" if settings.redis_url else "memory")
         yield
@@ -88,7 +102,9 @@ def create_app(settings: Settings, store: Store | None = None,
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        await recordings.shutdown()  # ends live recordings while their media is still there
         await media.close()
+        await recordings.close()
         await store.close()
 
     async def disconnect_sockets(app: web.Application) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .queue.errors import InvalidInput
+from .recording.model import RecordingMode, RecordingPolicy
 from .rooms.departments import Department, parse_hours
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "demo.toml"
@@ -29,7 +30,8 @@ class Settings:
     """Keep live state in Redis when set; otherwise in this process's memory."""
     redis_prefix: str = "sps:"
     data_dir: Path = Path("var")
-    """Where the embedded store keeps staff accounts (staff.json)."""
+    """Where the embedded store keeps staff accounts (staff.json) and recordings' metadata (recordings.json);
+    recordings' media files go under ``data_dir/recordings/`` (mode 0700, never served statically)."""
     grace_seconds: float = 300.0
     """How long a disconnected citizen keeps their place."""
     position_interval: float = 1.0
@@ -90,7 +92,22 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "full_gc_interval": (int, float), "ping_interval": (int, float),
 }
 _DEPT_KEYS = {"id", "name", "description", "hours", "queue_cap", "service_minutes", "require_name",
-              "require_concern"}
+              "require_concern", "recording", "recording_purpose", "recording_retention_days"}
+
+
+def _recording_policy(raw: dict[str, Any], where: str) -> RecordingPolicy:
+    mode = raw.get("recording", "off")
+    if mode not in {m.value for m in RecordingMode}:
+        raise ConfigError(f'{where}: recording must be "off" or "on_request"')
+    purpose = raw.get("recording_purpose", "")
+    days = raw.get("recording_retention_days", 0)
+    if not isinstance(purpose, str) or not isinstance(days, int) or isinstance(days, bool):
+        raise ConfigError(f"{where}: recording_purpose must be text and recording_retention_days a whole number")
+    if mode == RecordingMode.ON_REQUEST and (not purpose.strip() or days < 1):
+        raise ConfigError(
+            f"{where}: recording = \"on_request\" needs recording_purpose and recording_retention_days (at least 1)"
+        )
+    return RecordingPolicy(RecordingMode(mode), " ".join(purpose.split()), days)
 
 
 def _department(raw: dict[str, Any], where: str) -> Department:
@@ -110,6 +127,7 @@ def _department(raw: dict[str, Any], where: str) -> Department:
             service_minutes=float(raw.get("service_minutes", 10.0)),
             require_name=bool(raw.get("require_name", False)),
             require_concern=bool(raw.get("require_concern", False)),
+            recording=_recording_policy(raw, where),
         )
     except (InvalidInput, TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from e

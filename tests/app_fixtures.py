@@ -27,7 +27,9 @@ TEST_CONFIG: dict[str, Any] = {
     "server": {"timezone": "Europe/Berlin", "grace_seconds": 300, "position_interval": 0.2,
                "joins_per_address": 1000},
     "departments": [
-        {"id": "buergerbuero", "name": "Bürgerbüro", "description": "Ausweise und Meldewesen", "hours": ALWAYS},
+        {"id": "buergerbuero", "name": "Bürgerbüro", "description": "Ausweise und Meldewesen", "hours": ALWAYS,
+         "recording": "on_request", "recording_purpose": "Schulung neuer Mitarbeitender",
+         "recording_retention_days": 30},
         {"id": "bauamt", "name": "Bauamt", "description": "Bauanträge", "hours": ALWAYS, "queue_cap": 3},
         {"id": "standesamt", "name": "Standesamt", "hours": {}},  # never open
     ],

@@ -20,18 +20,6 @@ pytestmark = pytest.mark.browser
 MEDIA_ARGS = [*CHROMIUM_ARGS, "--disable-features=WebRtcHideLocalIpsWithMdns"]
 MEDIA_TIMEOUT_MS = 10_000
 
-# Video frames this page's peer connection has decoded so far (0 without a connection).
-FRAMES = """async () => {
-  const pc = window.sprechstundeMedia && window.sprechstundeMedia.pc;
-  if (!pc) return 0;
-  let frames = 0;
-  (await pc.getStats()).forEach((s) => {
-    if (s.type === 'inbound-rtp' && s.kind === 'video') frames += s.framesDecoded || 0;
-  });
-  return frames;
-}"""
-
-
 @pytest.fixture
 async def browser(live_server) -> AsyncIterator[Browser]:
     # As in test_browser: after live_server, so that the browser closes its sockets first.
@@ -53,13 +41,28 @@ async def media_page(browser: Browser, problems: Problems, base_url: str) -> tup
     return context, problems.watch(await context.new_page())
 
 
-async def frames_rising(page: Page) -> None:
-    """Wait until the page decodes remote video, then until it decodes more (it plays, not froze)."""
-    await page.wait_for_function(f"async () => ({FRAMES})().then((n) => n > 0)", timeout=MEDIA_TIMEOUT_MS)
-    seen = await page.evaluate(FRAMES)
-    await page.wait_for_function(
-        f"async (seen) => ({FRAMES})().then((n) => n > seen + 5)", arg=seen, timeout=MEDIA_TIMEOUT_MS
-    )
+FRAMES_ABOVE = """(above) => {
+  const pc = window.sprechstundeMedia && window.sprechstundeMedia.pc;
+  if (!pc) return false;
+  if (!window.spsFramesPending) {
+    window.spsFramesPending = true;
+    pc.getStats().then((report) => {
+      let frames = 0;
+      report.forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') frames += s.framesDecoded || 0; });
+      window.spsFrames = frames;
+    }).finally(() => { window.spsFramesPending = false; });
+  }
+  return (window.spsFrames || 0) > above;
+}"""
+
+
+async def frames_rising(page: Page, frames: int = 5) -> None:
+    """Wait until the page has decoded remote video, then until it decodes ``frames`` more (it plays, not
+    froze). The check is synchronous: ``wait_for_function`` takes a pending Promise for a truthy result, so
+    an async check returned at once and waited for nothing (the earlier version of this helper)."""
+    await page.wait_for_function(FRAMES_ABOVE, arg=0, polling=100, timeout=MEDIA_TIMEOUT_MS)
+    seen = await page.evaluate("() => window.spsFrames")
+    await page.wait_for_function(FRAMES_ABOVE, arg=seen + frames, polling=100, timeout=MEDIA_TIMEOUT_MS)
 
 
 async def test_device_check_loops_through_the_server(browser: Browser, live_server, problems: Problems) -> None:

@@ -69,13 +69,14 @@ class Consultation:
     clerk_sees_citizen: str
 
 
-async def start_consultation(live_server, clients: list[Recorder], peers: list[Client]) -> Consultation:
+async def start_consultation(live_server, clients: list[Recorder], peers: list[Client],
+                             department: str = "buergerbuero") -> Consultation:
     """Anna (available) is connected; a citizen joins and pre-warms; Anna calls and joins."""
-    await live_server.add_staff("anna", PASSWORD, ["buergerbuero"], "Anna Amt")
+    await live_server.add_staff("anna", PASSWORD, [department], "Anna Amt")
     clerk = await staff_socket(live_server.url, "anna", PASSWORD)
     clients.append(clerk)
     await clerk.wait_for("dashboard")
-    joined = await join(live_server.url, name="Alex")
+    joined = await join(live_server.url, department, name="Alex")
     ticket = joined["ticket"]["id"]
     citizen = await citizen_socket(live_server.url, joined["token"])
     clients.append(citizen)
@@ -84,7 +85,7 @@ async def start_consultation(live_server, clients: list[Recorder], peers: list[C
 
     # position 1 <= 2 x 1 available clerk: the connection opens while waiting (pre-warmed)
     assert (await offer(citizen, citizen_peer))["room"] == "waiting"
-    assert (await clerk.call("call_next", {"department": "buergerbuero"}))["ok"]
+    assert (await clerk.call("call_next", {"department": department}))["ok"]
     await citizen.wait_for("media_layout", lambda m: m["room"] == "consultation")
     assert hub_of(live_server).participants(f"c:{ticket}") == [f"citizen:{ticket}"]
     assert hub_of(live_server).participants(f"w:{ticket}") == []

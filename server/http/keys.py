@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from ..recordings import RecordingService
     from ..settings import Settings
     from ..store.base import Store
     from ..waitingroom import WaitingRoom
@@ -16,3 +17,4 @@ SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 STORE: web.AppKey[Store] = web.AppKey("store")
 ROOM: web.AppKey[WaitingRoom] = web.AppKey("room")
 AUTH: web.AppKey[Auth] = web.AppKey("auth")
+RECORDINGS: web.AppKey[RecordingService] = web.AppKey("recordings")

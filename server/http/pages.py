@@ -156,6 +156,6 @@ async def staff_page(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     return render(
         request, "staff.html",
-        departments=[{"id": d.id, "name": d.name} for d in settings.departments],
+        departments=[{"id": d.id, "name": d.name, "recording": d.recording.allowed} for d in settings.departments],
         max_note=MAX_NOTE,
     )

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, time
 
 from ..queue.errors import InvalidInput
+from ..recording.model import RecordingPolicy
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _SLOT = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
@@ -82,6 +83,8 @@ class Department:
     """Assumed duration of one consultation until real service times are known."""
     require_name: bool = False
     require_concern: bool = False
+    recording: RecordingPolicy = RecordingPolicy()
+    """Whether consultations may be recorded (with every participant's consent), why, and how long kept."""
 
     def __post_init__(self) -> None:
         if not _ID.match(self.id):
@@ -90,6 +93,10 @@ class Department:
             raise InvalidInput(f"queue_cap of {self.id} must be positive")
         if self.service_minutes <= 0:
             raise InvalidInput(f"service_minutes of {self.id} must be positive")
+        if self.recording.allowed and (not self.recording.purpose.strip() or self.recording.retention_days < 1):
+            raise InvalidInput(
+                f"recording of {self.id} is allowed: recording_purpose and recording_retention_days (>= 1) are required"
+            )
 
     def is_open(self, local: datetime) -> bool:
         return self.hours.is_open(local)

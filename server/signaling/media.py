@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import socketio
 from aiortc import RTCIceServer
@@ -37,6 +37,9 @@ from ..queue.model import Clerk, Presence, Ticket, TicketEvent, TicketState
 from ..settings import Settings
 from ..waitingroom import WaitingRoom
 from .guard import guard
+
+if TYPE_CHECKING:
+    from .recording import RecordingSignaling
 
 log = logging.getLogger("sprechstunde.media")
 
@@ -144,6 +147,8 @@ class MediaSignaling:
         self._rooms: dict[str, dict[str, Member]] = {}
         self._invited: dict[str, set[str]] = {}
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self.recording: RecordingSignaling | None = None
+        """Recording consent (server.signaling.recording): told who joins and leaves a consultation."""
         self._register()
 
     def start(self) -> MediaHub:
@@ -243,6 +248,8 @@ class MediaSignaling:
             if room_id == waiting_room(ticket_id) and check:
                 self._hub().set_self_view(room_id, member.participant, True)
         await self._send_layouts(room_id)
+        if room_id.startswith("c:") and self.recording is not None:
+            await self.recording.joined(member)
         return {"ok": True, "sdp": answer, "room": "consultation" if room_id.startswith("c:") else "waiting"}
 
     async def _near_head(self, ticket: Ticket) -> bool:
@@ -262,6 +269,8 @@ class MediaSignaling:
         if role == "guest":  # a colleague or interpreter in a consultation is not free for the queue
             await self.room.set_presence(clerk, Presence.BUSY)
         await self._send_layouts(room_id)
+        if self.recording is not None:
+            await self.recording.joined(member)
         return {"ok": True, "sdp": answer, "room": "consultation"}
 
     async def _staff_access(self, clerk: Clerk, ticket_id: str) -> tuple[Ticket, str]:
@@ -334,6 +343,8 @@ class MediaSignaling:
             await self.hub.leave(member.room, member.participant)
         await self._send_layouts(member.room)
         await self._guest_done(member)
+        if member.room.startswith("c:") and self.recording is not None:
+            await self.recording.left(member)
 
     async def _guest_done(self, member: Member) -> None:
         """An invited colleague left the consultation: free again (busy if they hold a ticket)."""
@@ -400,6 +411,13 @@ class MediaSignaling:
         )
         return {"ok": True}
 
+    def members(self, room_id: str) -> list[Member]:
+        """The sockets that are media participants of a room."""
+        return list(self._rooms.get(room_id, {}).values())
+
+    def member_of(self, room_id: str, participant: str) -> Member | None:
+        return self._rooms.get(room_id, {}).get(participant)
+
     def _member(self, sid: str) -> Member:
         member = self._by_sid.get(sid)
         if member is None:
@@ -463,9 +481,14 @@ class MediaSignaling:
             await self._remember(dataclasses.replace(member, room=consultation))
             log.info("media room %s: citizen moved in", consultation)
         await self._send_layouts(consultation)
+        moved = self._rooms.get(consultation, {}).get(f"citizen:{ticket_id}")
+        if moved is not None and self.recording is not None:
+            await self.recording.joined(moved)
 
     async def end(self, ticket_id: str, reason: str) -> None:
         """Disconnect everyone in the ticket's rooms and tell them why."""
+        if self.recording is not None:  # stopped before anyone's media goes
+            await self.recording.ended(ticket_id)
         async with self._ticket_lock(ticket_id):
             self._invited.pop(ticket_id, None)
             for room_id in (consultation_room(ticket_id), waiting_room(ticket_id)):

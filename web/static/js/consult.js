@@ -2,6 +2,7 @@
 // a second remote small, the own picture smaller still, controls, connection quality and a chat.
 import { h, t } from './common.js';
 import { ask, play, rateQuality } from './media.js';
+import { createRecording } from './recording.js';
 
 const QUALITY_MS = 3000;
 const CHAT_MAX = 1000;
@@ -34,7 +35,8 @@ function tile(kind) {
 /**
  * Build the view into `container`. Options: `session` (a MediaSession), `socket`, `role` (citizen,
  * clerk or colleague), `audioOnly` (show no video), `canShare`, `invite` ({candidates(), send(username)}
- * or null), `onHangUp()`, `selfLabel`.
+ * or null), `onHangUp()`, `selfLabel`, `self` (own participant id) and `canRecord` (may ask to record:
+ * the clerk holding the consultation in a department that allows recordings).
  */
 export function createConsultation(container, options) {
   const { session, socket, role, canShare = false, invite = null, onHangUp } = options;
@@ -115,6 +117,12 @@ export function createConsultation(container, options) {
     h('section', { class: 'consult__chat chat', 'aria-label': t('media.chat') }, h('h3', {}, t('media.chat')), chatEmpty, chatLog, chatForm),
   );
   container.replaceChildren(root);
+  const recording = createRecording(root.querySelector('.consult__main'), {
+    socket,
+    canRequest: Boolean(options.canRecord),
+    announce: (text) => announce(text),
+    self: options.self || null,
+  });
 
   // -- own picture and controls ---------------------------------------------------------------------
 
@@ -339,6 +347,7 @@ export function createConsultation(container, options) {
     },
     destroy() {
       clearInterval(timer);
+      recording.destroy();
       socket.off('chat', onChat);
       for (const target of [main, second, self]) target.video.srcObject = null;
       container.replaceChildren();

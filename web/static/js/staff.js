@@ -57,6 +57,8 @@ function startSession(body) {
   clerk = body.clerk;
   displayNames[clerk.username] = clerk.display_name;
   document.querySelector('[data-field="clerk-name"]').textContent = clerk.display_name;
+  // Leads see their departments' recordings; clerks who may record find their own there.
+  $('recordings-link').hidden = !(clerk.roles.includes('lead') || data.departments.some((d) => d.recording && clerk.departments.includes(d.id)));
   $('login-view').hidden = true;
   $('dashboard-view').hidden = false;
   connect();
@@ -574,6 +576,14 @@ async function reconnectVideo() {
   }
 }
 
+/** Whether the ticket's department allows recordings (configured per department by municipal IT). */
+function recordingAllowed(ticketId) {
+  for (const d of departments.values()) {
+    if (d.tickets.some((x) => x.id === ticketId)) return Boolean(data.departments.find((c) => c.id === d.id)?.recording);
+  }
+  return false;
+}
+
 /** Open the consultation panel for a ticket and connect the video (own camera, the citizen, guests). */
 async function joinConsultation(ticketId, { invitedBy = null } = {}) {
   if (call.ticketId === ticketId && call.session) return;
@@ -591,6 +601,8 @@ async function joinConsultation(ticketId, { invitedBy = null } = {}) {
     session,
     socket,
     role: invitedBy ? 'colleague' : 'clerk',
+    self: `staff:${clerk.username}`,
+    canRecord: !invitedBy && recordingAllowed(ticketId),
     canShare: Boolean(navigator.mediaDevices?.getDisplayMedia),
     invite: invitedBy
       ? null

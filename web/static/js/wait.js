@@ -445,6 +445,7 @@ async function openConsultation() {
       session: media,
       socket,
       role: 'citizen',
+      self: ticket ? `citizen:${ticket.id}` : null,
       audioOnly: storedMode() === 'audio',
       onHangUp: () => $('leave-dialog').showModal(),
       hangUpLabel: t('media.leave_consultation'),
