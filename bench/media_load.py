@@ -1,6 +1,7 @@
 """Load benchmark of the media layer: N concurrent 1:1 consultations.
 
     python bench/media_load.py [--consultations 10] [--duration 20] [--modes direct,sfu,relay]
+    python bench/media_load.py --record [--consultations 10] [--duration 20]
 
 Each consultation is two aiortc peers sending 640x480 VP8 at 30 fps plus Opus to
 each other. The peers run in ``--client-procs`` worker processes; the server is a
@@ -12,6 +13,10 @@ decodes and re-encodes: the baseline). The table reports server CPU in
 core-seconds per second, per consultation, frames delivered per second per
 stream, end-to-end latency p50/p95 and what the server adds over ``direct``,
 packet loss seen by the receivers, server memory, and CPU per delivered packet.
+
+``--record`` runs instead one sfu server with twice ``--consultations``, half of them
+recorded (server.media's RoomRecorder) in the middle window, and reports what
+recording costs: see bench/_record.py.
 """
 
 from __future__ import annotations
@@ -41,15 +46,15 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # --- worker process -----------------------------------------------------------
 
 
-def worker(conn, mode: str, port: int, consultations: list[int], media_path: str) -> None:  # type: ignore[no-untyped-def]
+def worker(conn, mode: str, port: int, consultations: list[int], media_path: str, record: bool = False) -> None:  # type: ignore[no-untyped-def]
     import uvloop
 
     with open(media_path, "rb") as f:
         media = pickle.load(f)
-    uvloop.run(_worker(conn, mode, port, consultations, media))
+    uvloop.run(_worker(conn, mode, port, consultations, media, record))
 
 
-async def _worker(conn, mode: str, port: int, consultations: list[int], media) -> None:  # type: ignore[no-untyped-def]
+async def _worker(conn, mode: str, port: int, consultations: list[int], media, record: bool = False) -> None:  # type: ignore[no-untyped-def]
     import aiohttp
     from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
@@ -67,7 +72,12 @@ async def _worker(conn, mode: str, port: int, consultations: list[int], media) -
 
     def new_peer(name: str) -> dict:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
-        video, audio = PreEncodedVideo(media), PreEncodedAudio(media)
+        if record:
+            from bench._record import LoggedVideo  # logs every frame it hands to aiortc, for frames sent
+
+            video, audio = LoggedVideo(media), PreEncodedAudio(media)
+        else:
+            video, audio = PreEncodedVideo(media), PreEncodedAudio(media)
         pc.addTrack(audio)
         pc.addTrack(video)
         peer = {"name": name, "pc": pc, "video": video, "log": FrameLog()}
@@ -156,16 +166,18 @@ async def _worker(conn, mode: str, port: int, consultations: list[int], media) -
             per_peer.append(round(slow * 1000))
         if os.environ.get("MEDIA_LOAD_DEBUG"):
             print("p95 per peer (ms)", per_peer, flush=True)
-        conn.send(
-            {
-                "streams": len(peers),
-                "seconds": t1 - t0,
-                "frames": frames,
-                "latencies": latencies,
-                "packets": rx1 - rx0,
-                "lost": lost1 - lost0,
-            }
-        )
+        result = {
+            "streams": len(peers),
+            "seconds": t1 - t0,
+            "frames": frames,
+            "latencies": latencies,
+            "packets": rx1 - rx0,
+            "lost": lost1 - lost0,
+        }
+        if record:  # raw logs: the driver cuts them into its windows and rooms
+            result["frame_logs"] = {p["name"]: p["log"].entries for p in peers}
+            result["sends"] = {p["name"]: p["video"].sends for p in peers}
+        conn.send(result)
         assert await loop.run_in_executor(None, conn.recv) == "close"
         for t in tasks:
             t.cancel()
@@ -363,6 +375,16 @@ def main() -> None:
     parser.add_argument("--client-procs", type=int, default=2)
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--time-fast-path", action="store_true", help="report CPU spent inside the SFU fast path")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="instead of --modes: one sfu server, 2 x --consultations, half of them recorded; reports what "
+        "recording costs (bench/_record.py)",
+    )
+    parser.add_argument("--keep-recordings", action="store_true", help="with --record: keep the recorded files")
+    parser.add_argument(
+        "--compose", type=int, default=3, help="with --record: how many of the recordings to compose and time"
+    )
     args = parser.parse_args()
 
     from bench.media_clients import encode_media
@@ -382,6 +404,12 @@ def main() -> None:
     print(
         f"media ready in {time.monotonic() - started:.1f} s ({len(media.video)} frames, {mbits:.2f} Mbit/s)", flush=True
     )
+    if args.record:
+        from bench._record import run_record
+
+        run_record(args, media, media_path)
+        print(f"\ntotal {time.monotonic() - started:.0f} s")
+        return
     rows: list[Row] = []
     for mode in args.modes.split(","):
         n = args.relay_consultations or args.consultations if mode == "relay" else args.consultations

@@ -7,15 +7,22 @@
 participant's tracks are decoded, and re-encoded for the other).
 
 Routes: POST /offer {room, participant, sdp} -> {sdp}; GET /stats -> counters;
-POST /shutdown. Binds to 127.0.0.1 only.
+POST /shutdown. Binds to 127.0.0.1 only. ``sfu`` only, for ``media_load.py --record``:
+POST /record {rooms, directory} starts recording each room into ``directory/<room>``
+(MediaHub.start_recording) -> {started: {room: monotonic time}}; POST /record/stop
+{rooms} -> {rooms: {room: {t_start, t_stop, stop_seconds, failure, stats}}}.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
+import os
+import threading
 import time
+from pathlib import Path
 
 from aiohttp import web
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -85,10 +92,29 @@ def instrument_fast_path() -> None:
     MediaHub._on_datagram = timed  # type: ignore[method-assign]
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_seconds(pid: int, tid: int) -> float:
+    """User + system CPU seconds of one thread, from /proc; 0 if it has ended."""
+    try:
+        fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def writer_threads_cpu() -> tuple[int, float]:
+    """The recorders' writer threads alive now, and their CPU seconds so far (from /proc)."""
+    tids = [t.native_id for t in threading.enumerate() if t.name == "recording-writer" and t.native_id]
+    return len(tids), sum(thread_cpu_seconds(os.getpid(), tid) for tid in tids)
+
+
 def make_app(mode: str) -> web.Application:
     app = web.Application()
     backend: MediaHub | RelayServer = MediaHub(ice_servers=[]) if mode == "sfu" else RelayServer()
     stop = asyncio.Event()
+    recordings: dict[str, dict] = {}
 
     async def offer(request: web.Request) -> web.Response:
         body = await request.json()
@@ -98,6 +124,7 @@ def make_app(mode: str) -> web.Application:
     async def stats(request: web.Request) -> web.Response:
         if isinstance(backend, MediaHub):
             c = backend.counters()
+            writers, writer_cpu = writer_threads_cpu()
             return web.json_response(
                 {
                     "forwarded_packets": c.forwarded_packets,
@@ -107,9 +134,51 @@ def make_app(mode: str) -> web.Application:
                     "encoders": c.encoders,
                     "fastpath_seconds": FASTPATH["seconds"],
                     "fastpath_calls": FASTPATH["calls"],
+                    # the event loop runs in the main thread, whose thread id is the process id
+                    "loop_cpu": thread_cpu_seconds(os.getpid(), os.getpid()),
+                    "writers": writers,
+                    "writer_cpu": writer_cpu,
                 }
             )
         return web.json_response(backend.counters())
+
+    async def record(request: web.Request) -> web.Response:
+        assert isinstance(backend, MediaHub), "recording needs --mode sfu"
+        body = await request.json()
+        started = {}
+        for room in body["rooms"]:
+            directory = Path(body["directory"]) / room
+            directory.mkdir(mode=0o700)
+            entry: dict = {"failure": None}
+
+            def failed(reason: str, entry: dict = entry) -> None:
+                entry["failure"] = reason
+
+            entry["t_start"] = time.monotonic()
+            entry["recorder"] = backend.start_recording(room, directory, on_failure=failed)
+            recordings[room] = entry
+            started[room] = entry["t_start"]
+        return web.json_response({"started": started})
+
+    async def record_stop(request: web.Request) -> web.Response:
+        body = await request.json()
+
+        async def stop_one(room: str) -> dict:
+            entry = recordings.pop(room)
+            # stop() detaches the taps before its first await: frames after t_stop are not recorded
+            t_stop = time.monotonic()
+            result = await entry["recorder"].stop()
+            return {
+                "t_start": entry["t_start"],
+                "t_stop": t_stop,
+                "stop_seconds": time.monotonic() - t_stop,
+                "failure": entry["failure"],
+                "stats": dataclasses.asdict(result),
+            }
+
+        rooms = list(body["rooms"])
+        results = await asyncio.gather(*(stop_one(room) for room in rooms))
+        return web.json_response({"rooms": dict(zip(rooms, results, strict=True))})
 
     async def shutdown(request: web.Request) -> web.Response:
         stop.set()
@@ -118,6 +187,8 @@ def make_app(mode: str) -> web.Application:
     app.router.add_post("/offer", offer)
     app.router.add_get("/stats", stats)
     app.router.add_post("/shutdown", shutdown)
+    app.router.add_post("/record", record)
+    app.router.add_post("/record/stop", record_stop)
     app["stop"] = stop
     app["backend"] = backend
     return app
