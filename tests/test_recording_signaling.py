@@ -34,7 +34,7 @@ async def composed(service: RecordingService, rec_id: str, limit: float = 120.0)
     deadline = loop.time() + limit
     while True:
         rec = await service.store.get(rec_id)
-        if rec is not None and rec.composition in (Composition.DONE, Composition.FAILED):
+        if rec is not None and rec.composition is not Composition.PENDING:
             return
         assert loop.time() < deadline, f"recording {rec_id} not composed within {limit} s: {rec}"
         await asyncio.sleep(0.1)  # polling the store; the job sends no event
