@@ -246,29 +246,13 @@ class RecordingService:
             if empty:
                 log.info("recording %s: no frame was written, nothing to compose", rec.id)
             elif (directory / "tracks.json").exists():
-                proc = await asyncio.create_subprocess_exec(
-                    *self.composer, str(directory),
-                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                )
-                try:
-                    out, err = await asyncio.wait_for(proc.communicate(), COMPOSE_TIMEOUT)
-                except TimeoutError:
-                    await _end(proc)
-                    out, err = b"", b"timed out"
-                except asyncio.CancelledError:  # the server stops: the job runs again at the next start
-                    await _end(proc)
-                    raise
-                result: dict[str, Any] = {}
-                with contextlib.suppress(ValueError, IndexError):
-                    result = json.loads(out.decode().strip().splitlines()[-1])
+                ok, result, error = await run_composer(self.composer, directory)
                 output = directory / COMPOSED_FILE
-                ok = proc.returncode == 0 and output.exists()
                 if ok:
                     duration, size = float(result.get("duration", 0.0)), output.stat().st_size
                     shutil.rmtree(directory / "tracks", ignore_errors=True)  # composed: the parts can go
                 else:
-                    log.error("recording %s: composition failed: %s", rec.id,
-                              (result.get("error") or err.decode(errors="replace"))[-500:])
+                    log.error("recording %s: composition failed: %s", rec.id, error[-500:])
             else:
                 log.error("recording %s: nothing to compose (no tracks.json)", rec.id)
             rec = await self.store.get(recording_id)  # may have been deleted meanwhile
@@ -378,6 +362,28 @@ class RecordingService:
             task.cancel()
         await asyncio.gather(*self._jobs, return_exceptions=True)
         await self.store.close()
+
+
+async def run_composer(command: list[str], directory: Path) -> tuple[bool, dict[str, Any], str]:
+    """Compose ``directory`` in a separate, niced process (``command`` + the directory). Returns whether
+    ``recording.webm`` was made, the composer's JSON line, and an error text. Cancelled (the server
+    stops): the composer is terminated and leaves no partial file; the job runs again at the next start."""
+    proc = await asyncio.create_subprocess_exec(
+        *command, str(directory), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), COMPOSE_TIMEOUT)
+    except TimeoutError:
+        await _end(proc)
+        out, err = b"", b"timed out"
+    except asyncio.CancelledError:
+        await _end(proc)
+        raise
+    result: dict[str, Any] = {}
+    with contextlib.suppress(ValueError, IndexError):
+        result = json.loads(out.decode().strip().splitlines()[-1])
+    ok = proc.returncode == 0 and (directory / COMPOSED_FILE).exists()
+    return ok, result, str(result.get("error") or err.decode(errors="replace"))
 
 
 async def _end(proc: asyncio.subprocess.Process) -> None:

@@ -339,8 +339,20 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _chapters_file(path: Path) -> list[tuple[float, float, str]] | None:
+    """``<dir>/chapters.json`` (``[[start, end, "title"], ...]`` in seconds), if the caller left one."""
+    if not path.exists():
+        return None
+    try:
+        raw = json.loads(path.read_text("utf-8"))
+        return [(float(start), float(end), str(title)) for start, end, title in raw]
+    except (ValueError, TypeError) as exc:
+        raise ComposeError(f"chapters.json is not a list of [start, end, title]: {exc}") from exc
+
+
 def main(argv: list[str]) -> int:
-    """``python -m server.media.compose <dir> [<output>]``: one JSON line on stdout, exit 0 or 1."""
+    """``python -m server.media.compose <dir> [<output>]``: one JSON line on stdout, exit 0 or 1. Matroska
+    chapters come from ``<dir>/chapters.json`` when it exists."""
     if len(argv) not in (1, 2):
         print(json.dumps({"error": "usage: python -m server.media.compose <recording dir> [<output file>]"}))
         return 1
@@ -349,7 +361,8 @@ def main(argv: list[str]) -> int:
     try:
         # Long recordings take long: allow twice their length (measured: well under half of it), at least 600 s.
         timeout = max(600.0, 2 * read_manifest(Path(argv[0])).duration)
-        result = compose(Path(argv[0]), Path(argv[1]) if len(argv) == 2 else None, timeout=timeout)
+        result = compose(Path(argv[0]), Path(argv[1]) if len(argv) == 2 else None, timeout=timeout,
+                         chapters=_chapters_file(Path(argv[0]) / "chapters.json"))
     except ComposeError as exc:
         print(json.dumps({"error": str(exc)}))
         return 1
