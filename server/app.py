@@ -6,22 +6,26 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
 from .errors import json_errors
 from .http import api
 from .http import recordings as recording_routes
+from .http import townhall as townhall_routes
 from .http.auth import Auth
-from .http.keys import AUTH, RECORDINGS, ROOM, SETTINGS, STORE
+from .http.keys import AUTH, RECORDINGS, ROOM, SETTINGS, STORE, TOWNHALL
 from .recordings import RecordingService
 from .settings import Settings
 from .signaling import Signaling
 from .signaling.media import MediaSignaling
 from .signaling.recording import RecordingSignaling
+from .signaling.townhall import TownHallSignaling
 from .store.base import Store
 from .store.recordings import RecordingStore, make_recording_store
+from .store.townhall import TownHallStore, make_townhall_store
+from .townhalls import TownHallService
 from .waitingroom import WaitingRoom
 
 log = logging.getLogger("sprechstunde")
@@ -54,7 +58,8 @@ async def ensure_demo_staff(settings: Settings, auth: Auth, announce: Callable[[
 
 def create_app(settings: Settings, store: Store | None = None,
                announce: Callable[[str], None] = print,
-               recording_store: RecordingStore | None = None) -> web.Application:
+               recording_store: RecordingStore | None = None,
+               townhall_store: TownHallStore | None = None) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=settings.max_body_bytes)
     store = store or make_store(settings)
     room = WaitingRoom(settings, store)
@@ -68,6 +73,14 @@ def create_app(settings: Settings, store: Store | None = None,
     )
     media.recording = RecordingSignaling(media, recordings)
     app[RECORDINGS] = recordings
+    townhall = TownHallService(
+        townhall_store or make_townhall_store(settings.redis_url, settings.redis_prefix, settings.data_dir), store,
+        settings.data_dir,
+    )
+    townhall.hub = lambda: media.hub  # the stage's media and its recording live in this process's SFU
+    townhall_signaling = TownHallSignaling(signaling.sio, townhall, auth)
+    signaling.townhall = townhall_signaling
+    app[TOWNHALL] = townhall
     app[SETTINGS] = settings
     app[STORE] = store
     app[ROOM] = room
@@ -76,6 +89,7 @@ def create_app(settings: Settings, store: Store | None = None,
     app[MEDIA] = media
     app.add_routes(api.routes)
     app.add_routes(recording_routes.routes)
+    app.add_routes(townhall_routes.routes)
     try:
         from .http.pages import setup_pages
     except ImportError:  # pages are optional for API-only deployments and early tests
@@ -92,6 +106,8 @@ def create_app(settings: Settings, store: Store | None = None,
             asyncio.create_task(signaling.renew_presence(), name="presence"),
             asyncio.create_task(_sweep(room), name="sweep"),
             asyncio.create_task(recordings.run_sweeps(), name="recording-retention"),
+            asyncio.create_task(townhall_signaling.broadcast(), name="townhall"),
+            asyncio.create_task(_every(600.0, townhall.sweep, "town-hall retention"), name="townhall-retention"),
         ]
         await recordings.resume_compositions()
         log.info("started: %d departments, %s store", len(settings.departments),
@@ -105,6 +121,7 @@ def create_app(settings: Settings, store: Store | None = None,
         await recordings.shutdown()  # ends live recordings while their media is still there
         await media.close()
         await recordings.close()
+        await townhall.close()
         await store.close()
 
     async def disconnect_sockets(app: web.Application) -> None:
@@ -116,6 +133,16 @@ def create_app(settings: Settings, store: Store | None = None,
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(disconnect_sockets)
     return app
+
+
+async def _every(interval: float, job: Callable[[], Awaitable[object]], what: str) -> None:
+    """Run ``job`` now and then every ``interval`` seconds; a failure is logged and the loop goes on."""
+    while True:
+        try:
+            await job()
+        except Exception:  # noqa: BLE001
+            log.exception("%s failed", what)
+        await asyncio.sleep(interval)
 
 
 async def _sweep(room: WaitingRoom) -> None:

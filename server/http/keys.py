@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from ..recordings import RecordingService
     from ..settings import Settings
     from ..store.base import Store
+    from ..townhalls import TownHallService
     from ..waitingroom import WaitingRoom
     from .auth import Auth
 
@@ -18,3 +19,4 @@ STORE: web.AppKey[Store] = web.AppKey("store")
 ROOM: web.AppKey[WaitingRoom] = web.AppKey("room")
 AUTH: web.AppKey[Auth] = web.AppKey("auth")
 RECORDINGS: web.AppKey[RecordingService] = web.AppKey("recordings")
+TOWNHALL: web.AppKey[TownHallService] = web.AppKey("townhall")

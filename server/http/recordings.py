@@ -9,6 +9,8 @@ statically, and recording ids are checked against their pattern before any path 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aiohttp import web
 
 from ..errors import error_response
@@ -80,6 +82,17 @@ async def media(request: web.Request) -> web.StreamResponse:
     path = service.media_file(rec)
     if path is None:
         return error_response("not_ready", "this recording has no playable file (yet)", 409)
+    download = request.query.get("download") == "1"
+    refused = check_range(request, path)
+    if refused is not None:
+        return refused
+    if download or (request.http_range.start or 0) == 0:  # byte 0 once per load; seeking asks for later ranges
+        await service.log_access(session.clerk, rec, "download" if download else "view")
+    return media_response(path, f"aufzeichnung-{rec.id}.webm" if download else None, private=True)
+
+
+def check_range(request: web.Request, path: Path) -> web.Response | None:
+    """A JSON 416 for a malformed range or one past the end (aiohttp would answer in plain text)."""
     size = path.stat().st_size
     try:
         wanted = request.http_range
@@ -90,14 +103,16 @@ async def media(request: web.Request) -> web.StreamResponse:
         return _unsatisfiable("the range starts past the end of the file", size)
     if wanted.start is None and wanted.stop is not None and wanted.stop <= 0:  # bytes=-0
         return _unsatisfiable("empty suffix range", size)
-    download = request.query.get("download") == "1"
-    if download or start == 0:  # a player asks for byte 0 once per load; seeking asks for later ranges
-        await service.log_access(session.clerk, rec, "download" if download else "view")
-    response = web.FileResponse(path, headers={"Cache-Control": "private, no-store", "Content-Type": "video/webm",
-                                               "X-Content-Type-Options": "nosniff"})
-    if download:
-        response.headers["Content-Disposition"] = f'attachment; filename="aufzeichnung-{rec.id}.webm"'
-    return response
+    return None
+
+
+def media_response(path: Path, download_name: str | None = None, private: bool = True) -> web.FileResponse:
+    """The file with range support (aiohttp's FileResponse), as WebM, never sniffed."""
+    headers = {"Cache-Control": "private, no-store" if private else "public, max-age=300",
+               "Content-Type": "video/webm", "X-Content-Type-Options": "nosniff"}
+    if download_name:
+        headers["Content-Disposition"] = f'attachment; filename="{download_name}"'
+    return web.FileResponse(path, headers=headers)
 
 
 def _unsatisfiable(message: str, size: int) -> web.Response:

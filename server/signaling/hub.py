@@ -35,6 +35,7 @@ from .managers import ClosingRedisManager, FastManager, deliver, encode_event
 
 if TYPE_CHECKING:
     from .media import MediaSignaling
+    from .townhall import TownHallSignaling
 
 log = logging.getLogger("sprechstunde.signaling")
 
@@ -73,6 +74,8 @@ class Signaling:
         message, with their ``disconnected_at`` (None: connected again)."""
         self._updates: dict[str, tuple[float, dict[str, Any], Any]] = {}
         """Per department: when its latest update was made, the update, and its encoded ``queue`` event."""
+        self.townhall: TownHallSignaling | None = None
+        """Town-hall events (server.signaling.townhall): audience sockets connect through it."""
         self.media: MediaSignaling | None = None
         """Video consultations (server.signaling.media); it registers its own events on ``sio``."""
         self._register()
@@ -108,6 +111,9 @@ class Signaling:
             self.sio.on(name, self._guard("staff", handler))
 
     async def _connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        if isinstance(auth, dict) and "townhall" in auth and self.townhall is not None:
+            await self.townhall.connect(sid, auth["townhall"])  # an audience member of a town-hall event
+            return
         if isinstance(auth, dict) and "token" in auth:
             try:
                 ticket = await self.room.ticket_for_token(auth.get("token"))

@@ -318,6 +318,19 @@ def leave_stage(event: TownHallEvent, audience: str, clerk: Clerk | None = None)
     return event.replace(stage=tuple(g for g in event.stage if g.audience != audience))
 
 
+# -- the published recording -------------------------------------------------------------------------------
+def publish(event: TownHallEvent, clerk: Clerk, composed: bool, published: bool = True) -> TownHallEvent:
+    """A moderator publishes the event's composed recording on its page (or takes it down again)."""
+    event = _moderating(event, clerk)
+    if not event.recorded:
+        raise NoRecording()
+    if event.state is not EventState.ENDED:
+        raise IllegalQuestionMove("a recording is published after the event")
+    if published and not composed:
+        raise NoRecording("the recording is not ready yet")
+    return event.replace(published=published)
+
+
 # -- chapters of the published recording ----------------------------------------------------------------
 Chapter = tuple[float, float, str]
 

@@ -58,6 +58,7 @@ function startSession(body) {
   displayNames[clerk.username] = clerk.display_name;
   document.querySelector('[data-field="clerk-name"]').textContent = clerk.display_name;
   // Leads see their departments' recordings; clerks who may record find their own there.
+  $('townhall-link').hidden = !clerk.roles.includes('moderator');
   $('recordings-link').hidden = !(clerk.roles.includes('lead') || data.departments.some((d) => d.recording && clerk.departments.includes(d.id)));
   $('login-view').hidden = true;
   $('dashboard-view').hidden = false;
