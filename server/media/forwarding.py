@@ -8,6 +8,7 @@ subscriber's SRTP session and written to its UDP socket. Nothing decodes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import struct
@@ -156,6 +157,10 @@ class Inbound:
         self.recovered = 0
         self.last_keyframe_request = -1e9
         self.keyframe_requests = 0
+        self.keyframe_seen = -1e9
+        "Monotonic time the last packet starting a VP8 keyframe arrived."
+        self.trailing_keyframe: asyncio.TimerHandle | None = None
+        "A PLI asked inside the throttle window, to be sent when the window ends."
         self.lsr = 0
         self.lsr_time = 0.0
         self.bitrate = 0.0
@@ -176,6 +181,8 @@ class Inbound:
         now = _time()
         self.packets += 1
         self.octets += len(data) - offset
+        if self.video and vp8_keyframe_start(data, offset):
+            self.keyframe_seen = time.monotonic()
         if self.base_seq is None:
             self.base_seq = self.max_seq = seq
         elif 0 < ((seq - self.max_seq) & 0xFFFF) < 0x8000:
@@ -240,17 +247,45 @@ class Inbound:
     # -- feedback to the publisher ----------------------------------------
 
     def request_keyframe(self) -> None:
-        """Send a PLI upstream, at most one per ``keyframe_interval``."""
+        """Ask the publisher for a keyframe: at most one PLI per ``keyframe_interval``, however many ask.
+
+        A request inside the window is merged: if the PLI already sent is still unanswered (no keyframe
+        arrived since), the keyframe on its way serves this request too; otherwise one trailing PLI goes
+        out when the window ends (so a subscriber's PLI on a running stream is never just dropped).
+        """
         if not self.video or self.ssrc is None:
             return
         now = time.monotonic()
-        if now - self.last_keyframe_request < self.keyframe_interval:
+        wait = self.last_keyframe_request + self.keyframe_interval - now
+        if wait <= 0:
+            self._send_pli(now)
             return
+        if self.trailing_keyframe is not None or self.keyframe_seen < self.last_keyframe_request:
+            return  # a trailing PLI is planned, or the keyframe asked for is on its way
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self.trailing_keyframe = loop.call_later(wait, self._send_trailing)
+
+    def _send_trailing(self) -> None:
+        self.trailing_keyframe = None
+        if self.keyframe_seen < self.last_keyframe_request:
+            return  # the window's own PLI is still unanswered: its keyframe serves everybody who asked
+        self._send_pli(time.monotonic())
+
+    def _send_pli(self, now: float) -> None:
         self.last_keyframe_request = now
         self.keyframe_requests += 1
         self.counters.keyframe_requests += 1
-        pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=self.link.rtcp_ssrc, media_ssrc=self.ssrc)
+        pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=self.link.rtcp_ssrc, media_ssrc=self.ssrc or 0)
         self.link.send_rtcp(bytes(pli))
+
+    def cancel_trailing(self) -> None:
+        """The publisher leaves: no PLI after it."""
+        if self.trailing_keyframe is not None:
+            self.trailing_keyframe.cancel()
+            self.trailing_keyframe = None
 
     def send_nack(self, lost: list[int]) -> None:
         if self.ssrc is None or not lost:
@@ -298,13 +333,17 @@ class Inbound:
         )
 
     def remb(self, cap: int) -> bytes | None:
-        """REMB for the publisher: the cap, lowered to what the slowest subscriber takes."""
-        if not self.video or self.ssrc is None:
-            return None
+        """REMB for the publisher: the cap, lowered to what the slowest subscriber takes (1:1 rooms)."""
         bitrate = cap
         for leg in self.legs:
             if leg.remb is not None:
                 bitrate = min(bitrate, leg.remb)
+        return self.remb_packet(bitrate)
+
+    def remb_packet(self, bitrate: int) -> bytes | None:
+        """A REMB asking the publisher for ``bitrate`` (a stage computes it from all its viewers)."""
+        if not self.video or self.ssrc is None:
+            return None
         packet = RtcpPsfbPacket(
             fmt=RTCP_PSFB_APP,
             ssrc=self.link.rtcp_ssrc,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,8 +40,22 @@ from aiortc.rtp import (
     RtcpSrPacket,
     unpack_remb_fci,
 )
+from aiortc.sdp import SessionDescription
 
 from . import aiortc_glue
+from .broadcast import (
+    PUBLISHER,
+    ROLES,
+    VIEWER,
+    NotOnStage,
+    Stage,
+    StagePolicy,
+    StageStats,
+    UnknownStage,
+    ViewerHealth,
+    aggregate_remb,
+    judge_viewer,
+)
 from .errors import UnknownParticipant, UnsupportedOffer
 from .forwarding import Counters, Inbound, OutTrack, PeerLink, receiver_report_packet
 from .recorder import DEFAULT_QUEUE_SIZE, RoomRecorder
@@ -80,6 +95,10 @@ class _Participant:
     out_by_ssrc: dict[int, OutTrack] = field(default_factory=dict)
     receivers: list[Any] = field(default_factory=list)
     senders: list[Any] = field(default_factory=list)
+    role: str = PUBLISHER
+    "On a stage: 'publisher' or 'viewer' (receive only); everyone in a 1:1 room publishes."
+    audio_only: bool = False
+    "A stage viewer that could not keep up: its video legs stay detached."
 
     def slot_of(self, other: str) -> _Slot | None:
         for slot in self.slots:
@@ -92,6 +111,8 @@ class _Participant:
 class _Room:
     forwarding: bool = True
     participants: dict[str, _Participant] = field(default_factory=dict)
+    stage: Stage | None = None
+    "Set for a broadcast room (town hall); the room then outlives its participants until close_stage."
 
 
 def _codec_filter(kind: str, codecs: list[RTCRtpCodecParameters]) -> list[RTCRtpCodecParameters]:
@@ -102,6 +123,35 @@ def _codec_filter(kind: str, codecs: list[RTCRtpCodecParameters]) -> list[RTCRtp
         raise UnsupportedOffer(f"offer has no {CODEC_FOR_KIND[kind]} for {kind}")
     rtx = [c for c in codecs if c.mimeType.lower().endswith("/rtx") and c.parameters.get("apt") == main.payloadType]
     return [main, *rtx[:1]]
+
+
+RECEIVE_BUFFER = 1 << 20
+"""SO_RCVBUF asked for a publisher's sockets. The kernel default (about 200 KB, some 90 packets of video once
+the kernel's per-packet overhead is counted) overflows if the event loop stalls for half a second (a full
+garbage collection with hundreds of viewers connected took 300 ms in the town hall bench); on a stage every
+viewer would see that loss. The kernel caps it at net.core.rmem_max."""
+
+
+def _enlarge_receive_buffers(connection: Any) -> None:
+    for protocol in getattr(connection, aiortc_glue.CONN_PROTOCOLS):
+        sock = protocol.transport.get_extra_info("socket") if protocol.transport is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+
+
+def _viewer_offer_check(offer_sdp: str) -> None:
+    """A viewer may only receive: every audio/video section of its offer must be recvonly (or inactive)."""
+    try:
+        description = SessionDescription.parse(offer_sdp)
+    except (ValueError, IndexError, KeyError) as exc:
+        raise UnsupportedOffer("offer cannot be parsed") from exc
+    for media in description.media:
+        if media.kind not in ("audio", "video"):
+            continue
+        direction = media.direction or "sendrecv"
+        if direction not in ("recvonly", "inactive"):
+            raise UnsupportedOffer(f"a viewer's offer may only receive; it has {media.kind} {direction}")
 
 
 def _extension_ids(extensions: list[Any]) -> dict[str, int]:
@@ -148,10 +198,12 @@ class MediaHub:
         self._background: set[asyncio.Future[None]] = set()
         self._recorders: dict[str, RoomRecorder] = {}
         "Running recorders by room; outlive the room when its last participant leaves (until stopped)."
+        self.on_viewer_audio_only: Callable[[str, str], None] | None = None
+        "Set by signaling: called (room_id, participant_id) on the event loop when a stage viewer's video is dropped."
 
     # -- membership ----------------------------------------------------------
 
-    async def handle_offer(self, room_id: str, participant_id: str, offer_sdp: str) -> str:
+    async def handle_offer(self, room_id: str, participant_id: str, offer_sdp: str, role: str = PUBLISHER) -> str:
         """Connect a participant to a room; returns the SDP answer.
 
         The offer must BUNDLE its media. Each audio/video transceiver pair that
@@ -160,7 +212,22 @@ class MediaHub:
         (counterpart and interpreter) without renegotiation. Which remote is in
         which slot: :meth:`layout`. A participant that offers again replaces its
         previous connection.
+
+        On a stage (:meth:`create_stage`) ``role`` is ``"viewer"`` (the offer may only hold
+        ``recvonly`` transceivers, one audio+video pair per publisher it can show, else
+        ``UnsupportedOffer``) or ``"publisher"`` (only after :meth:`promote`, else ``NotOnStage``).
+        Elsewhere only ``"publisher"`` is accepted (``UnknownStage`` for a viewer).
         """
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}")
+        existing = self._rooms.get(room_id)
+        stage = existing.stage if existing is not None else None
+        if role == VIEWER:
+            if stage is None:
+                raise UnknownStage(f"room {room_id!r} is not a stage")
+            _viewer_offer_check(offer_sdp)
+        elif stage is not None and participant_id not in stage.promoted:
+            raise NotOnStage("only promoted participants publish on a stage: call promote() first")
         room = self._rooms.setdefault(room_id, _Room())
         if participant_id in room.participants:
             await self.leave(room_id, participant_id)
@@ -176,7 +243,7 @@ class MediaHub:
             if any(t.receiver.transport is not dtls for t in transceivers):
                 raise UnsupportedOffer("offer does not BUNDLE its media")
             link = PeerLink(dtls, aiortc_glue.sender_ssrc(transceivers[0].sender))
-            participant = _Participant(room_id, participant_id, pc, link)
+            participant = _Participant(room_id, participant_id, pc, link, role=role)
             for t in transceivers:
                 aiortc_glue.set_transceiver_codecs(t, _codec_filter(t.kind, aiortc_glue.transceiver_codecs(t)))
                 t.direction = "sendrecv"
@@ -189,6 +256,8 @@ class MediaHub:
             # gathering (in setLocalDescription) created the sockets; no media before ICE completes
             if not aiortc_glue.intercept_datagrams(link.connection, partial(self._on_datagram, participant)):
                 raise UnsupportedOffer("no local ICE candidate to receive media on")
+            if role == PUBLISHER:
+                _enlarge_receive_buffers(link.connection)
         except BaseException:
             await pc.close()
             raise
@@ -203,11 +272,7 @@ class MediaHub:
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
 
-        others = list(room.participants.values())
-        room.participants[participant_id] = participant
-        for other in others:
-            self._pair(participant, other)
-            self._pair(other, participant)
+        self._connect(room, participant)
         self._ensure_rtcp_task()
         logger.info("media room %s: participant joined (%d in room)", room_id, len(room.participants))
         return _add_bandwidth(pc.localDescription.sdp, self._max_video_bitrate // 1000)
@@ -236,11 +301,15 @@ class MediaHub:
         room of their own while waiting; "call next" moves them into the clerk's
         room, which only switches forwarding. Video to and from them restarts at
         a keyframe the server requests at once. Raises ``UnknownParticipant``; if
-        ``to_room`` already has a participant with that id, that one is removed.
+        ``to_room`` already has a participant with that id, that one is removed. Into a
+        stage, a publishing participant must have been promoted (``NotOnStage``).
         """
         participant = self._participant(from_room, participant_id)
         if from_room == to_room:
             return
+        stage = self._rooms[to_room].stage if to_room in self._rooms else None
+        if stage is not None and participant.role == PUBLISHER and participant_id not in stage.promoted:
+            raise NotOnStage("only promoted participants publish on a stage: call promote() first")
         self._take_out(self._rooms[from_room], participant)
         target = self._rooms.setdefault(to_room, _Room())
         previous = target.participants.get(participant_id)
@@ -252,11 +321,7 @@ class MediaHub:
             task.add_done_callback(self._background.discard)
             target = self._rooms.setdefault(to_room, _Room())
         participant.room_id = to_room
-        others = list(target.participants.values())
-        target.participants[participant_id] = participant  # before pairing: _attach looks publishers up
-        for other in others:
-            self._pair(participant, other)
-            self._pair(other, participant)
+        self._connect(target, participant)
         recorder = self._recorders.get(to_room)
         if recorder is not None:
             for inbound in participant.inbound.values():
@@ -279,11 +344,30 @@ class MediaHub:
             track.source = None
         slot.occupant = None
 
+    def _connect(self, room: _Room, participant: _Participant) -> None:
+        """Put a participant into a room and fill slots: everyone sees everyone, on a stage everyone sees
+        the publishers (viewers never see each other, nobody sees a viewer)."""
+        others = list(room.participants.values())
+        room.participants[participant.participant_id] = participant  # before pairing: _attach looks publishers up
+        for other in others:
+            if room.stage is None or other.role == PUBLISHER:
+                self._pair(participant, other)
+            if room.stage is None or participant.role == PUBLISHER:
+                self._pair(other, participant)
+
     def _take_out(self, room: _Room, participant: _Participant) -> None:
         """Unlink a participant from its room: no legs to or from it, no slots showing it."""
         participant_id = participant.participant_id
         if room.participants.get(participant_id) is participant:
             del room.participants[participant_id]
+        if room.stage is not None:
+            room.stage.health.pop(participant_id, None)
+            room.stage.remb_sent.pop(participant_id, None)
+            video = participant.inbound.get("video")
+            if video is not None:
+                room.stage.keyframe_sent_by_departed += video.keyframe_requests
+        for inbound in participant.inbound.values():
+            inbound.cancel_trailing()
         recorder = self._recorders.get(participant.room_id)
         if recorder is not None:
             recorder.remove_participant(participant_id)
@@ -297,7 +381,7 @@ class MediaHub:
                 self._free(slot)
         for slot in participant.slots:
             self._free(slot)
-        if not room.participants and self._rooms.get(participant.room_id) is room:
+        if not room.participants and room.stage is None and self._rooms.get(participant.room_id) is room:
             del self._rooms[participant.room_id]
 
     def set_forwarding(self, room_id: str, enabled: bool) -> None:
@@ -336,6 +420,160 @@ class MediaHub:
     def participants(self, room_id: str) -> list[str]:
         room = self._rooms.get(room_id)
         return list(room.participants) if room else []
+
+    # -- stage (town hall) -------------------------------------------------------
+
+    def create_stage(
+        self,
+        room_id: str,
+        *,
+        max_viewer_bitrate_floor: int = 150_000,
+        max_viewer_loss: float = 0.10,
+        audio_only_after: float = 5.0,
+    ) -> None:
+        """Make ``room_id`` a broadcast room: few publishers (after :meth:`promote`), many viewers.
+
+        Viewer estimates below ``max_viewer_bitrate_floor`` (bit/s) do not lower the publishers'
+        bitrate; a viewer below it, or reporting more than ``max_viewer_loss`` of its video lost,
+        for ``audio_only_after`` seconds in a row loses its video (``on_viewer_audio_only``).
+        The stage lives until :meth:`close_stage`, even while nobody is connected. Calling it
+        again for an existing stage changes its policy only. Raises ValueError for a room that
+        already has participants and is not a stage (a 1:1 call does not become a broadcast).
+        """
+        policy = StagePolicy(
+            floor_bps=max_viewer_bitrate_floor, max_loss=max_viewer_loss, audio_only_after=audio_only_after
+        )
+        room = self._rooms.get(room_id)
+        if room is not None and room.stage is not None:
+            room.stage.policy = policy
+            return
+        if room is not None and room.participants:
+            raise ValueError(f"room {room_id!r} has participants and is not a stage")
+        room = self._rooms.setdefault(room_id, _Room())
+        room.stage = Stage(policy=policy)
+        logger.info("media room %s: stage created", room_id)
+
+    async def close_stage(self, room_id: str) -> None:
+        """Disconnect everyone on the stage and forget it."""
+        room = self._stage_room(room_id)
+        for participant_id in list(room.participants):
+            await self.leave(room_id, participant_id)
+        if self._rooms.get(room_id) is room:
+            del self._rooms[room_id]
+
+    def promote(self, room_id: str, participant_id: str) -> None:
+        """Allow a participant to publish on the stage: its next offer may be ``role="publisher"``.
+
+        For everyone who publishes (politicians and moderators before their first offer, a citizen
+        invited on stage before their re-offer). A viewer's current connection stays receive-only
+        until it offers again. Idempotent.
+        """
+        self._stage_room(room_id).stage.promoted.add(participant_id)  # type: ignore[union-attr]
+
+    def demote(self, room_id: str, participant_id: str) -> None:
+        """Take a participant off the stage (the moderator ends a citizen's turn), at once.
+
+        Its media stops reaching anyone, the slots showing it are freed, and it counts as a viewer
+        (it keeps receiving the publishers on its current connection). It may not publish again
+        before another :meth:`promote`; signaling should have it re-offer as a viewer (which
+        releases its camera). Unknown participants are ignored.
+        """
+        room = self._stage_room(room_id)
+        stage = room.stage
+        assert stage is not None
+        stage.promoted.discard(participant_id)
+        participant = room.participants.get(participant_id)
+        if participant is None or participant.role != PUBLISHER:
+            return
+        recorder = self._recorders.get(room_id)
+        if recorder is not None:  # off the stage is off the record (their camera may run until they re-offer)
+            recorder.remove_participant(participant_id)
+        for inbound in participant.inbound.values():
+            for leg in list(inbound.legs):
+                leg.detach()
+                leg.source = None
+        for other in room.participants.values():
+            slot = other.slot_of(participant_id)
+            if slot is not None:
+                self._free(slot)
+        participant.role = VIEWER
+        logger.info("media room %s: publisher left the stage", room_id)
+
+    def stage_layout(self, room_id: str, participant_id: str) -> dict[str, RemoteSlot]:
+        """Which publisher each of this participant's slots shows, by mid (as :meth:`layout`)."""
+        self._stage_room(room_id)
+        return self.layout(room_id, participant_id)
+
+    def restore_video(self, room_id: str, participant_id: str) -> None:
+        """Give an audio-only viewer its video back (it asked to try again); judged afresh from now."""
+        room = self._stage_room(room_id)
+        participant = self._participant(room_id, participant_id)
+        if not participant.audio_only:
+            return
+        participant.audio_only = False
+        room.stage.health.pop(participant_id, None)  # type: ignore[union-attr]
+        for slot in participant.slots:
+            if slot.video is not None:
+                slot.video.remb = None
+                slot.video.fraction_lost = 0
+                self._attach(room, participant, slot, slot.video)
+
+    def stage_stats(self, room_id: str) -> StageStats:
+        room = self._stage_room(room_id)
+        stage = room.stage
+        assert stage is not None
+        publishers = tuple(p.participant_id for p in room.participants.values() if p.role == PUBLISHER)
+        upstream = stage.keyframe_sent_by_departed
+        for participant in room.participants.values():
+            video = participant.inbound.get("video")
+            if video is not None and participant.role == PUBLISHER:
+                upstream += video.keyframe_requests
+        return StageStats(
+            room_id=room_id,
+            publishers=publishers,
+            viewers=len(room.participants) - len(publishers),
+            audio_only_viewers=tuple(p.participant_id for p in room.participants.values() if p.audio_only),
+            keyframe_requests_from_viewers=stage.keyframe_asks,
+            keyframe_requests_upstream=upstream,
+            publisher_bitrate_bps=dict(stage.remb_sent),
+        )
+
+    def _stage_room(self, room_id: str) -> _Room:
+        room = self._rooms.get(room_id)
+        if room is None or room.stage is None:
+            raise UnknownStage(f"room {room_id!r} is not a stage")
+        return room
+
+    def _judge_viewers(self, room_id: str, room: _Room, now: float) -> None:
+        """Once a second: a viewer that has not kept up for long enough loses its video, and is told."""
+        stage = room.stage
+        assert stage is not None
+        for participant in list(room.participants.values()):
+            if participant.role != VIEWER or participant.audio_only:
+                continue
+            video = [s.video for s in participant.slots if s.video is not None and s.video.source is not None]
+            if not video:
+                continue
+            rembs = [t.remb for t in video if t.remb is not None]
+            remb = min(rembs) if rembs else None
+            # loss on the publisher's uplink reaches every viewer alike: only what is lost beyond it is this
+            # viewer's own (else one bad uplink would send the whole audience to audio only)
+            loss = max(max(0, t.fraction_lost - (t.source.lost_fraction if t.source else 0)) for t in video) / 256
+            sent = sum(t.bitrate for t in video)  # updated by _periodic just before
+            before = stage.health.get(participant.participant_id, ViewerHealth())
+            health = judge_viewer(before, remb, loss, sent, now, stage.policy)
+            stage.health[participant.participant_id] = health
+            if not health.audio_only:
+                continue
+            participant.audio_only = True
+            for track in video:
+                track.detach()
+            logger.info("media room %s: a viewer could not keep up, video dropped", room_id)
+            if self.on_viewer_audio_only is not None:
+                try:
+                    self.on_viewer_audio_only(room_id, participant.participant_id)
+                except Exception:
+                    logger.exception("media: on_viewer_audio_only failed")
 
     # -- recording -------------------------------------------------------------
 
@@ -382,6 +620,7 @@ class MediaHub:
         for room_id in list(self._rooms):
             for participant_id in list(self._rooms.get(room_id, _Room()).participants):
                 await self.leave(room_id, participant_id)
+        self._rooms.clear()  # stages outlive their participants; the hub does not
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._rtcp_task is not None:
@@ -500,7 +739,7 @@ class MediaHub:
             self._attach(room, subscriber, slot, track)
 
     def _attach(self, room: _Room, subscriber: _Participant, slot: _Slot, track: OutTrack) -> None:
-        if not room.forwarding or slot.occupant is None:
+        if not room.forwarding or slot.occupant is None or (subscriber.audio_only and track.video):
             return
         publisher = room.participants.get(slot.occupant)
         if publisher is None:
@@ -508,6 +747,8 @@ class MediaHub:
         source = publisher.inbound.get(track.kind)
         if source is not None:
             track.attach(source)
+            if room.stage is not None and track.video and subscriber.role == VIEWER:
+                room.stage.keyframe_asks += 1  # a joining viewer's leg waits for a keyframe
 
     def _on_receive_parameters(
         self, participant: _Participant, transceiver: RTCRtpTransceiver, params: RTCRtpReceiveParameters
@@ -541,7 +782,7 @@ class MediaHub:
         if inbound.rtx_ssrc is not None:
             participant.rtx_by_ssrc[inbound.rtx_ssrc] = inbound
         recorder = self._recorders.get(participant.room_id)
-        if recorder is not None:
+        if recorder is not None and participant.role == PUBLISHER:
             recorder.add_track(participant.participant_id, inbound)
         room = self._rooms.get(participant.room_id)
         if room is None:
@@ -626,13 +867,13 @@ class MediaHub:
                 if packet.fmt == RTCP_PSFB_PLI:
                     track = participant.out_by_ssrc.get(packet.media_ssrc)
                     if track is not None:
-                        track.keyframe_wanted()
+                        self._keyframe_wanted(participant, track)
                 elif packet.fmt == RTCP_PSFB_FIR:
                     for pos in range(0, len(packet.fci) - 7, 8):
                         ssrc = int.from_bytes(packet.fci[pos : pos + 4], "big")
                         track = participant.out_by_ssrc.get(ssrc)
                         if track is not None:
-                            track.keyframe_wanted()
+                            self._keyframe_wanted(participant, track)
                 elif packet.fmt == RTCP_PSFB_APP:
                     try:
                         bitrate, ssrcs = unpack_remb_fci(packet.fci)
@@ -643,6 +884,14 @@ class MediaHub:
                         if track is not None:
                             track.remb = bitrate
 
+    def _keyframe_wanted(self, participant: _Participant, track: OutTrack) -> None:
+        """A subscriber's PLI/FIR: forwarded upstream through the publisher's merging throttle."""
+        track.keyframe_wanted()
+        if participant.role == VIEWER:
+            room = self._rooms.get(participant.room_id)
+            if room is not None and room.stage is not None:
+                room.stage.keyframe_asks += 1
+
     def _ensure_rtcp_task(self) -> None:
         if self._rtcp_task is None or self._rtcp_task.done():
             self._rtcp_task = asyncio.ensure_future(self._run_rtcp())
@@ -652,14 +901,19 @@ class MediaHub:
         while True:
             await asyncio.sleep(RTCP_INTERVAL)
             now = time.monotonic()
-            for room in list(self._rooms.values()):
+            for room_id, room in list(self._rooms.items()):
                 for participant in list(room.participants.values()):
                     try:
-                        self._periodic(participant, now)
+                        self._periodic(room, participant, now)
                     except Exception:
                         logger.exception("media: periodic RTCP failed")
+                if room.stage is not None:
+                    try:
+                        self._judge_viewers(room_id, room, now)
+                    except Exception:
+                        logger.exception("media: judging stage viewers failed")
 
-    def _periodic(self, participant: _Participant, now: float) -> None:
+    def _periodic(self, room: _Room, participant: _Participant, now: float) -> None:
         link = participant.link
         inbounds = list(participant.inbound.values())
         for inbound in inbounds:
@@ -670,8 +924,19 @@ class MediaHub:
         if not inbounds or not link.ready():
             return
         compound = receiver_report_packet(link, inbounds) or b""
+        stage = room.stage
         for inbound in inbounds:
-            compound += inbound.remb(self._max_video_bitrate) or b""
+            if stage is None or not inbound.video:
+                compound += inbound.remb(self._max_video_bitrate) or b""
+                continue
+            # a stage: one slow viewer must not set the bitrate for everyone
+            bitrate = aggregate_remb(
+                (leg.remb for leg in inbound.legs if leg.remb is not None),
+                self._max_video_bitrate,
+                stage.policy.floor_bps,
+            )
+            stage.remb_sent[participant.participant_id] = bitrate
+            compound += inbound.remb_packet(bitrate) or b""
         if compound:
             link.send_rtcp(compound)
         for inbound in inbounds:
