@@ -47,7 +47,9 @@ class Settings:
     demo: bool = False
     """Create a demo clerk per department when no staff account exists."""
     max_body_bytes: int = 16 * 1024
-    max_socket_message_bytes: int = 16 * 1024
+    max_socket_message_bytes: int = 48 * 1024
+    """A browser's SDP offer with every codec is about 6 KB per audio+video pair (18 KB for a town-hall
+    viewer's three pairs): 48 KiB carries four pairs with room to spare."""
     cors_origins: tuple[str, ...] = ()
     """Extra origins allowed for socket.io (same origin is always allowed)."""
     turn_urls: tuple[str, ...] = ()

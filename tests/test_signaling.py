@@ -91,6 +91,17 @@ async def test_oversized_socket_messages_are_refused(live_server, clients):
     assert t.state.value == "waiting"
 
 
+async def test_a_browser_sized_offer_fits_the_message_cap(live_server, clients):
+    """Chromium's offer with three audio+video pairs and every codec is about 18 KB (a town-hall viewer):
+    it must reach the server and get an answer, not a dropped connection (the cap was 16 KiB)."""
+    ticket = await join(live_server.url)
+    c = await citizen_socket(live_server.url, ticket["token"])
+    clients.append(c)
+    ack = await c.call("media_offer", {"sdp": "v=0\r\n" + "a=x-padding\r\n" * 1600, "check": True})
+    assert ack["error"]["code"] == "no_media"  # read and refused as an offer, with a clear answer
+    assert c.client.connected
+
+
 async def test_reload_keeps_ticket_and_position_and_disconnect_starts_the_grace_period(live_server, clients):
     await join(live_server.url)
     mine = await join(live_server.url)
