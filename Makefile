@@ -25,6 +25,7 @@ lint: $(STAMP_TEST)
 bench: $(STAMP_TEST)
 	$(PY) bench/queue_load.py
 	$(PY) bench/media_load.py
+	$(PY) bench/townhall_load.py
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

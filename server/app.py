@@ -78,7 +78,7 @@ def create_app(settings: Settings, store: Store | None = None,
         settings.data_dir,
     )
     townhall.hub = lambda: media.hub  # the stage's media and its recording live in this process's SFU
-    townhall_signaling = TownHallSignaling(signaling.sio, townhall, auth)
+    townhall_signaling = TownHallSignaling(signaling.sio, townhall, auth, settings)
     signaling.townhall = townhall_signaling
     app[TOWNHALL] = townhall
     app[SETTINGS] = settings

@@ -598,6 +598,47 @@ DE: dict[str, str] = {
     "js.err.no_recording": "Diese Veranstaltung wird nicht aufgezeichnet.",
     "th.noscript": "Diese Seite braucht JavaScript. Bitte schalten Sie JavaScript ein.",
     "js.th.reconnecting": "Verbindung unterbrochen – wird wiederhergestellt …",
+    # -- town hall: the stage (live video) and the published recording --
+    "th.stage.heading": "Video",
+    "th.rec.heading": "Aufzeichnung",
+    "th.rec.intro": "Die Aufzeichnung der Veranstaltung. Über die Kapitel springen Sie direkt zu einer Antwort.",
+    "th.invite.check_label": "Ihre Kamera (nur Sie sehen diese Vorschau)",
+    "js.th.stage.guest": "Gast",
+    "js.th.stage.you": "Sie",
+    "js.th.stage.role.politician": "Politik",
+    "js.th.stage.role.moderator": "Moderation",
+    "js.th.stage.role.guest": "aus dem Publikum",
+    "js.th.stage.empty": "Noch ist niemand auf der Bühne. Das Video erscheint hier, sobald es losgeht.",
+    "js.th.stage.failed": "Das Video kommt nicht an. Vermutlich blockiert Ihr Netzwerk die Verbindung. Laden Sie "
+                          "die Seite neu, um es noch einmal zu versuchen.",
+    "js.th.stage.busy": "Das Video ist auf diesem Server gerade nicht verfügbar. Fragen und Handmeldungen gehen "
+                        "weiter.",
+    "js.th.stage.no_media": "Dieser Browser kann das Video nicht empfangen. Bitte verwenden Sie einen aktuellen "
+                            "Browser.",
+    "js.th.stage.audio_only": "Ihre Verbindung ist zu langsam für Video; Sie hören weiter den Ton.",
+    "js.th.check.running": "Kamera und Mikrofon werden geprüft …",
+    "js.th.check.ok": "Kamera und Mikrofon funktionieren.",
+    "js.th.check.no_picture": "Ihre Kamera liefert kein Bild. Prüfen Sie die Kamera und versuchen Sie es noch "
+                              "einmal.",
+    "js.th.cam.on": "Kamera und Mikrofon einschalten",
+    "js.th.cam.off": "Kamera und Mikrofon ausschalten",
+    "js.th.cam.on_air": "Sie sind auf Sendung: Alle sehen und hören Sie.",
+    "js.th.cam.stopped": "Kamera und Mikrofon sind aus.",
+    "js.th.cam.not_live": "Kamera und Mikrofon lassen sich einschalten, sobald die Veranstaltung läuft.",
+    "js.th.rec.chapters": "Kapitel",
+    "js.th.rec.chapters_failed": "Die Kapitel konnten nicht geladen werden. Die Aufzeichnung lässt sich trotzdem "
+                                 "abspielen.",
+    "js.th.rec.available": "Die Aufzeichnung ist jetzt verfügbar.",
+    "js.th.rec.jump": "Springe zu {time}: {title}",
+    "js.th.q.to_recording": "Zur Antwort in der Aufzeichnung",
+    "js.th.mod.publish": "Aufzeichnung veröffentlichen",
+    "js.th.mod.publish_not_ready": "Die Aufzeichnung ist noch nicht fertig: Sie wird gerade zusammengestellt. Bitte "
+                                   "versuchen Sie es in einer Minute noch einmal.",
+    "js.th.mod.published": "Die Aufzeichnung ist auf der Veranstaltungsseite veröffentlicht.",
+    "js.th.mod.youtube": "Kapitel für die YouTube-Beschreibung",
+    "js.th.mod.youtube_none": "Für YouTube-Kapitel braucht es mindestens drei Kapitel von je 10 Sekunden.",
+    "js.th.mod.copy": "Kopieren",
+    "js.th.mod.copied": "In die Zwischenablage kopiert.",
 }
 
 EN: dict[str, str] = {
@@ -1142,6 +1183,43 @@ EN: dict[str, str] = {
     "js.err.no_recording": "This event is not recorded.",
     "th.noscript": "This page needs JavaScript. Please turn JavaScript on.",
     "js.th.reconnecting": "Connection lost – reconnecting …",
+    # -- town hall: the stage (live video) and the published recording --
+    "th.stage.heading": "Video",
+    "th.rec.heading": "Recording",
+    "th.rec.intro": "The recording of the event. Use the chapters to go straight to an answer.",
+    "th.invite.check_label": "Your camera (only you see this preview)",
+    "js.th.stage.guest": "Guest",
+    "js.th.stage.you": "You",
+    "js.th.stage.role.politician": "politician",
+    "js.th.stage.role.moderator": "moderator",
+    "js.th.stage.role.guest": "from the audience",
+    "js.th.stage.empty": "Nobody is on stage yet. The video appears here as soon as it starts.",
+    "js.th.stage.failed": "The video does not arrive. Your network probably blocks the connection. Reload the page "
+                          "to try again.",
+    "js.th.stage.busy": "Video is not available on this server right now. Questions and raised hands still work.",
+    "js.th.stage.no_media": "This browser cannot receive the video. Please use a current browser.",
+    "js.th.stage.audio_only": "Your connection is too slow for video; you can still hear the sound.",
+    "js.th.check.running": "Checking your camera and microphone …",
+    "js.th.check.ok": "Your camera and microphone work.",
+    "js.th.check.no_picture": "Your camera shows no picture. Check the camera and try again.",
+    "js.th.cam.on": "Turn on camera and microphone",
+    "js.th.cam.off": "Turn off camera and microphone",
+    "js.th.cam.on_air": "You are on air: everyone sees and hears you.",
+    "js.th.cam.stopped": "Camera and microphone are off.",
+    "js.th.cam.not_live": "Camera and microphone can be turned on once the event is live.",
+    "js.th.rec.chapters": "Chapters",
+    "js.th.rec.chapters_failed": "The chapters could not be loaded. The recording plays all the same.",
+    "js.th.rec.available": "The recording is available now.",
+    "js.th.rec.jump": "Go to {time}: {title}",
+    "js.th.q.to_recording": "Go to the answer in the recording",
+    "js.th.mod.publish": "Publish the recording",
+    "js.th.mod.publish_not_ready": "The recording is not ready yet: it is being put together. Please try again in a "
+                                   "minute.",
+    "js.th.mod.published": "The recording is published on the event page.",
+    "js.th.mod.youtube": "Chapters for the YouTube description",
+    "js.th.mod.youtube_none": "YouTube chapters need at least three chapters of 10 seconds each.",
+    "js.th.mod.copy": "Copy",
+    "js.th.mod.copied": "Copied to the clipboard.",
 }
 
 CATALOGS: dict[str, dict[str, str]] = {"de": DE, "en": EN}

@@ -388,6 +388,8 @@ class TownHallService:
         (directory / "tracks.json").write_text(json.dumps({**everyone, "tracks": shown}), "utf-8")
         started = float(meta.get("started_at", event.live_since or 0.0))
         ended = float(meta.get("ended_at", event.ended_at or started))
+        # the recorder's timeline is the file's: it may end a little before the event did
+        ended = min(ended, started + float(everyone.get("duration") or ended - started))
         chapters = core.chapters(event, await self.store.questions(event_id), started, ended)
         (directory / "chapters.json").write_text(json.dumps(chapters), "utf-8")
         ok, result, error = await run_composer(self.composer, directory)

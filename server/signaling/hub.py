@@ -145,6 +145,11 @@ class Signaling:
         await self.sio.emit("dashboard", await self.room.dashboard(clerk), to=sid)
 
     async def _disconnect(self, sid: str, *args: Any) -> None:
+        if self.townhall is not None:
+            try:
+                await self.townhall.disconnected(sid)  # its stage connection, if any
+            except Exception:  # noqa: BLE001 - the bookkeeping below must still happen
+                log.exception("town-hall disconnect failed")
         if self.media is not None:
             try:
                 await self.media.disconnected(sid)

@@ -1,7 +1,10 @@
 // /townhall/{event}: the audience's page. Joins the event's audience (a token kept per event in
 // localStorage), sends questions (their link is kept too), lists the published questions with votes,
-// and, live, the raised hand, the question being answered and the invitation on stage.
+// and, live, the raised hand, the question being answered, the invitation on stage and the stage's video
+// (a viewer; a publisher while on stage). Afterwards: the published recording with its chapter menu.
 import { errorMessage, h, pageData, request, t, tn } from './common.js';
+import { openLocalMedia, play, stopStream } from './media.js';
+import { StageConnection, createStageView, stageProblem } from './stage.js';
 import { connectionLine, emit, fillTimes, questionBody, sorted, when } from './townhall_common.js';
 
 const data = pageData();
@@ -18,6 +21,14 @@ let order = 'votes';
 let socket = null;
 let handRaised = false;
 let published = null; // how many public questions the last list had (announce new ones)
+let stage = null; // the stage connection (StageConnection), once the socket exists
+let stageView = null;
+let camera = null; // own camera and microphone while on stage
+let guestTurn = false; // accepted an invitation and not yet sent off: publish
+let checking = false; // the camera check of an accepted invitation is running
+let stageSync = Promise.resolve();
+let reoffer = false;
+const CHECK_PICTURE_MS = 6000;
 const setConnection = connectionLine($('connection'));
 
 function load(key, fallback) {
@@ -94,9 +105,12 @@ function renderEvent() {
   hand.setAttribute('aria-pressed', String(handRaised));
   $('stage-box').hidden = guest?.state !== 'on_stage';
   const dialog = $('invite-dialog');
-  if (guest?.state === 'invited' && !dialog.open) openInvite();
-  if (guest?.state !== 'invited' && dialog.open) dialog.close();
+  if (guest?.state === 'invited' && !dialog.open && !guestTurn && !checking) openInvite();
+  if (guest?.state !== 'invited' && dialog.open && !checking) dialog.close();
+  if (guestTurn && live && !guest) endTurn(); // the moderator ended the turn (th_stage_ended may follow)
   renderNow();
+  renderRecording();
+  syncStage();
 }
 
 function renderNow() {
@@ -283,16 +297,100 @@ $('invite-dialog').addEventListener('cancel', (e) => e.preventDefault());
 async function answerInvite(accept) {
   const box = $('invite-error');
   box.hidden = true;
+  if (checking) return;
+  let local = null;
   try {
-    if (accept) await emit(socket, 'th_stage_accept', { publication_consent: Boolean($('invite-consent')?.checked) });
-    else await emit(socket, 'th_stage_leave', {});
+    if (accept) {
+      local = await cameraCheck();
+      if (!local) return;
+      await emit(socket, 'th_stage_accept', { publication_consent: Boolean($('invite-consent')?.checked) });
+    } else {
+      await emit(socket, 'th_stage_leave', {});
+    }
+    endCheck();
     $('invite-dialog').close();
     if (!accept) announce(t('th.stage_declined'));
   } catch (error) {
-    if (error.code === 'not_invited' || error.code === 'event_not_live') $('invite-dialog').close();
+    stopStream(local?.stream);
+    local = null;
+    endCheck();
+    if (error.code === 'not_invited' || error.code === 'event_not_live') {
+      $('invite-dialog').close(); // nothing left to answer: say why outside the dialog
+      announce(errorMessage(error));
+      return;
+    }
     box.textContent = errorMessage(error);
     box.hidden = false;
+    return;
   }
+  if (local) {
+    camera = local.stream;
+    guestTurn = true;
+    stageView?.setSelf(camera);
+    syncStage();
+  }
+}
+
+/** Before going on stage: camera and microphone open and the camera shows a picture. Resolves to what
+ * openLocalMedia gave, or null after saying what is wrong (the invitation stays open: try again or decline). */
+async function cameraCheck() {
+  checking = true;
+  for (const id of ['invite-accept', 'invite-decline']) $(id).disabled = true;
+  const status = $('invite-check-status');
+  const preview = $('invite-preview');
+  $('invite-check').hidden = false;
+  status.textContent = t('th.check.running');
+  let local;
+  try {
+    local = await openLocalMedia('full');
+  } catch (error) {
+    failCheck(t(`media.problem.${error.code}`));
+    return null;
+  }
+  const video = local.stream.getVideoTracks()[0];
+  if (video) {
+    preview.srcObject = new MediaStream([video]);
+    play(preview);
+    if (!(await firstPicture(preview))) {
+      stopStream(local.stream);
+      failCheck(t('th.check.no_picture'));
+      return null;
+    }
+    preview.closest('.tile').classList.remove('tile--off');
+  } else {
+    $('invite-preview-text').textContent = t('media.no_camera');
+  }
+  status.textContent = local.missing === 'camera' ? t('media.problem.no_camera_fallback') : t('th.check.ok');
+  return local;
+}
+
+function firstPicture(video) {
+  if (video.videoWidth > 0) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(false), CHECK_PICTURE_MS);
+    video.addEventListener('resize', () => {
+      clearTimeout(timer);
+      resolve(video.videoWidth > 0);
+    }, { once: true });
+  });
+}
+
+function failCheck(text) {
+  endCheck();
+  const box = $('invite-error');
+  box.textContent = text;
+  box.hidden = false;
+}
+
+function endCheck() {
+  checking = false;
+  for (const id of ['invite-accept', 'invite-decline']) $(id).disabled = false;
+  const preview = $('invite-preview');
+  preview.srcObject = null;
+  preview.closest('.tile').classList.add('tile--off');
+  $('invite-preview-text').textContent = '';
+  $('invite-check-status').textContent = '';
+  $('invite-check').hidden = true;
 }
 $('invite-accept').addEventListener('click', () => answerInvite(true));
 $('invite-decline').addEventListener('click', () => answerInvite(false));
@@ -301,8 +399,178 @@ $('stage-leave').addEventListener('click', async () => {
   try {
     await emit(socket, 'th_stage_leave', {});
   } catch (error) {
-    announce(errorMessage(error));
+    if (error.code !== 'not_invited') {
+      announce(errorMessage(error));
+      return;
+    }
   }
+  endTurn();
+});
+
+// -- the stage's video --------------------------------------------------------------------------------
+
+function stageStatus(text) {
+  const status = $('stage-status');
+  if (status.textContent !== text) status.textContent = text;
+}
+
+function setupStage() {
+  stageView = createStageView($('stage-video'), { emptyText: t('th.stage.empty'), soundButton: $('sound-on') });
+  stage = new StageConnection(socket, {
+    onLayout: (slots) => stageView.setSlots(slots),
+    onState: (state) => {
+      if (state === 'failed') stageStatus(t('th.stage.failed'));
+      else if (state === 'connected' && $('stage-status').textContent === t('th.stage.failed')) stageStatus('');
+    },
+    onAudioOnly: () => {
+      stageView.setAudioOnly(true);
+      stageStatus(t('th.stage.audio_only'));
+    },
+    onEnd: () => {
+      endTurn({ resync: false });
+      stageView.clear();
+    },
+  });
+}
+
+/** Your turn on stage is over (sent off, left, or the event ended): camera off, back to watching. */
+function endTurn({ resync = true } = {}) {
+  const was = guestTurn || camera;
+  guestTurn = false;
+  stopStream(camera);
+  camera = null;
+  stageView?.setSelf(null);
+  if (was && resync) syncStage();
+}
+
+/** Bring the connection in line with the event: watch while live, publish while on stage, else nothing.
+ * Runs one at a time; with `reoffer` set it offers again even in the same role (the socket reconnected). */
+function syncStage() {
+  stageSync = stageSync.then(reconcileStage, reconcileStage);
+}
+
+async function reconcileStage() {
+  if (!stage) return;
+  const live = event.state === 'live' && socket?.connected;
+  if (!live) {
+    if (stage.mode) await stage.leave({ tell: Boolean(socket?.connected) && event.state === 'live' });
+    if (event.state !== 'live') endTurn({ resync: false });
+    stageView.clear();
+    stageStatus('');
+    return;
+  }
+  const publish = guestTurn && camera !== null;
+  const mode = publish ? 'publisher' : 'viewer';
+  if (stage.mode === mode && !reoffer) return;
+  reoffer = false;
+  stageView.setAudioOnly(false);
+  if ($('stage-status').textContent === t('th.stage.audio_only')) stageStatus('');
+  try {
+    await stage.connect(publish ? camera : null);
+  } catch (error) {
+    if (publish && error.code === 'not_invited') {
+      endTurn(); // no longer on stage: watch instead
+      return;
+    }
+    if (error.code !== 'event_not_live') stageStatus(stageProblem(error, errorMessage));
+  }
+}
+
+// -- the published recording --------------------------------------------------------------------------
+
+let player = null; // {video, track} once the recording is shown
+
+function clock(seconds) {
+  const s = Math.max(0, Math.floor(seconds));
+  const hh = Math.floor(s / 3600);
+  const mm = Math.floor((s % 3600) / 60);
+  const ss = String(s % 60).padStart(2, '0');
+  return hh ? `${hh}:${String(mm).padStart(2, '0')}:${ss}` : `${mm}:${ss}`;
+}
+
+function startAt() {
+  const value = Number(new URLSearchParams(window.location.search).get('t'));
+  return Number.isFinite(value) && value > 0 ? value : null;
+}
+
+function renderRecording() {
+  const show = event.state === 'ended' && Boolean(event.published);
+  const section = $('recording');
+  if (!show) {
+    section.hidden = true;
+    if (player) {
+      player.video.removeAttribute('src');
+      player.video.replaceChildren();
+      player.video.load();
+      $('chapters').replaceChildren();
+      player = null;
+    }
+    return;
+  }
+  if (player) return;
+  section.hidden = false;
+  const video = $('recording-player');
+  const base = `/townhall/${encodeURIComponent(event.id)}`;
+  const element = h('track', {
+    kind: 'chapters', src: `${base}/chapters.vtt`, srclang: document.documentElement.lang || 'de', label: t('th.rec.chapters'), default: true,
+  });
+  video.append(element);
+  video.src = `${base}/recording.webm`;
+  // Browsers draw no chapter menu of their own: load the cues (mode hidden) and build one.
+  element.track.mode = 'hidden';
+  player = { video, track: element.track };
+  const build = () => buildChapters(element.track);
+  if (element.readyState === 2) build();
+  else element.addEventListener('load', build, { once: true });
+  element.addEventListener('error', () => {
+    $('chapters-status').textContent = t('th.rec.chapters_failed');
+  }, { once: true });
+  for (const type of ['timeupdate', 'seeked']) video.addEventListener(type, markChapter);
+  const at = startAt();
+  if (at !== null) {
+    video.addEventListener('loadedmetadata', () => {
+      video.currentTime = Number.isFinite(video.duration) ? Math.min(at, video.duration) : at;
+    }, { once: true });
+  }
+  if (at !== null || window.location.hash === '#recording') {
+    section.scrollIntoView();
+    section.focus();
+  }
+}
+
+function buildChapters(track) {
+  const cues = [...(track.cues || [])];
+  $('chapters-status').textContent = '';
+  $('chapters').replaceChildren(...cues.map((cue) => h(
+    'li',
+    {},
+    h('button', {
+      type: 'button',
+      class: 'th-chapter',
+      'aria-label': t('th.rec.jump', { time: clock(cue.startTime), title: cue.text }),
+      dataset: { start: String(cue.startTime) },
+    }, h('span', { class: 'th-chapter__time' }, clock(cue.startTime)), ' ', h('span', { class: 'th-chapter__title' }, cue.text)),
+  )));
+  markChapter();
+}
+
+/** The chapter playing now is marked (aria-current): the last one that starts at or before the position. */
+function markChapter() {
+  if (!player) return;
+  const now = player.video.currentTime + 0.01; // a seek to a chapter's start lands on it, not just before
+  const buttons = [...$('chapters').querySelectorAll('button[data-start]')];
+  const current = buttons.filter((button) => Number(button.dataset.start) <= now).pop();
+  for (const button of buttons) {
+    if (button === current) button.setAttribute('aria-current', 'true');
+    else button.removeAttribute('aria-current');
+  }
+}
+
+$('chapters').addEventListener('click', (e) => {
+  const button = e.target.closest('button[data-start]');
+  if (!button || !player) return;
+  player.video.currentTime = Number(button.dataset.start);
+  play(player.video);
 });
 
 // -- joining and the socket ---------------------------------------------------------------------------
@@ -318,8 +586,11 @@ async function join() {
 function connect() {
   setConnection('connecting');
   socket = window.io({ auth: { townhall: token }, reconnectionDelayMax: 10000 });
+  stage?.dispose(); // a socket of its own (joined afresh): a stage connection of its own
+  setupStage();
   socket.on('connect', () => setConnection('connected'));
   socket.on('disconnect', (reason) => {
+    stage?.close(); // the server drops a socket's stage connection with it: offer again on th_state
     if (reason !== 'io client disconnect') setConnection('reconnecting');
   });
   socket.on('connect_error', async (error) => {
@@ -349,11 +620,18 @@ function connect() {
     myVotes = new Set(state.my_votes);
     event = state.event;
     questions = state.questions;
+    if (guestTurn && myStage()?.state !== 'on_stage') endTurn({ resync: false });
+    if (!guestTurn && myStage()?.state === 'on_stage') {
+      // On stage without a camera here (the page was reloaded): leave rather than stand there unseen.
+      emit(socket, 'th_stage_leave', {}).then(() => announce(t('th.stage_ended')), () => {});
+    }
+    reoffer = true; // a new socket: the server knows no stage connection of ours
     renderEvent();
     renderQuestions();
   });
   socket.on('th_event', (next) => {
     if (next.id !== event.id) return;
+    if (next.published && !event.published) announce(t('th.rec.available'));
     event = next;
     renderEvent();
     renderQuestions(); // pinned and answering badges
@@ -365,7 +643,8 @@ function connect() {
   });
   socket.on('th_invited', () => openInvite());
   socket.on('th_stage_ended', () => {
-    if ($('invite-dialog').open) $('invite-dialog').close();
+    if ($('invite-dialog').open && !checking) $('invite-dialog').close();
+    endTurn();
     announce(t('th.stage_ended'));
   });
 }

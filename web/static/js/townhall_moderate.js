@@ -1,7 +1,8 @@
 // /townhall/{event}/moderate: the moderators' page. The staff socket (cookie) watches the event; every
 // moderator's action comes back to all of them as `th_moderation` / `th_staff_event`, so several can work
 // at once. Items that did not change keep their DOM (an edit in progress or the focus survive updates).
-import { errorMessage, h, pageData, t, tn } from './common.js';
+import { errorMessage, h, pageData, request, t, tn } from './common.js';
+import { createStaffStage } from './stage.js';
 import { connectionLine, emit, fillTimes, when } from './townhall_common.js';
 
 const $ = (id) => document.getElementById(id);
@@ -13,6 +14,8 @@ const PUBLIC = new Set(['published', 'answering', 'answered']);
 let event = data.event;
 let moderation = [];
 let socket = null;
+let video = null; // the moderator's own camera on the stage (createStaffStage)
+let youtubeLoaded = false;
 const rendered = new Map(); // question id -> {signature, element}
 
 function showError(error) {
@@ -35,9 +38,61 @@ function renderEvent() {
   $('event-start').hidden = event.state !== 'scheduled';
   $('event-end').hidden = event.state !== 'live';
   $('moderators').textContent = event.moderators?.length ? t('th.mod.moderators', { names: event.moderators.join(', ') }) : '';
+  // After the event: publish the composed recording (once; `no_recording` while it is being composed).
+  $('recording-publish').hidden = !(event.state === 'ended' && event.recorded && !event.published);
+  $('recording-box').hidden = !event.published;
+  if (event.published) {
+    $('recording-published').textContent = t('th.mod.published');
+    loadYoutube();
+  }
+  video?.update(event);
   renderHands();
   renderStage();
 }
+
+async function publishRecording() {
+  const button = $('recording-publish');
+  showError(null);
+  button.disabled = true;
+  try {
+    const ack = await emit(socket, 'th_publish', { event: event.id, published: true });
+    event = { ...event, ...ack.event, hands: event.hands, moderators: event.moderators };
+    renderEvent();
+    status(t('th.mod.published'));
+  } catch (error) {
+    showError(error.code === 'no_recording' ? { message: t('th.mod.publish_not_ready') } : error);
+  } finally {
+    button.disabled = false;
+  }
+}
+$('recording-publish').addEventListener('click', publishRecording);
+
+// The chapters as a YouTube description block, to paste when the recording is also put there.
+async function loadYoutube() {
+  if (youtubeLoaded) return;
+  youtubeLoaded = true;
+  try {
+    const { body } = await request('GET', `/api/townhall/events/${encodeURIComponent(event.id)}/recording`);
+    $('youtube').hidden = false;
+    $('youtube-text').hidden = !body.youtube;
+    $('youtube-copy').hidden = !body.youtube;
+    $('youtube-text').value = body.youtube || '';
+    $('youtube-status').textContent = body.youtube ? '' : t('th.mod.youtube_none');
+  } catch {
+    youtubeLoaded = false; // not there (yet): try again with the next update
+  }
+}
+
+$('youtube-copy').addEventListener('click', async () => {
+  const text = $('youtube-text');
+  try {
+    await navigator.clipboard.writeText(text.value);
+  } catch {
+    text.select(); // no clipboard access: selected, ready for Ctrl+C
+    return;
+  }
+  $('youtube-status').textContent = t('th.mod.copied');
+});
 
 function renderHands() {
   const hands = Array.isArray(event.hands) ? event.hands : [];
@@ -239,6 +294,9 @@ async function act(name, payload, label, button = null) {
 
 function connect() {
   socket = window.io({ reconnectionDelayMax: 10000 });
+  video = createStaffStage(socket, event.id, {
+    button: $('camera'), status: $('video-status'), container: $('stage-video'), soundButton: $('sound-on'), hint: $('video-hint'), panel: $('video-panel'), errorMessage,
+  });
   socket.on('connect', async () => {
     setConnection('connected');
     try {
@@ -247,11 +305,13 @@ function connect() {
       moderation = ack.moderation || [];
       renderEvent();
       renderModeration();
+      video.reconnected();
     } catch (error) {
       showError(error);
     }
   });
   socket.on('disconnect', (reason) => {
+    video.disconnected();
     if (reason !== 'io client disconnect') setConnection('reconnecting');
   });
   socket.on('connect_error', (error) => {

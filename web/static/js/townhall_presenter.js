@@ -1,6 +1,7 @@
 // /townhall/{event}/presenter: for the politician on stage. The question being answered in large type,
 // the next ones (the pinned one first, then by votes) and the raised hands; nothing to click.
 import { errorMessage, h, pageData, t, tn } from './common.js';
+import { createStaffStage } from './stage.js';
 import { connectionLine, emit, questionBody, when } from './townhall_common.js';
 
 const $ = (id) => document.getElementById(id);
@@ -36,6 +37,7 @@ function render() {
         h('p', { class: 'muted' }, `${tn('th.votes', q.votes)} · ${t('th.by', { name: q.author_name || t('th.anonymous') })}`)))
     : [h('li', { class: 'muted' }, t('th.presenter.next_none'))]));
 
+  video.update(event);
   const hands = Array.isArray(event.hands) ? event.hands : [];
   const count = tn('th.presenter.hands', hands.length);
   if ($('hands-count').textContent !== count) $('hands-count').textContent = count;
@@ -49,6 +51,10 @@ function fail(error) {
 }
 
 const socket = window.io({ reconnectionDelayMax: 10000 });
+// The politician's own camera on the stage, and the others on it (a moderator, a guest from the audience).
+const video = createStaffStage(socket, event.id, {
+  button: $('camera'), status: $('video-status'), container: $('stage-video'), soundButton: $('sound-on'), hint: $('video-hint'), panel: $('video-panel'), errorMessage,
+});
 socket.on('connect', async () => {
   setConnection('connected');
   try {
@@ -57,11 +63,13 @@ socket.on('connect', async () => {
     questions = ack.questions;
     $('presenter-error').hidden = true;
     render();
+    video.reconnected();
   } catch (error) {
     fail(error);
   }
 });
 socket.on('disconnect', (reason) => {
+  video.disconnected();
   if (reason !== 'io client disconnect') setConnection('reconnecting');
 });
 socket.on('connect_error', (error) => {

@@ -27,6 +27,12 @@ async function load() {
   $('question-when').hidden = !answered;
   $('question-when').textContent = answered ? t('th.q.answered_at', { date: when(question.answered_at) }) : '';
   $('question-text').textContent = question.text;
+  // Published: straight to the moment the answer starts (the event page seeks its player there).
+  const at = question.recording_at;
+  $('question-recording-row').hidden = at === null || at === undefined;
+  if (at !== null && at !== undefined) {
+    $('question-recording').href = `/townhall/${encodeURIComponent(question.event)}?t=${encodeURIComponent(at)}#recording`;
+  }
   const link = $('question-event');
   link.href = `/townhall/${encodeURIComponent(question.event)}`;
   if (eventTitle === null) {
