@@ -109,10 +109,13 @@ class TownHallService:
         if unknown:
             raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
         politicians = body.get("politicians")
+        speakers = []
         if isinstance(politicians, list):
             for username in politicians:
-                if not isinstance(username, str) or await self.shared.get_staff(username) is None:
+                account = await self.shared.get_staff(username) if isinstance(username, str) else None
+                if account is None:
                     raise InvalidInput(f"politician {username!r} has no staff account")
+                speakers.append(account.display_name)
         flags = {k: body.get(k, False) for k in ("advance_questions", "recorded")}
         numbers = {"retention_days": body.get("retention_days", 0), "audience_limit": body.get("audience_limit", 500)}
         for key, value in flags.items():
@@ -131,6 +134,7 @@ class TownHallService:
             recorded=flags["recorded"], recording_purpose=body.get("recording_purpose", ""),
             retention_days=numbers["retention_days"], audience_limit=numbers["audience_limit"], now=self.clock(),
         )
+        event = event.replace(speakers=tuple(speakers))
         await self.store.create_event(event)
         log.info("town-hall event %s created", event.id)
         return event
@@ -508,7 +512,8 @@ def event_view(event: TownHallEvent) -> dict[str, Any]:
     """What anyone may know about an event (no audience ids except those on stage)."""
     return {
         "id": event.id, "title": event.title, "description": event.description,
-        "politicians": list(event.politicians), "starts_at": event.starts_at, "ends_at": event.ends_at,
+        "politicians": list(event.politicians), "speakers": list(event.speakers or event.politicians),
+        "starts_at": event.starts_at, "ends_at": event.ends_at,
         "state": event.state.value, "advance_questions": event.advance_questions,
         "questions_until": event.questions_until, "recorded": event.recorded,
         "recording_purpose": event.recording_purpose, "retention_days": event.retention_days,

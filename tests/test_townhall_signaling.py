@@ -107,13 +107,21 @@ async def test_questions_are_moderated_voted_and_merged(live_server, clients) ->
         assert await town.status(q1) == "waiting"
         assert (await alice.call("th_vote", {"question": q1}))["error"]["code"] == "not_votable"  # pending
 
+        assert event["speakers"] == ["Paul Politik"]  # the public sees display names, not usernames
         watched = await town.mona.call("th_watch", {"event": event["id"]})
         assert watched["moderator"] and [q["id"] for q in watched["moderation"]] == [q1, q2]
+        # a second moderator sees the first one's actions live
+        await live_server.app[AUTH].add_staff("moritz", "Moritz", PASSWORD, [], ["moderator"])
+        moritz = await staff_socket(live_server.url, "moritz", PASSWORD)
+        clients.append(moritz)
+        assert (await moritz.call("th_watch", {"event": event["id"]}))["moderator"]
         assert watched["questions"] == []  # nothing published yet
         assert (await town.moderate(town.mona, "approve", question=q1, text="Wann wird die Grundschule saniert?"))["ok"]
         shown = await bob.wait_for("th_questions", lambda m: [q["id"] for q in m["questions"]] == [q1])
         assert shown["questions"][0]["text"] == "Wann wird die Grundschule saniert?"
         assert await town.status(q1) == "published"
+        await moritz.wait_for("th_moderation", lambda m: any(q["id"] == q1 and q["state"] == "published"
+                                                              for q in m["questions"]))
 
         assert await bob.call("th_vote", {"question": q1}) == {"ok": True}
         assert (await bob.call("th_vote", {"question": q1}))["error"]["code"] == "already_voted"
@@ -264,6 +272,11 @@ async def test_live_event_answers_hands_and_stage(live_server, clients) -> None:
         await alice.wait_for("th_stage_ended")
 
         assert (await town.mona.call("th_end", {"event": event["id"]}))["event"]["state"] == "ended"
+        async with aiohttp.ClientSession() as http:  # no chapters for an event that was not recorded
+            resp = await http.get(f"{town.url}/api/townhall/events/{event['id']}/recording")
+            assert resp.status == 409 and (await resp.json())["error"]["code"] == "no_recording"
+            assert (await http.get(f"{town.url}/townhall/{event['id']}/chapters.vtt")).status == 409
+        assert (await town.mona.call("th_publish", {"event": event["id"]}))["error"]["code"] == "no_recording"
         resp = await town.ask(token, "Zu spät")
         assert resp.status == 409 and (await resp.json())["error"]["code"] == "questions_closed"
         async with aiohttp.ClientSession() as http:

@@ -102,6 +102,8 @@ class TownHallEvent:
     """Id of the event's recording (server.recording), once one was made."""
     published: bool = False
     """The recording is public on the event page."""
+    speakers: tuple[str, ...] = ()
+    """The politicians' display names, as the public sees them (usernames stay internal)."""
 
     def replace(self, **changes: Any) -> TownHallEvent:
         return dataclasses.replace(self, **changes)
@@ -112,7 +114,8 @@ class TownHallEvent:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["state"] = self.state.value
-        d["politicians"], d["moderators"] = list(self.politicians), list(self.moderators)
+        d["politicians"], d["moderators"], d["speakers"] = (list(self.politicians), list(self.moderators),
+                                                            list(self.speakers))
         d["stage"] = [{**dataclasses.asdict(g), "state": g.state.value} for g in self.stage]
         d["hands"] = [dataclasses.asdict(h) for h in self.hands]
         return d
@@ -122,6 +125,7 @@ class TownHallEvent:
         d = dict(d)
         d["state"] = EventState(d["state"])
         d["politicians"], d["moderators"] = tuple(d["politicians"]), tuple(d["moderators"])
+        d["speakers"] = tuple(d.get("speakers", ()))
         d["stage"] = tuple(StageGuest(g["audience"], StageState(g["state"]), g["since"], g["publication_consent"])
                            for g in d["stage"])
         d["hands"] = tuple(Hand(h["audience"], h["raised_at"]) for h in d["hands"])

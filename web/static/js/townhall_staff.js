@@ -97,7 +97,7 @@ function row(event, fresh) {
     h('p', { class: 'th-event-card__meta' },
       h('span', { class: `badge ${event.state === 'live' ? 'badge--open' : event.state === 'ended' ? 'badge--closed' : 'badge--info'}` }, t(`th.state.${event.state}`)),
       ' ', when(event.starts_at)),
-    h('p', { class: 'th-event-card__with' }, event.politicians.join(', ')),
+    h('p', { class: 'th-event-card__with' }, (event.speakers || event.politicians).join(', ')),
     h('p', { class: 'button-row button-row--start' },
       h('a', { class: 'button', href: base, 'aria-describedby': id }, t('th.staff.page')),
       h('a', { class: 'button button--primary', href: `${base}/moderate`, 'aria-describedby': id }, t('th.staff.moderate')),
