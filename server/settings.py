@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -44,6 +45,9 @@ class Settings:
     """Mark cookies Secure (set when served over HTTPS, which production must be)."""
     trust_forwarded_for: bool = False
     """Take the client address from X-Forwarded-For (only behind a trusted reverse proxy)."""
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    """Addresses or networks (CIDR) of the reverse proxies whose X-Forwarded-For is believed: the client is
+    the right-most entry that is not one of them, and only when the direct peer is one of them."""
     demo: bool = False
     """Create a demo clerk per department when no staff account exists."""
     max_body_bytes: int = 16 * 1024
@@ -88,13 +92,33 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "host": str, "port": int, "timezone": str, "redis_url": str, "redis_prefix": str, "data_dir": str,
     "grace_seconds": (int, float), "position_interval": (int, float), "joins_per_address": int,
     "join_window_seconds": (int, float), "login_attempts_per_address": int, "session_hours": (int, float),
-    "secure_cookies": bool, "trust_forwarded_for": bool, "demo": bool, "max_body_bytes": int,
-    "max_socket_message_bytes": int, "cors_origins": list, "turn_urls": list, "turn_secret": str,
-    "turn_ttl_seconds": (int, float), "max_video_bitrate": int, "max_media_rooms": int,
+    "secure_cookies": bool, "trust_forwarded_for": bool, "trusted_proxies": list, "demo": bool,
+    "max_body_bytes": int, "max_socket_message_bytes": int, "cors_origins": list, "turn_urls": list,
+    "turn_secret": str, "turn_ttl_seconds": (int, float), "max_video_bitrate": int, "max_media_rooms": int,
     "full_gc_interval": (int, float), "ping_interval": (int, float),
 }
 _DEPT_KEYS = {"id", "name", "description", "hours", "queue_cap", "service_minutes", "require_name",
               "require_concern", "recording", "recording_purpose", "recording_retention_days"}
+
+
+def _is_network(value: object) -> bool:
+    """An address or a CIDR network; strict, so "10.0.0.1/8" (host bits set, likely a typo) is refused."""
+    if not isinstance(value, str):
+        return False
+    try:
+        ipaddress.ip_network(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _trusted_proxies(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        raise ConfigError("[server]: trusted_proxies must be a list of addresses or networks")
+    for entry in value:
+        if not _is_network(entry):
+            raise ConfigError(f"[server]: trusted_proxies: {entry!r} is not an address or network")
+    return tuple(value)
 
 
 def _recording_policy(raw: dict[str, Any], where: str) -> RecordingPolicy:
@@ -182,6 +206,8 @@ def settings_from_dict(raw: dict[str, Any], env: dict[str, str] | None = None,
         data_dir = (config_path.parent / data_dir) if "data_dir" in raw.get("server", {}) else data_dir
     if "cors_origins" in server:
         server["cors_origins"] = tuple(server["cors_origins"])
+    if "trusted_proxies" in server:
+        server["trusted_proxies"] = _trusted_proxies(server["trusted_proxies"])
     if "turn_urls" in server:
         urls = server["turn_urls"]
         if not all(isinstance(u, str) and u.startswith(("turn:", "turns:", "stun:")) for u in urls):

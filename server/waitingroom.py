@@ -162,6 +162,10 @@ class WaitingRoom:
         ticket = await self.store.get_ticket(ticket_id) if ticket_id else None
         if ticket is None or not secrets.compare_digest(ticket.token_hash, hash_token(token)):
             raise TicketNotFound("ticket not found or expired")
+        if ticket.state is TicketState.EXPIRED:
+            # Kept in the store for a while after it ended, but to its token it is gone: the same answer as
+            # an unknown token (other final states still show the citizen's page how their visit ended).
+            raise TicketNotFound("ticket not found or expired")
         return ticket
 
     async def citizen_view(self, ticket: Ticket) -> dict[str, Any]:
@@ -286,7 +290,8 @@ class WaitingRoom:
         return await self._apply(ticket_id, core.disconnect)
 
     async def sweep(self) -> int:
-        """Expire tickets whose citizen stayed away longer than the grace period."""
+        """Expire tickets whose citizen stayed away longer than the grace period, including those whose page
+        never connected (a new ticket counts as disconnected since it joined)."""
         now = self.clock()
         grace = self.settings.grace_seconds
         expired = 0

@@ -430,6 +430,17 @@ class StoreContract:
         assert [await store.hit("join:1.2.3.4", 60) for _ in range(3)] == [1, 2, 3]
         assert await store.hit("join:5.6.7.8", 60) == 1
 
+    async def test_count_reads_a_window_without_counting(self, store: Store) -> None:
+        assert await store.count("login-account:anna") == 0
+        await store.hit("login-account:anna", 0.3)
+        await store.hit("login-account:anna", 0.3)
+        assert [await store.count("login-account:anna") for _ in range(3)] == [2, 2, 2]
+
+        async def lapsed() -> bool:
+            return await store.count("login-account:anna") == 0
+
+        await eventually(lapsed, "the counted window lapses")
+
     async def test_hit_window_is_fixed_and_restarts(self, store: Store) -> None:
         assert await store.hit("login:x", 0.3) == 1
         # Hitting every 20 ms must not stretch the window: the count starts again after it.

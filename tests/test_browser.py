@@ -142,6 +142,11 @@ async def test_dashboard_marks_a_citizen_whose_page_is_gone(browser: Browser, li
     await again.goto(url)
     await expect(again.locator("[data-field='position-number']")).to_have_text("1")
     await expect(waiting).not_to_contain_text("Verbindung unterbrochen")
+    # a check-in whose page never opened says so (it expires after the grace period unless it does)
+    await live_server.room.join("buergerbuero", JoinRequest(name="Bea", consent=True), "192.0.2.7")
+    bea = clerk.locator(".panel[data-department='buergerbuero'] .ticket--waiting", has_text="Bea")
+    await expect(bea).to_contain_text("Seite noch nicht geöffnet")
+    await expect(bea).not_to_contain_text("Verbindung unterbrochen")
     assert problems == []
 
 

@@ -53,6 +53,17 @@ def test_join_creates_a_waiting_ticket_with_normalised_fields():
     assert [e.kind for e in events] == ["joined"]
 
 
+def test_a_new_ticket_counts_as_not_connected_since_it_joined():
+    """No page has connected yet: the grace period runs from the check-in, so a ticket whose page never
+    connects expires like one whose page went away (the page's connect clears it)."""
+    t, _ = join()
+    assert t.disconnected_at == 100.0
+    with pytest.raises(IllegalTransition, match="grace"):
+        core.expire(t, 399.0, 300)
+    assert core.expire(t, 400.0, 300)[0].state is S.EXPIRED
+    assert core.reconnect(t)[0].disconnected_at is None
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [

@@ -32,8 +32,10 @@ async def room(store, clock, tmp_path):
 
 
 async def test_disconnected_citizen_keeps_the_place_within_grace_then_expires(room, clock):
-    _, token = await room.join("buergerbuero", JoinRequest(consent=True), "10.0.0.1")
+    first, token = await room.join("buergerbuero", JoinRequest(consent=True), "10.0.0.1")
     ticket, other_token = await room.join("buergerbuero", JoinRequest(consent=True), "10.0.0.2")
+    for t in (first, ticket):  # both pages connect; the second one goes away
+        await room.citizen_connected(t.id)
     await room.citizen_disconnected(ticket.id)
     clock.now += 299
     assert await room.sweep() == 0
@@ -43,6 +45,19 @@ async def test_disconnected_citizen_keeps_the_place_within_grace_then_expires(ro
     expired = await room.store.get_ticket(ticket.id)
     assert expired.state.value == "expired"
     assert [i for _, i in await room.store.waiting("buergerbuero")] == [(await room.ticket_for_token(token)).id]
+
+
+async def test_a_ticket_whose_page_never_connected_expires_after_the_grace_period(room, clock):
+    never, _ = await room.join("buergerbuero", JoinRequest(consent=True), "10.0.0.1")
+    connected, _ = await room.join("buergerbuero", JoinRequest(consent=True), "10.0.0.2")
+    assert never.disconnected_at == clock.now
+    await room.citizen_connected(connected.id)
+    clock.now += 299
+    assert await room.sweep() == 0
+    clock.now += 2
+    assert await room.sweep() == 1
+    assert (await room.store.get_ticket(never.id)).state.value == "expired"
+    assert (await room.store.get_ticket(connected.id)).state.value == "waiting"
 
 
 async def test_reconnecting_within_grace_cancels_the_expiry(room, clock):

@@ -5,6 +5,8 @@ Handlers decide nothing: validation of values and every state rule is in the cor
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import json
 import secrets
 from collections.abc import Awaitable, Callable
@@ -13,22 +15,69 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from ..errors import error_response
 from ..queue.errors import InvalidInput, QueueError
 from ..queue.model import JoinRequest
 from ..waitingroom import staff_view
-from .auth import SESSION_COOKIE, StaffSession
+from .auth import SESSION_COOKIE, LoginLimited, StaffSession
 from .keys import AUTH, ROOM, SETTINGS, STORE
 
 routes = web.RouteTableDef()
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 
 
+def forwarded_client(peer: str, forwarded_for: list[str], trusted: tuple[str, ...]) -> str:
+    """The client's address behind trusted reverse proxies.
+
+    Each proxy appends the address it saw to ``X-Forwarded-For`` (nginx's ``$proxy_add_x_forwarded_for``),
+    so only the right-hand end was written by proxies we trust; whatever a client sent stands to the left.
+    The header is believed only when the direct peer is itself a trusted proxy, then walked from the right
+    past trusted proxies: the first other entry is the client. Only trusted entries: the farthest of them.
+    """
+    networks = _networks(trusted)
+    if not _is_trusted(peer, networks):
+        return peer
+    client = peer
+    entries = [e.strip() for line in forwarded_for for e in line.split(",")]
+    for entry in reversed([e for e in entries if e]):
+        if not _is_trusted(entry, networks):
+            return _normalised(entry)
+        client = entry
+    return _normalised(client)
+
+
+def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped  # an IPv4 peer on a dual-stack socket
+    return address
+
+
+def _normalised(value: str) -> str:
+    address = _address(value)
+    return str(address) if address is not None else value[:64]
+
+
+def _is_trusted(value: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    address = _address(value)
+    return address is not None and any(address in n for n in networks)
+
+
+@functools.cache
+def _networks(trusted: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(t) for t in trusted)  # validated in settings
+
+
 def client_address(request: web.Request) -> str:
-    if request.app[SETTINGS].trust_forwarded_for:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        if forwarded:
-            return forwarded.split(",")[0].strip()
-    return request.remote or "unknown"
+    """The address the join, login and question limits count (see ``forwarded_client``)."""
+    settings = request.app[SETTINGS]
+    peer = request.remote or "unknown"
+    if not settings.trust_forwarded_for:
+        return peer
+    return forwarded_client(peer, request.headers.getall("X-Forwarded-For", []), settings.trusted_proxies)
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
@@ -36,7 +85,9 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         return {}
     try:
         body = await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:
+        # ValueError: malformed JSON or text (JSONDecodeError, UnicodeDecodeError); RecursionError: nesting
+        # deeper than the interpreter's recursion limit, which a body well under the size cap can reach.
         raise InvalidInput("the body is not valid JSON") from e
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object")
@@ -97,6 +148,8 @@ async def departments(request: web.Request) -> web.Response:
 
 @routes.post("/api/departments/{department}/tickets")
 async def join(request: web.Request) -> web.Response:
+    if not _same_origin(request):  # another site's page must not check its visitors in (nor spend our limit)
+        raise CsrfError("check-in from a foreign origin")
     room = request.app[ROOM]
     department = room.department(request.match_info["department"])
     body = await json_body(request)
@@ -157,7 +210,12 @@ async def login(request: web.Request) -> web.Response:
         raise CsrfError("login from a foreign origin")
     body = await json_body(request)
     settings = request.app[SETTINGS]
-    session = await request.app[AUTH].login(body.get("username"), body.get("password"), client_address(request))
+    try:
+        session = await request.app[AUTH].login(body.get("username"), body.get("password"), client_address(request))
+    except LoginLimited as e:
+        refused = error_response(e.code, str(e), e.status)
+        refused.headers["Retry-After"] = str(e.retry_after)
+        return refused
     response = web.json_response(_session_body(session))
     response.set_cookie(
         SESSION_COOKIE, session.session_id, httponly=True, samesite="Strict", secure=settings.secure_cookies,

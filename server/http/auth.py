@@ -1,7 +1,9 @@
 """Staff authentication: argon2id password hashes, server-side sessions, CSRF tokens.
 
 Login answers the same for an unknown user and a wrong password, and takes the same time (a dummy
-hash is verified for unknown users). Hashing runs in a thread behind a semaphore so that a burst of
+hash is verified for unknown users). Attempts are limited per client address and per account name, both
+counted in the store (so across nodes) and both before any hash is verified; an unknown name is counted
+and refused exactly like an existing one. Hashing runs in a thread behind a semaphore so that a burst of
 logins cannot starve the event loop (Galene bounds password hashing the same way).
 """
 
@@ -30,6 +32,12 @@ ROLES = frozenset({"clerk", "lead", "admin", "moderator"})
 
 _hasher = PasswordHasher()
 
+LOGIN_WINDOW = 600
+"""Seconds of the fixed windows in which login attempts are counted."""
+LOGIN_ATTEMPTS_PER_ACCOUNT = 10
+"""Attempts per account name and window, from any address: a password guesser spread over many addresses
+gets no more than this (at the price that such a guesser can keep the account's owner out for a window)."""
+
 
 def hash_password(password: str) -> str:
     return _hasher.hash(password)
@@ -43,6 +51,14 @@ def verify_password(password_hash: str, password: str) -> bool:
 
 
 _DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+
+
+class LoginLimited(RateLimited):
+    """Too many login attempts from an address or for an account; ``retry_after`` seconds at most."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(f"{message}; try again in {-(-retry_after // 60)} minutes")
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -71,17 +87,25 @@ class Auth:
         )
 
     async def login(self, username: object, password: object, address: str) -> StaffSession:
-        hits = await self.store.hit(f"login:{address}", 600)
-        if hits > self.settings.login_attempts_per_address:
-            raise RateLimited("too many login attempts from this address; try again later")
+        if await self.store.hit(f"login:{address}", LOGIN_WINDOW) > self.settings.login_attempts_per_address:
+            raise LoginLimited("too many login attempts from this address", LOGIN_WINDOW)
         if not isinstance(username, str) or not isinstance(password, str) or len(password) > 1024:
             raise NotAuthenticated("wrong username or password")
-        account = await self.store.get_staff(username) if 0 < len(username) <= 64 else None
+        plausible = 0 < len(username) <= 64
+        # Failed attempts count per account (unknown usernames alike, so the answer reveals nothing); once
+        # there are too many, every attempt is refused before the password is checked, the right one too.
+        failures = f"login-account:{username}"
+        if plausible and await self.store.count(failures) >= LOGIN_ATTEMPTS_PER_ACCOUNT:
+            log.info("staff login refused: too many failed attempts for one account")
+            raise LoginLimited("too many failed login attempts for this account", LOGIN_WINDOW)
+        account = await self.store.get_staff(username) if plausible else None
         async with self._hashing:
             ok = await asyncio.to_thread(
                 verify_password, account.password_hash if account else _DUMMY_HASH, password
             )
         if account is None or not ok:
+            if plausible:
+                await self.store.hit(failures, LOGIN_WINDOW)
             log.info("staff login refused")
             raise NotAuthenticated("wrong username or password")
         session = StaffSession(secrets.token_urlsafe(32), secrets.token_urlsafe(32), self.clerk_from_account(account))

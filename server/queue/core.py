@@ -74,7 +74,9 @@ def join(
     seq: int,
     now: float,
 ) -> Result:
-    """A citizen joins a department's queue."""
+    """A citizen joins a department's queue. The ticket starts as "not connected since now": the citizen's
+    page clears that when its socket connects (``reconnect``), and a ticket whose page never connects
+    expires after the grace period like one whose page went away."""
     request = validate_join(department, request)
     if not is_open:
         raise DepartmentClosed(f"{department.name} is closed now")
@@ -93,6 +95,7 @@ def join(
         concern=request.concern,
         language=request.language,
         interpreter=request.interpreter,
+        disconnected_at=now,  # no page connected yet: a page that never comes lets the grace period run out
     )
     return ticket, [TicketEvent("joined", ticket)]
 

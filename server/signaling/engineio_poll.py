@@ -6,6 +6,9 @@ position update a second, that was the largest single cost in the server's profi
 (docs/performance.md). ``asyncio.timeout`` gives the same deadline without the extra task. Same
 semantics otherwise: a timeout or a cancellation ends the writer with ``QueueEmpty``; ``None`` closes.
 ``tests/test_managers.py`` checks that engine.io's own ``poll`` is still the one this replaces.
+
+It also replaces ``AsyncSocket.handle_post_request`` so that an oversized POST is answered at once
+(``handle_post_request`` below).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import asyncio
 from typing import Any
 
 from engineio import async_socket, exceptions
+
+from .engineio_ws import close_now
 
 _original_poll = async_socket.AsyncSocket.poll
 
@@ -42,5 +47,22 @@ async def poll(self: Any) -> list[Any]:
     return packets
 
 
+_original_handle_post_request = async_socket.AsyncSocket.handle_post_request
+
+
+async def handle_post_request(self: Any, environ: dict[str, Any]) -> None:
+    """engine.io's long-polling POST, with a body over ``max_http_buffer_size`` refused at once. engine.io
+    refuses it too, but then closes the session with ``AsyncServer.disconnect``, which waits until the
+    CLOSE packet is collected by a GET that may never come: the POST hung without an answer and kept a
+    stopping server waiting for it. Closing the socket first (``close_now``) makes that wait a no-op, and
+    the POST gets engine.io's 400 at once."""
+    length = int(environ.get("CONTENT_LENGTH", "0"))  # as engine.io reads it (aiohttp checked the header)
+    if length > self.server.max_http_buffer_size:
+        await close_now(self)
+        raise exceptions.ContentTooLongError()
+    await _original_handle_post_request(self, environ)
+
+
 def install() -> None:
     async_socket.AsyncSocket.poll = poll  # type: ignore[method-assign]
+    async_socket.AsyncSocket.handle_post_request = handle_post_request  # type: ignore[method-assign]

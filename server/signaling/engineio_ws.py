@@ -12,6 +12,11 @@ a send, and its transport is open and not backed up. Otherwise the packet goes t
 before. Frames are sent uncompressed; that is allowed when permessage-deflate was negotiated (RFC 7692:
 only frames with RSV1 set are inflated) and leaves the compressor's context untouched.
 
+The same ``install`` gives every engine.io session ``CONNECT_DEADLINE`` to complete its socket.io
+CONNECT; a session without one then is closed (``end_session``). One whose CONNECT was refused is
+closed right after the refusal on a websocket (``managers.IndexedRoomsMixin.disconnect``), at the
+deadline on long-polling.
+
 This rests on engine.io's aiohttp driver (``WebSocket`` with ``_sock``, created per socket with its
 ``_websocket_handler``) and aiohttp's ``WebSocketResponse._writer``; ``tests/test_managers.py`` fails
 loudly when they move.
@@ -19,10 +24,23 @@ loudly when they move.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import struct
+from collections import Counter
 from typing import Any
 
 from engineio.async_drivers import aiohttp as eio_aiohttp
+
+log = logging.getLogger("sprechstunde.signaling")
+
+CONNECT_DEADLINE = 10.0
+"""Seconds an engine.io session may stay open without a socket.io connection: a client that opens the
+transport (and answers pings) but never sends its CONNECT, or whose CONNECT was refused and does not
+leave, is closed then. A browser's CONNECT follows the open packet within a round trip."""
+deadlines: Counter[str] = Counter()
+"""What the checks at the deadline found: ``kept`` (connected), ``closed``, ``connecting`` (its connect
+handler still running: checked again one deadline later); for tests."""
 
 MAX_BUFFERED = 64 * 1024
 """A page whose transport holds more unsent bytes than this is slow: it gets engine.io's path, which
@@ -75,8 +93,80 @@ class DirectWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
 
 
 def install(eio_server: Any) -> None:
-    """Use DirectWebSocket for this engine.io server only (its driver table is a shared module dict)."""
+    """Use DirectWebSocket for this engine.io server only (its driver table is a shared module dict), and
+    give every engine.io session ``CONNECT_DEADLINE`` to connect to socket.io."""
     eio_server._async = {**eio_server._async, "websocket": DirectWebSocket}
+    on_connect = eio_server.handlers["connect"]  # python-socketio's AsyncServer._handle_eio_connect
+    sio = on_connect.__self__
+
+    async def connect(eio_sid: str, environ: dict[str, Any]) -> Any:
+        result = await on_connect(eio_sid, environ)
+        arm_deadline(eio_server, sio.manager, eio_sid)
+        return result
+
+    eio_server.on("connect", connect)
+
+
+def arm_deadline(eio_server: Any, manager: Any, eio_sid: str) -> None:
+    """Check ``CONNECT_DEADLINE`` from now whether the session has connected to socket.io. A timer
+    handle per session, no task: a reconnect storm opens thousands of sessions at once."""
+    asyncio.get_running_loop().call_later(CONNECT_DEADLINE, _check_deadline, eio_server, manager, eio_sid)
+
+
+def _check_deadline(eio_server: Any, manager: Any, eio_sid: str) -> None:
+    socket = eio_server.sockets.get(eio_sid)
+    if socket is None or socket.closed or socket.closing:
+        return
+    sids = [(manager.sid_from_eio_sid(eio_sid, ns), ns) for ns in list(manager.get_namespaces())]
+    if any(sid is not None and manager.is_connected(sid, ns) for sid, ns in sids):
+        deadlines["kept"] += 1
+        return
+    if any(sid is not None and manager.is_pre_connected(sid, ns) for sid, ns in sids):
+        # Its connect handler is still running (a slow store): closing now would leave that handler to
+        # finish for a session that is gone. Look again later.
+        deadlines["connecting"] += 1
+        arm_deadline(eio_server, manager, eio_sid)
+        return
+    deadlines["closed"] += 1
+    log.debug("engine.io session closed: no socket.io connection within %.0f s", CONNECT_DEADLINE)
+    task = asyncio.ensure_future(end_session(eio_server, eio_sid))
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Future[None]] = set()
+
+
+async def end_session(eio_server: Any, eio_sid: str) -> None:
+    """Close an engine.io session now (``close_now``); engine.io forgets the closed socket when its
+    websocket ends, at the next request for it, or at its periodic check."""
+    socket = eio_server.sockets.get(eio_sid)
+    if socket is not None:
+        await close_now(socket)
+
+
+async def end_refused_session(eio_server: Any, eio_sid: str) -> None:
+    """Close the session of a refused CONNECT once the refusal can still reach the client. On a websocket
+    that is now: the writer sends the queued CONNECT_ERROR, then CLOSE, then closes. A polling client
+    collects packets with its next GET, and engine.io answers no GET for a closed session, so closing now
+    could swallow the refusal (a dashboard would not learn that it must log in again): such a session is
+    left to ``CONNECT_DEADLINE``, by which time that GET has long come."""
+    socket = eio_server.sockets.get(eio_sid)
+    if socket is not None and socket.upgraded and not socket.upgrading:
+        await close_now(socket)
+
+
+async def close_now(socket: Any) -> None:
+    """Close an engine.io socket without waiting. engine.io's ``close()`` waits until its send queue is
+    drained, which on the polling transport needs the client's next GET: a client that sends no more
+    requests held that wait (and the request that caused it) for ever. Here the packets already queued
+    and the CLOSE packet still go out where they can: on a websocket the writer sends them and then closes
+    the websocket (the ``None`` after them ends it); on polling a GET already waiting collects them, and
+    a later GET gets engine.io's 400 for a closed session."""
+    if socket.closed or socket.closing:
+        return
+    await socket.close(wait=False, reason=socket.server.reason.SERVER_DISCONNECT)
+    socket.queue.put_nowait(None)
 
 
 def text_frame(text: str) -> bytes:

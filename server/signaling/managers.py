@@ -23,13 +23,14 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import socketio
 from engineio import packet as eio_packet
 from socketio import packet
 
-from .engineio_ws import text_frame, write_direct
+from .engineio_ws import end_refused_session, text_frame, write_direct
 
 log = logging.getLogger("sprechstunde.signaling")
 
@@ -62,6 +63,8 @@ class IndexedRoomsMixin:
     pending_connect: dict[str, Any]
     pending_disconnect: dict[str, Any]
     callbacks: dict[str, Any]
+    server: Any
+    eio_sid_from_sid: Callable[[str, str], str | None]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -80,6 +83,17 @@ class IndexedRoomsMixin:
             rooms.discard(room)
             if not rooms:
                 del self._sid_rooms[(namespace, sid)]
+
+    async def disconnect(self, sid: str, namespace: str, **kwargs: Any) -> Any:
+        """Forget a socket.io connection. One still waiting to be connected was refused (python-socketio
+        has queued its CONNECT_ERROR): its engine.io session is closed as well, after that packet
+        (``end_refused_session``), instead of staying open for a client that has nothing left to do on it."""
+        pending = self.pending_connect.get(namespace)
+        refused = self.eio_sid_from_sid(sid, namespace) if pending is not None and sid in pending else None
+        result = await super().disconnect(sid, namespace, **kwargs)  # type: ignore[misc]
+        if refused is not None:
+            await end_refused_session(self.server.eio, refused)
+        return result
 
     def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
         for room in list(self._sid_rooms.get((namespace, sid), ())):

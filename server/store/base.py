@@ -148,4 +148,8 @@ class Store(abc.ABC):
         """Count one event under ``key`` in a fixed window of ``window`` seconds; return the count."""
 
     @abc.abstractmethod
+    async def count(self, key: str) -> int:
+        """The count of the current window of ``key`` (0 when none), without counting anything."""
+
+    @abc.abstractmethod
     async def close(self) -> None: ...

@@ -244,5 +244,9 @@ class MemoryStore(Store):
             self._hits = {k: v for k, v in self._hits.items() if v[1] > now}
         return count
 
+    async def count(self, key: str) -> int:
+        count, until = self._hits.get(key, (0, 0.0))
+        return count if until > self._clock() else 0
+
     async def close(self) -> None:
         return None

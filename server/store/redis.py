@@ -337,5 +337,9 @@ class RedisStore(Store):
             count, _ = await pipe.execute()
         return int(count)
 
+    async def count(self, key: str) -> int:
+        value = await self._redis.get(self._keys.hits(key))
+        return int(value) if value is not None else 0
+
     async def close(self) -> None:
         await self._redis.aclose()

@@ -336,7 +336,11 @@ function ticketItem(ticket) {
         ' ',
         h('span', { class: 'muted' }, t('ticket_number', { n: ticket.seq })),
         ticket.interpreter ? [' ', h('span', { class: 'badge badge--info' }, t('interpreter'))] : null,
-        ticket.disconnected_at ? [' ', h('span', { class: 'badge badge--warn' }, t('disconnected'))] : null,
+        // A new ticket counts as "not connected since it joined" until its page connects (it expires after
+        // the grace period otherwise): say that, not that a connection was lost.
+        ticket.disconnected_at
+          ? [' ', h('span', { class: 'badge badge--warn' }, t(ticket.disconnected_at === ticket.arrived_at ? 'not_connected_yet' : 'disconnected'))]
+          : null,
       ),
       h('p', { class: ticket.concern ? 'ticket__concern' : 'ticket__concern muted' }, ticket.concern || t('no_concern')),
       h(

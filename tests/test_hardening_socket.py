@@ -1,0 +1,205 @@
+"""Probing the socket.io endpoint from outside, as a broken or hostile client would, with raw engine.io
+clients on real sockets: sessions that never send the socket.io CONNECT, refused CONNECTs, oversized
+long-polling posts, and tickets whose page never connected."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp
+
+from server.app import SIGNALING
+from server.signaling import engineio_ws
+
+from .socket_clients import WAIT, citizen_socket, join
+
+EIO = "/socket.io/?EIO=4"
+PROMPT = 5.0
+"""An answer that is due at once: generous for a loaded machine, far below anything that hangs."""
+
+
+async def next_engineio_packet(ws: aiohttp.ClientWebSocketResponse) -> str | None:
+    """The next engine.io packet the server sends (pings answered, as a live page does); None once the
+    server has closed the websocket."""
+    while True:
+        msg = await ws.receive()
+        if msg.type is not aiohttp.WSMsgType.TEXT:
+            return None
+        if msg.data == "2":
+            await ws.send_str("3")
+            continue
+        return msg.data
+
+
+async def open_websocket(http: aiohttp.ClientSession, url: str) -> tuple[aiohttp.ClientWebSocketResponse, str]:
+    ws = await http.ws_connect(f"{url}{EIO}&transport=websocket")
+    opened = await next_engineio_packet(ws)
+    assert opened is not None and opened.startswith("0"), opened
+    return ws, json.loads(opened[1:])["sid"]
+
+
+async def until_closed(ws: aiohttp.ClientWebSocketResponse) -> list[str]:
+    """Every engine.io packet up to the server's close of the websocket."""
+    packets = []
+    while (p := await next_engineio_packet(ws)) is not None:
+        packets.append(p)
+    return packets
+
+
+def session_gone(live_server, eio_sid: str) -> bool:
+    sio = live_server.app[SIGNALING].sio
+    socket = sio.eio.sockets.get(eio_sid)
+    return (socket is None or socket.closed) and eio_sid not in sio.environ
+
+
+async def test_a_session_that_never_sends_connect_is_closed_at_the_deadline(live_server, monkeypatch):
+    """A client that opens the engine.io transport and answers pings but never sends ``40`` used to hold
+    its session (and a connection) for ever."""
+    monkeypatch.setattr(engineio_ws, "CONNECT_DEADLINE", 0.5)
+    async with aiohttp.ClientSession() as http:
+        ws, eio_sid = await open_websocket(http, live_server.url)
+        started = time.monotonic()
+        async with asyncio.timeout(10):
+            packets = await until_closed(ws)
+        waited = time.monotonic() - started
+    assert packets == ["1"]  # engine.io's CLOSE, then the websocket's close
+    assert session_gone(live_server, eio_sid)
+    print(f"closed {waited:.2f} s after the open packet (deadline 0.5 s)")
+
+
+async def test_a_polling_session_that_never_sends_connect_is_closed_at_the_deadline(live_server, monkeypatch):
+    monkeypatch.setattr(engineio_ws, "CONNECT_DEADLINE", 0.5)
+    async with aiohttp.ClientSession() as http:
+        resp = await http.get(f"{live_server.url}{EIO}&transport=polling")
+        assert resp.status == 200
+        eio_sid = json.loads((await resp.text())[1:])["sid"]
+        async with asyncio.timeout(10):  # the long poll ends with the CLOSE packet at the deadline
+            resp = await http.get(f"{live_server.url}{EIO}&transport=polling&sid={eio_sid}")
+            body = await resp.text()
+        assert (resp.status, body) == (200, "1")
+        resp = await http.get(f"{live_server.url}{EIO}&transport=polling&sid={eio_sid}")
+        assert resp.status == 400  # the session is gone
+    assert session_gone(live_server, eio_sid)
+
+
+async def test_a_refused_connect_closes_the_session_at_once(live_server, monkeypatch):
+    """A CONNECT with a bad token is refused with ``44`` and the transport closed right after, without
+    waiting for the deadline (set far away here)."""
+    monkeypatch.setattr(engineio_ws, "CONNECT_DEADLINE", 60.0)
+    async with aiohttp.ClientSession() as http:
+        ws, eio_sid = await open_websocket(http, live_server.url)
+        await ws.send_str("40" + json.dumps({"token": "x" * 24}))
+        async with asyncio.timeout(PROMPT):
+            packets = await until_closed(ws)
+    assert len(packets) == 2 and packets[1] == "1", packets
+    assert packets[0].startswith("44") and json.loads(packets[0][2:])["message"] == "ticket_not_found"
+    assert session_gone(live_server, eio_sid)
+
+
+async def test_a_staff_connect_without_a_session_closes_the_session_at_once(live_server, monkeypatch):
+    monkeypatch.setattr(engineio_ws, "CONNECT_DEADLINE", 60.0)
+    async with aiohttp.ClientSession() as http:
+        ws, eio_sid = await open_websocket(http, live_server.url)
+        await ws.send_str("40")
+        async with asyncio.timeout(PROMPT):
+            packets = await until_closed(ws)
+    assert [p[:2] for p in packets] == ["44", "1"], packets
+    assert session_gone(live_server, eio_sid)
+
+
+async def test_a_connected_page_outlives_the_deadline(live_server, clients, monkeypatch):
+    monkeypatch.setattr(engineio_ws, "CONNECT_DEADLINE", 0.3)
+    checked = engineio_ws.deadlines["kept"]
+    ticket = await join(live_server.url)
+    page = await citizen_socket(live_server.url, ticket["token"])
+    clients.append(page)
+
+    async def until_checked() -> None:
+        while engineio_ws.deadlines["kept"] <= checked:  # noqa: ASYNC110 - a counter, no event to wait on
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(until_checked(), WAIT)
+    ack = await page.call("subscribe")
+    assert ack["ok"] and page.client.connected
+
+
+async def test_an_oversized_polling_post_is_refused_at_once(live_server):
+    """Larger than ``max_socket_message_bytes``: engine.io refused it but then waited for a long poll to
+    collect its CLOSE packet, so the POST hung without an answer (and kept a stopping server alive)."""
+    cap = live_server.app[SIGNALING].settings.max_socket_message_bytes
+    async with aiohttp.ClientSession() as http:
+        resp = await http.get(f"{live_server.url}{EIO}&transport=polling")
+        eio_sid = json.loads((await resp.text())[1:])["sid"]
+        started = time.monotonic()
+        async with asyncio.timeout(PROMPT):
+            resp = await http.post(f"{live_server.url}{EIO}&transport=polling&sid={eio_sid}",
+                                   data=b"4" + b"x" * cap, headers={"Content-Type": "text/plain"})
+            await resp.read()
+        answered = time.monotonic() - started
+        assert resp.status == 400
+        resp = await http.get(f"{live_server.url}{EIO}&transport=polling&sid={eio_sid}")
+        assert resp.status == 400  # the session is gone
+    print(f"oversized POST answered in {answered * 1000:.1f} ms")
+
+
+async def test_a_refused_polling_connect_is_told_then_closed_at_the_deadline(live_server, monkeypatch):
+    """Long-polling: the refusal reaches the client with its next GET (closing at once would swallow it),
+    the session ends at the deadline. Also: a POST within the cap is still taken."""
+    monkeypatch.setattr(engineio_ws, "CONNECT_DEADLINE", 1.0)
+    async with aiohttp.ClientSession() as http:
+        resp = await http.get(f"{live_server.url}{EIO}&transport=polling")
+        eio_sid = json.loads((await resp.text())[1:])["sid"]
+        resp = await http.post(f"{live_server.url}{EIO}&transport=polling&sid={eio_sid}", data=b"40",
+                               headers={"Content-Type": "text/plain"})
+        assert (resp.status, await resp.text()) == (200, "OK")
+        async with asyncio.timeout(PROMPT):  # the staff CONNECT without a session: refused
+            resp = await http.get(f"{live_server.url}{EIO}&transport=polling&sid={eio_sid}")
+            body = await resp.text()
+        assert body.startswith("44") and "unauthenticated" in body
+        async with asyncio.timeout(10):
+            resp = await http.get(f"{live_server.url}{EIO}&transport=polling&sid={eio_sid}")
+            assert (resp.status, await resp.text()) == (200, "1")
+    assert session_gone(live_server, eio_sid)
+
+
+async def test_a_ticket_whose_page_never_connected_expires_after_the_grace_period(make_live_server, clients):
+    live = await make_live_server(grace_seconds=1)  # swept every second
+    kept = await join(live.url)
+    page = await citizen_socket(live.url, kept["token"])  # connected before the other one joins
+    clients.append(page)
+    never = await join(live.url)  # its page never connects
+    store = live.room.store
+
+    async def until_expired() -> None:
+        while (await store.get_ticket(never["ticket"]["id"])).state.value != "expired":  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # the periodic sweep changes it; no event to wait on here
+
+    await asyncio.wait_for(until_expired(), WAIT)
+    assert (await store.get_ticket(kept["ticket"]["id"])).state.value == "waiting"
+    assert page.client.connected
+
+
+def test_engineio_and_socketio_internals_the_deadline_and_the_post_fix_rest_on():
+    """server/signaling/engineio_ws.py wraps python-socketio's engine.io connect handler and closes
+    sockets with ``close(wait=False)``; managers.py tells a refused CONNECT by its pending sid;
+    engineio_poll.py replaces ``handle_post_request``. Fail loudly when these move."""
+    import inspect
+
+    import socketio
+    from engineio import async_server, async_socket
+
+    from server.signaling import engineio_poll
+
+    sio = socketio.AsyncServer(async_mode="aiohttp")
+    assert sio.eio.handlers["connect"] == sio._handle_eio_connect
+    assert list(inspect.signature(async_socket.AsyncSocket.close).parameters) == ["self", "wait", "abort", "reason"]
+    connect = inspect.getsource(socketio.AsyncServer._handle_connect)
+    assert connect.index("packet.CONNECT_ERROR") < connect.index("await self.manager.disconnect(sid, namespace")
+    assert "pre_connect(eio_sid, namespace)" in connect
+    post = inspect.getsource(engineio_poll._original_handle_post_request)
+    assert "max_http_buffer_size" in post and "ContentTooLongError" in post
+    handle = inspect.getsource(async_server.AsyncServer.handle_request)
+    assert "await socket.handle_post_request(environ)" in handle and "await self.disconnect(sid)" in handle
+    assert "'Session is disconnected'" in inspect.getsource(async_server.AsyncServer._get_socket)
