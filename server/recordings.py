@@ -22,10 +22,11 @@ import secrets
 import shutil
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .locks import KeyedLocks
 from .queue.errors import QueueError
 from .queue.model import Clerk
 from .recording import core
@@ -61,7 +62,7 @@ class RecordingService:
         self.hub: Callable[[], MediaHub | None] = lambda: None
         """Set by the media signaling: the hub of this process (None while it is not running)."""
         self._listeners: list[Listener] = []
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._locks = KeyedLocks()
         self._compose_slot = asyncio.Semaphore(1)
         self._jobs: set[asyncio.Task[None]] = set()
         self._recording: set[str] = set()
@@ -85,19 +86,8 @@ class RecordingService:
         assert policy is not None
         return {lang: core.consent_text(policy, name, lang) for lang in sorted(core.TEXT_LANGUAGES)}
 
-    @contextlib.asynccontextmanager
-    async def _ticket_lock(self, ticket_id: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(ticket_id) or (asyncio.Lock(), 0)
-        self._locks[ticket_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[ticket_id]
-            if users <= 1:
-                del self._locks[ticket_id]
-            else:
-                self._locks[ticket_id] = (lock, users - 1)
+    def _ticket_lock(self, ticket_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._locks.hold(ticket_id)
 
     async def _commit(self, before: Recording, result: tuple[Recording, list[RecordingEvent]]) -> Recording:
         """Save what changed, then let media follow, then tell the listeners (sockets)."""

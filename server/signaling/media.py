@@ -14,7 +14,6 @@ comes from the store, the connection from the hub (``server.media``).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import dataclasses
@@ -22,7 +21,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,7 @@ import socketio
 from aiortc import RTCIceServer
 
 from ..http.auth import Auth
+from ..locks import KeyedLocks
 from ..media import MediaError, MediaHub, UnsupportedOffer
 from ..queue import core
 from ..queue.errors import InvalidInput, NotAuthorised, NotYourTicket, QueueError, TicketNotFound
@@ -146,7 +146,7 @@ class MediaSignaling:
         self._by_sid: dict[str, Member] = {}
         self._rooms: dict[str, dict[str, Member]] = {}
         self._invited: dict[str, set[str]] = {}
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._locks = KeyedLocks()
         self.recording: RecordingSignaling | None = None
         """Recording consent (server.signaling.recording): told who joins and leaves a consultation."""
         self._register()
@@ -196,20 +196,9 @@ class MediaSignaling:
             return f"citizen:{session['ticket']}"
         return f"staff:{session['clerk']}"
 
-    @contextlib.asynccontextmanager
-    async def _ticket_lock(self, ticket_id: str) -> AsyncIterator[None]:
+    def _ticket_lock(self, ticket_id: str) -> contextlib.AbstractAsyncContextManager[None]:
         """Offers and queue events of one ticket take turns (an offer awaits ICE gathering)."""
-        lock, users = self._locks.get(ticket_id) or (asyncio.Lock(), 0)
-        self._locks[ticket_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[ticket_id]
-            if users <= 1:
-                del self._locks[ticket_id]
-            else:
-                self._locks[ticket_id] = (lock, users - 1)
+        return self._locks.hold(ticket_id)
 
     # -- events from clients --
     async def _config(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import abc
 import builtins
-import contextlib
 import json
-import os
 import secrets
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,6 +24,7 @@ import redis.asyncio as aioredis
 from ..queue.errors import Conflict
 from ..recording.errors import RecordingNotFound
 from ..recording.model import Recording
+from .files import write_private
 from .redis import MAX_CONNECTIONS, POOL_TIMEOUT
 
 ACCESS_LOG_RETENTION_SECONDS = 400 * 86400
@@ -145,18 +143,7 @@ class MemoryRecordingStore(RecordingStore):
             },
             indent=1,
         )
-        fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=".recordings-")
-        try:
-            os.fchmod(fd, 0o600)  # before any content: never readable by others, not even briefly
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_private(self._path, payload)
 
     def _trim_log(self) -> bool:
         cutoff = self._clock() - ACCESS_LOG_RETENTION_SECONDS

@@ -16,12 +16,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import builtins
-import contextlib
 import json
 import logging
-import os
 import random
-import tempfile
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -32,6 +29,7 @@ from redis.exceptions import WatchError
 from ..queue.errors import Conflict, InvalidInput
 from ..townhall.errors import EventNotFound
 from ..townhall.model import Question, TownHallEvent
+from .files import write_private
 from .redis import MAX_CONNECTIONS, POOL_TIMEOUT
 
 T = TypeVar("T")
@@ -202,18 +200,7 @@ class MemoryTownHallStore(TownHallStore):
             },
             separators=(",", ":"),
         )
-        fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=".townhall-")
-        try:
-            os.fchmod(fd, 0o600)  # before any content: never readable by others, not even briefly
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_private(self._path, payload)
 
     def _persist_soon(self) -> None:
         """Votes and joins come in bursts: one write per ``FLUSH_DELAY`` carries all of them."""
