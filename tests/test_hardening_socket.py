@@ -203,3 +203,27 @@ def test_engineio_and_socketio_internals_the_deadline_and_the_post_fix_rest_on()
     handle = inspect.getsource(async_server.AsyncServer.handle_request)
     assert "await socket.handle_post_request(environ)" in handle and "await self.disconnect(sid)" in handle
     assert "'Session is disconnected'" in inspect.getsource(async_server.AsyncServer._get_socket)
+
+
+async def test_a_message_nested_too_deeply_gets_a_clear_error(live_server):
+    """A socket.io event whose JSON is nested 5,000 levels deep (it fits the size cap) is answered with
+    ``invalid_input`` instead of a RecursionError traceback and silence; the ticket is untouched and the
+    page stays connected."""
+    joined = await join(live_server.url)
+    async with aiohttp.ClientSession() as http:
+        ws, _ = await open_websocket(http, live_server.url)
+        await ws.send_str("40" + json.dumps({"token": joined["token"]}))
+        while not (p := await asyncio.wait_for(next_engineio_packet(ws), WAIT) or "").startswith("40"):
+            pass
+        depth = 5000
+        await ws.send_str('427["leave",' + "[" * depth + "]" * depth + "]")
+        while not (answer := await asyncio.wait_for(next_engineio_packet(ws), WAIT) or "").startswith("437"):
+            pass
+        assert json.loads(answer[3:])[0]["error"]["code"] == "invalid_input"
+        await ws.send_str('428["subscribe",{}]')  # still connected, still served
+        while not (ack := await asyncio.wait_for(next_engineio_packet(ws), WAIT) or "").startswith("438"):
+            pass
+        assert json.loads(ack[3:])[0]["ok"] is True
+        await ws.close()
+    ticket = await live_server.room.store.get_ticket(joined["ticket"]["id"])
+    assert ticket is not None and ticket.state.value == "waiting"

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import socketio
 
+from ..errors import error_body
 from ..http.auth import SESSION_COOKIE, Auth
 from ..queue.errors import QueueError
 from ..queue.model import Clerk, Presence, TicketEvent
@@ -32,6 +33,7 @@ from ..waitingroom import CONNECTIVITY, PRESENCE_TTL, WaitingRoom, staff_view
 from . import engineio_poll, engineio_ws
 from .guard import Handler, guard
 from .managers import ClosingRedisManager, FastManager, deliver, encode_event
+from .safejson import INVALID_EVENT, SafePacket
 
 if TYPE_CHECKING:
     from .media import MediaSignaling
@@ -59,6 +61,7 @@ class Signaling:
             client_manager=manager,
             cors_allowed_origins=origins,
             max_http_buffer_size=settings.max_socket_message_bytes,
+            serializer=SafePacket,  # JSON nested too deeply becomes an "invalid_payload" event, answered below
             ping_interval=settings.ping_interval,
             logger=False,
             engineio_logger=False,
@@ -89,6 +92,7 @@ class Signaling:
     def _register(self) -> None:
         self.sio.on("connect", self._connect)
         self.sio.on("disconnect", self._disconnect)
+        self.sio.on(INVALID_EVENT, self._invalid_payload)
         citizen_events: dict[str, Handler] = {
             "subscribe": self._subscribe,
             "answer": self._answer,
@@ -173,6 +177,10 @@ class Signaling:
                 clerk = self._clerks.pop(username, None)
                 if clerk is not None:
                     await self.room.set_presence(clerk, Presence.OFFLINE)
+
+    @staticmethod
+    async def _invalid_payload(sid: str, *args: Any) -> dict[str, Any]:
+        return error_body("invalid_input", "the message is nested too deeply to read")
 
     # -- authorisation of every event --
     def _guard(self, role: str, handler: Handler) -> Callable[..., Awaitable[dict[str, Any]]]:
