@@ -354,3 +354,18 @@ def test_aiohttp_access_logger_that_accesslog_subclasses():
     _source_has(web_protocol.RequestHandler, ("self.access_logger.log(request, response,",), patch)
     for name in ("access_log_class", "access_log_format", "backlog", "loop", "print"):
         assert name in _params(web.run_app), f"aiohttp's run_app has no {name!r} (server/cli.py)"
+
+
+def test_python_socketio_packet_decoding_that_safejson_guards():
+    """server/signaling/safejson.py: the server takes a packet class (``serializer``), the packet decodes its
+    payload with the class attribute ``json`` (its ``loads``), and a handler's return value is the ack."""
+    import socketio
+    from socketio import packet
+
+    from server.signaling.safejson import SafePacket
+
+    patch = "server/signaling/safejson.py"
+    _need(packet.Packet, "json", patch)
+    _source_has(packet.Packet.decode, ("self.json.loads(ep)",), patch)
+    _source_has(socketio.base_server.BaseServer.__init__, ("self.packet_class = serializer",), patch)
+    assert issubclass(SafePacket, packet.Packet) and packet.Packet.json is not SafePacket.json
