@@ -3,13 +3,54 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .queue.errors import QueueError
 
 log = logging.getLogger("sprechstunde.errors")
+
+STORE_ERRORS = (RedisConnectionError, RedisTimeoutError)
+"""Redis refusing, hanging past the socket timeout, or no pool connection free while it does not answer
+(the pool's "No connection available" is a ``ConnectionError``): answered as ``store_unavailable``."""
+STORE_UNAVAILABLE = "store_unavailable"
+STORE_UNAVAILABLE_MESSAGE = "the service is briefly unavailable; please try again in a moment"
+STORE_LOG_INTERVAL = 10.0
+"""Seconds between two log lines about the store not answering: one line per outage, not one per request."""
+
+
+class _OutageLog:
+    """Logs the first store failure, then at most one line per ``STORE_LOG_INTERVAL`` (with a count)."""
+
+    def __init__(self) -> None:
+        self._last: float | None = None
+        self._suppressed = 0
+
+    def note(self, exc: BaseException, now: float) -> None:
+        if self._last is not None and now - self._last < STORE_LOG_INTERVAL:
+            self._suppressed += 1
+            return
+        more = f" ({self._suppressed} more since the last line)" if self._suppressed else ""
+        log.warning("store unavailable: %s: %s%s", type(exc).__name__, exc, more)
+        self._last, self._suppressed = now, 0
+
+
+_outages = _OutageLog()
+
+
+def is_store_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the shared store (Redis) did not answer, rather than a bug."""
+    return isinstance(exc, STORE_ERRORS)
+
+
+def store_unavailable(exc: BaseException) -> dict[str, Any]:
+    """The error body for a store that did not answer; logs once per outage, never a traceback."""
+    _outages.note(exc, time.monotonic())
+    return error_body(STORE_UNAVAILABLE, STORE_UNAVAILABLE_MESSAGE)
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -20,6 +61,8 @@ def error_payload(exc: BaseException) -> dict[str, Any]:
     """A socket.io acknowledgement for a refused command."""
     if isinstance(exc, QueueError):
         return error_body(exc.code, str(exc))
+    if is_store_unavailable(exc):
+        return store_unavailable(exc)
     log.exception("unexpected error in a socket event", exc_info=exc)
     return error_body("internal", "internal error")
 
@@ -30,11 +73,17 @@ def error_response(code: str, message: str, status: int) -> web.Response:
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Map typed errors and aiohttp's own HTTP errors to the JSON error shape under /api/."""
+    """Map typed errors and aiohttp's own HTTP errors to the JSON error shape under /api/, and a store
+    that does not answer to 503 ``store_unavailable`` on every route."""
     try:
         return await handler(request)
     except QueueError as e:
         return error_response(e.code, str(e), e.status)
+    except STORE_ERRORS as e:
+        # Every route, pages included: a clear JSON 503 within the socket timeout, not a 500 with a stack.
+        response = web.json_response(store_unavailable(e), status=503)
+        response.headers["Retry-After"] = "2"
+        return response
     except web.HTTPRequestEntityTooLarge:
         return error_response("payload_too_large", "the request body is too large", 413)
     except web.HTTPException as e:

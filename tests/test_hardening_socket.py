@@ -213,7 +213,7 @@ async def test_a_message_nested_too_deeply_gets_a_clear_error(live_server):
     async with aiohttp.ClientSession() as http:
         ws, _ = await open_websocket(http, live_server.url)
         await ws.send_str("40" + json.dumps({"token": joined["token"]}))
-        while not (p := await asyncio.wait_for(next_engineio_packet(ws), WAIT) or "").startswith("40"):
+        while not (await asyncio.wait_for(next_engineio_packet(ws), WAIT) or "").startswith("40"):
             pass
         depth = 5000
         await ws.send_str('427["leave",' + "[" * depth + "]" * depth + "]")

@@ -5,6 +5,7 @@ Handlers decide nothing: validation of values and every state rule is in the cor
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
 import json
@@ -129,15 +130,31 @@ def ticket_json(view: dict[str, Any]) -> web.Response:
 
 
 # -- health --
+READY_TIMEOUT = 1.0
+"""Seconds the store gets to answer /readyz."""
+
+
+def _store_kind(request: web.Request) -> str:
+    return "redis" if request.app[SETTINGS].redis_url else "memory"
+
+
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness: this process serves HTTP. It does not ask the store, so that a Redis outage (which every
+    node shares) does not get every node restarted; whether to send traffic here is /readyz's answer."""
+    return web.json_response({"status": "ok", "store": _store_kind(request)})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: the store answered a read within ``READY_TIMEOUT``; else 503, with no traceback."""
     settings = request.app[SETTINGS]
-    kind = "redis" if settings.redis_url else "memory"
+    kind = _store_kind(request)
     try:
-        await request.app[STORE].waiting_counts([settings.departments[0].id])
-    except Exception:  # noqa: BLE001 - any store failure means "not healthy"
+        await asyncio.wait_for(request.app[STORE].waiting_counts([settings.departments[0].id]), READY_TIMEOUT)
+    except Exception:  # noqa: BLE001 - any store failure (refused, hung, timed out) means "not ready"
         return web.json_response({"status": "unavailable", "store": kind}, status=503)
-    return web.json_response({"status": "ok", "store": kind})
+    return web.json_response({"status": "ready", "store": kind})
 
 
 # -- citizens --

@@ -16,7 +16,9 @@ Handler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 def guard(sio: socketio.AsyncServer, roles: tuple[str, ...], handler: Handler) -> Callable[..., Awaitable[Any]]:
     """Wrap an event handler: authorise the connection's role, require one JSON object, and turn every
-    refusal into an error acknowledgement (``server.errors.error_payload``)."""
+    refusal into an error acknowledgement (``server.errors.error_payload``), a store that does not answer
+    included (``store_unavailable``, within the Redis socket timeout: the ack never waits on a hung Redis
+    for longer)."""
 
     async def guarded(sid: str, data: Any = None, *rest: Any) -> dict[str, Any]:
         try:

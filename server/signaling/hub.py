@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import socketio
 
-from ..errors import error_body
+from ..errors import STORE_ERRORS, error_body, is_store_unavailable
 from ..http.auth import SESSION_COOKIE, Auth
 from ..queue.errors import QueueError
 from ..queue.model import Clerk, Presence, TicketEvent
@@ -53,7 +53,10 @@ class Signaling:
         manager: FastManager | ClosingRedisManager = FastManager()
         if settings.redis_url:
             # Emits travel through Redis so that every node's sockets receive them.
-            manager = ClosingRedisManager(settings.redis_url, channel=f"{settings.redis_prefix}socketio")
+            # Commands time out like the store's (a hung Redis must not block every emit); the listener reads
+            # pub/sub messages without a timeout in redis-py, so it is not cut off by this.
+            manager = ClosingRedisManager(settings.redis_url, channel=f"{settings.redis_prefix}socketio",
+                                          redis_options={"socket_timeout": 1.0, "socket_connect_timeout": 1.0})
         engineio_poll.install()
         origins: list[str] | None = list(settings.cors_origins) or None  # None: same origin only
         self.sio = socketio.AsyncServer(
@@ -115,6 +118,12 @@ class Signaling:
             self.sio.on(name, self._guard("staff", handler))
 
     async def _connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        try:
+            await self._connect_as(sid, environ, auth)
+        except STORE_ERRORS:  # Redis down or hung: a clear refusal, the page retries
+            raise socketio.exceptions.ConnectionRefusedError("store_unavailable") from None
+
+    async def _connect_as(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
         if isinstance(auth, dict) and "townhall" in auth and self.townhall is not None:
             await self.townhall.connect(sid, auth["townhall"])  # an audience member of a town-hall event
             return
@@ -323,8 +332,11 @@ class Signaling:
                     update, _ = self._remember_update(d, await self.room.queue_update(d))
                     await self.sio.emit("queue", update, room=f"d:{d}")
                     await self.sio.emit("load", (await self.room.load(d)).to_public(), room=f"s:{d}")
-                except Exception:  # noqa: BLE001 - a failed broadcast must not end the loop
-                    log.exception("position broadcast failed")
+                except Exception as e:  # noqa: BLE001 - a failed broadcast must not end the loop
+                    if is_store_unavailable(e):
+                        log.warning("position broadcast skipped: the store is unavailable")
+                    else:
+                        log.exception("position broadcast failed")
             pages = [dep] if dep in self._connectivity else []
             pages += [d for d in self._connectivity if d not in configured]
             for d in pages:
@@ -342,10 +354,15 @@ class Signaling:
                 clerk = self._clerks.get(username)
                 if clerk is None:
                     continue
-                current = (await self.room.store.presences(next(iter(clerk.departments), ""))).get(username)
-                await self.room.store.set_presence(
-                    username, sorted(clerk.departments), current or Presence.AVAILABLE, PRESENCE_TTL
-                )
+                try:
+                    current = (await self.room.store.presences(next(iter(clerk.departments), ""))).get(username)
+                    await self.room.store.set_presence(
+                        username, sorted(clerk.departments), current or Presence.AVAILABLE, PRESENCE_TTL
+                    )
+                except Exception as e:  # noqa: BLE001 - one failure must not end the renewals for good
+                    if not is_store_unavailable(e):
+                        log.exception("presence renewal failed")
+                    break  # the store is down: try everyone again at the next round
 
     async def shutdown(self) -> None:
         self._closing = True

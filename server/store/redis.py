@@ -26,9 +26,13 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import WatchError
 
 from ..queue.errors import Conflict
@@ -43,7 +47,14 @@ log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 64
 """Connections to Redis per store (per server process); more commands at once wait for one."""
 POOL_TIMEOUT = 30.0
-"""Seconds a command waits for a free connection before it fails."""
+"""Seconds a command waits for a free connection before it fails, while Redis answers (a burst)."""
+DOWN_POOL_TIMEOUT = 0.25
+"""Seconds a command waits for a free connection while Redis does not answer (see ``connection_pool``)."""
+SOCKET_TIMEOUT = 1.0
+"""Seconds a command (or the connection handshake) waits for Redis's answer before it fails: a hanging
+Redis fails a request well within 2 s instead of holding it (and a pool connection) for ever."""
+CONNECT_TIMEOUT = 1.0
+"""Seconds to open a TCP connection to Redis (a refusing Redis fails at once; a full backlog waits this)."""
 MAX_ATTEMPTS = 50
 """Runs of a transaction function before giving up with ``Conflict``."""
 BACKOFF_SECONDS = 0.002
@@ -135,13 +146,72 @@ class _RedisTx(Tx):
         self.writes[ticket.id] = ticket
 
 
+_waiting_since: ContextVar[float] = ContextVar("redis_pool_waiting_since", default=0.0)
+"""When the current task asked the pool for a connection (read by ``_FailFastPool.ensure_connection``)."""
+
+
+class _FailFastPool(aioredis.BlockingConnectionPool):
+    """A blocking pool whose wait for a free connection is short while Redis does not answer.
+
+    In a burst every connection is busy with a command Redis will answer at once, so a command waits its
+    turn (``POOL_TIMEOUT``). When Redis hangs, every connection is held for ``SOCKET_TIMEOUT`` by a command
+    that will fail, and a queue of waiters would each wait its turn to fail (measured: 300 commands at
+    once took 5 s). So once a connection comes back dropped after an error, Redis counts as down: a command
+    waits ``DOWN_POOL_TIMEOUT`` at most for a connection, and one that was already waiting fails as soon as
+    it gets one, with "No connection available" (a ``redis.exceptions.ConnectionError``, answered as
+    ``store_unavailable``). Commands arriving later that find a free connection go on trying Redis: the
+    first one answered ends the outage, with no timer and no restart.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._answering = True
+        self._down_since = 0.0
+        super().__init__(**kwargs)
+
+    @property  # type: ignore[override]  # read by BlockingConnectionPool.get_connection on every wait
+    def timeout(self) -> float:
+        return self._burst_timeout if self._answering else min(self._burst_timeout, DOWN_POOL_TIMEOUT)
+
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        self._burst_timeout = value
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        _waiting_since.set(time.monotonic())
+        return await super().get_connection(*args, **kwargs)
+
+    async def ensure_connection(self, connection: Any) -> None:
+        # Called by get_connection with the connection it got, before (re)connecting it: with a hanging
+        # Redis the reconnect alone would take another SOCKET_TIMEOUT.
+        if not self._answering and _waiting_since.get() < self._down_since:
+            await connection.disconnect()  # handed back dropped, so that it does not count as an answer
+            raise RedisConnectionError("No connection available.")
+        await super().ensure_connection(connection)
+
+    async def release(self, connection: Any) -> None:
+        # redis-py drops (disconnects) a connection whose command failed, timed out or could not connect,
+        # and hands back the others connected: the last one back says whether Redis answers.
+        answering = bool(connection.is_connected)
+        if self._answering and not answering:
+            self._down_since = time.monotonic()
+        self._answering = answering
+        await super().release(connection)
+
+
+def connection_pool(url: str) -> aioredis.BlockingConnectionPool:
+    """The pool of every Redis store: commands wait for a free connection in a burst (redis-py's default
+    pool refuses commands once its connections are in use, which lost the disconnects of a reconnect
+    storm), fail within ``SOCKET_TIMEOUT`` when Redis hangs or refuses, and are never retried here (a
+    command that timed out may still have been applied: the caller, not the pool, decides to retry)."""
+    return _FailFastPool.from_url(
+        url, decode_responses=True, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT,
+        socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=CONNECT_TIMEOUT, retry=Retry(NoBackoff(), 0),
+    )
+
+
 class RedisStore(Store):
     def __init__(self, url: str, prefix: str = "sps:") -> None:
-        # A pool that makes a command wait for a free connection: redis-py's default pool refuses
-        # commands once 100 connections are in use, which lost the disconnects of a reconnect storm.
-        pool = aioredis.BlockingConnectionPool.from_url(url, decode_responses=True,
-                                                        max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT)
-        self._redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
+        self._redis: aioredis.Redis = aioredis.Redis.from_pool(connection_pool(url))
         self._keys = _Keys(prefix)
 
     @property

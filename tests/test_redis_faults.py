@@ -1,0 +1,220 @@
+"""Redis hanging (SIGSTOP) or refusing (killed) under a running app: every route and socket event answers
+``503 store_unavailable`` as JSON within 2 s, /readyz says 503 while /healthz says the process is alive,
+nothing is half-written, and service resumes alone once Redis is back (no app restart).
+
+Each test starts its own redis-server (the shared one must not be stopped), with the AOF on as
+the README recommends, so that a restart after SIGKILL also shows what the AOF kept."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis
+import socketio
+
+from .redis_fixtures import START_TIMEOUT, _answers, _free_port, stop_process
+from .socket_clients import Recorder, citizen_socket, join
+
+pytestmark = pytest.mark.redis
+
+PASSWORD = "correct horse battery"
+PREFIX = "sps-faults:"
+ANSWER_WITHIN = 2.0
+"""Seconds every request may take while Redis hangs or refuses (the issue's bound)."""
+RECOVER_WITHIN = 15.0
+"""Seconds the app gets to notice that Redis is back (it needs one answered command)."""
+
+
+@dataclass
+class PrivateRedis:
+    """A redis-server of this test alone, on a fixed port so that a restart comes back at the same URL."""
+
+    workdir: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+                "--appendfsync", "everysec", "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _answers(self.url, timeout=0.2):
+            assert self.proc.poll() is None and time.monotonic() < deadline, (self.workdir / "redis.log").read_text()
+            time.sleep(0.05)  # polling a starting process; there is no event to wait on
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def keys(self, pattern: str) -> list[bytes]:
+        client = redis.Redis.from_url(self.url, socket_timeout=2)
+        try:
+            return list(client.scan_iter(match=PREFIX + pattern, count=500))
+        finally:
+            client.close()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = PrivateRedis(workdir, _free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None:
+            if server.proc.poll() is None:
+                os.kill(server.proc.pid, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+            stop_process(server.proc)
+
+
+@dataclass
+class Answer:
+    status: int
+    body: Any
+    seconds: float
+
+
+async def _timed(coro: Any) -> Answer:
+    start = time.monotonic()
+    status, body = await coro
+    return Answer(status, body, time.monotonic() - start)
+
+
+async def _http(http: aiohttp.ClientSession, method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
+    async with http.request(method, url, **kwargs) as resp:
+        return resp.status, await resp.json()  # raises on a body that is not JSON: that is the point
+
+
+async def _event(citizen: Recorder, event: str) -> tuple[int, Any]:
+    ack = await citizen.client.call(event, {}, timeout=10)
+    return (200 if ack.get("ok") else 0), ack
+
+
+async def _probe(url: str, citizen: Recorder) -> dict[str, Answer]:
+    """The same requests at once: a check-in, the departments, a staff login, a citizen socket event, and
+    both health routes. Each is timed on its own."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
+        requests = {
+            "join": _http(http, "POST", f"{url}/api/departments/buergerbuero/tickets", json={"consent": True}),
+            "departments": _http(http, "GET", f"{url}/api/departments"),
+            "login": _http(http, "POST", f"{url}/api/session", json={"username": "anna", "password": PASSWORD}),
+            "subscribe": _event(citizen, "subscribe"),
+            "readyz": _http(http, "GET", f"{url}/readyz"),
+            "healthz": _http(http, "GET", f"{url}/healthz"),
+        }
+        answers = await asyncio.gather(*(_timed(c) for c in requests.values()))
+    return dict(zip(requests, answers, strict=True))
+
+
+def _assert_unavailable(answers: dict[str, Answer]) -> None:
+    for name in ("join", "departments", "login", "subscribe"):
+        a = answers[name]
+        assert a.body["error"]["code"] == "store_unavailable", (name, a)
+        assert "Traceback" not in str(a.body)
+        assert a.seconds < ANSWER_WITHIN, (name, a)
+    for name in ("join", "departments", "login"):
+        assert answers[name].status == 503, (name, answers[name])
+    assert (answers["readyz"].status, answers["readyz"].body) == (503, {"status": "unavailable", "store": "redis"})
+    assert answers["readyz"].seconds < ANSWER_WITHIN
+    assert (answers["healthz"].status, answers["healthz"].body) == (200, {"status": "ok", "store": "redis"})
+    assert answers["healthz"].seconds < ANSWER_WITHIN
+
+
+async def _wait_ready(url: str) -> None:
+    deadline = time.monotonic() + RECOVER_WITHIN
+    async with aiohttp.ClientSession() as http:
+        while True:
+            async with http.get(f"{url}/readyz") as resp:
+                if resp.status == 200:
+                    assert await resp.json() == {"status": "ready", "store": "redis"}
+                    return
+            assert time.monotonic() < deadline, "the app did not become ready again after Redis came back"
+            await asyncio.sleep(0.1)  # polling a route; there is no event to wait on
+
+
+async def _assert_served(url: str, citizen: Recorder, waiting_before: int) -> None:
+    """Service is back: the same requests succeed, and the refused check-ins left no ticket behind."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/api/departments") as resp:
+            deps = {d["id"]: d for d in (await resp.json())["departments"]}
+    assert deps["buergerbuero"]["waiting"] == waiting_before  # nothing half-written by the refused joins
+    answers = await _probe(url, citizen)
+    assert answers["join"].status == 201, answers["join"]
+    assert answers["departments"].status == 200 and answers["login"].status == 200, answers
+    assert answers["subscribe"].body["ok"] is True, answers["subscribe"]
+    assert answers["readyz"].status == 200 and answers["healthz"].status == 200
+
+
+@pytest.fixture
+async def faulty_app(private_redis: PrivateRedis, make_live_server, clients: list[Recorder]):
+    """A node on the private Redis (set up first, so torn down last), one clerk, one waiting citizen
+    whose page is connected."""
+    node = await make_live_server(None, redis_url=private_redis.url, redis_prefix=PREFIX)
+    await node.add_staff("anna", PASSWORD, ["buergerbuero"])
+    mine = await join(node.url)
+    citizen = await citizen_socket(node.url, mine["token"])
+    clients.append(citizen)
+    await citizen.wait_for("ticket")
+    return node, citizen, mine
+
+
+async def test_a_hanging_redis_gets_every_request_a_quick_json_503_and_service_resumes(faulty_app, private_redis):
+    """SIGSTOP: connections stay open and nothing answers, the worst case for a client without timeouts."""
+    node, citizen, mine = faulty_app
+    tickets_before = len(private_redis.keys("t:*"))
+    private_redis.signal(signal.SIGSTOP)
+    try:
+        _assert_unavailable(await _probe(node.url, citizen))  # the first failures
+        _assert_unavailable(await _probe(node.url, citizen))  # and while the pool knows Redis is down
+        # a page connecting now is refused with the reason, promptly (not left hanging in its CONNECT)
+        started = time.monotonic()
+        with pytest.raises(socketio.exceptions.ConnectionError):  # refused (the client hides the reason)
+            await citizen_socket(node.url, mine["token"])
+        assert time.monotonic() - started < 2.5
+    finally:
+        private_redis.signal(signal.SIGCONT)
+    await _wait_ready(node.url)
+    assert len(private_redis.keys("t:*")) == tickets_before  # the refused joins wrote no ticket
+    await _assert_served(node.url, citizen, waiting_before=1)
+
+
+async def test_a_refusing_redis_gets_every_request_a_quick_json_503_and_a_restart_resumes(faulty_app, private_redis):
+    """SIGKILL: connections reset and new ones are refused; the restarted Redis reloads its AOF."""
+    node, citizen, mine = faulty_app
+    tickets_before = len(private_redis.keys("t:*"))
+    private_redis.kill()
+    _assert_unavailable(await _probe(node.url, citizen))
+    _assert_unavailable(await _probe(node.url, citizen))
+    private_redis.start()  # same port, same directory: the AOF is replayed
+    await _wait_ready(node.url)
+    # A killed redis-server had written every acknowledged command to its AOF (the fsync only matters for a
+    # power loss): the staff account, the waiting ticket and its token survived; the refused joins wrote none.
+    assert len(private_redis.keys("t:*")) == tickets_before
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{node.url}/api/tickets/me", headers={"Authorization": f"Bearer {mine['token']}"}) as r:
+            assert (r.status, (await r.json())["ticket"]["id"]) == (200, mine["ticket"]["id"])
+    await _assert_served(node.url, citizen, waiting_before=1)
