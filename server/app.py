@@ -127,8 +127,11 @@ def create_app(settings: Settings, store: Store | None = None,
     async def disconnect_sockets(app: web.Application) -> None:
         # Before aiohttp waits for open connections: tell clients now (they reconnect elsewhere or
         # after the restart, keeping their place), so that a stop does not wait out its timeout.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(signaling.shutdown(), 5)
+        # A share of the stop's deadline (``shutdown_seconds``, server/cli.py).
+        try:
+            await asyncio.wait_for(signaling.shutdown(), min(5.0, settings.shutdown_seconds * 0.3))
+        except Exception:  # noqa: BLE001 - the stop goes on regardless
+            log.exception("telling the sockets at shutdown failed")
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(disconnect_sockets)

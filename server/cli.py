@@ -6,11 +6,20 @@ import argparse
 import asyncio
 import getpass
 import logging
+import os
+import signal
 import sys
+import threading
+from typing import TYPE_CHECKING
 
 from . import gcpolicy
 from .queue.errors import QueueError
 from .settings import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+log = logging.getLogger("sprechstunde")
 
 LISTEN_BACKLOG = 65535
 """Connections the kernel may queue before we accept them. A reconnect storm of thousands of pages
@@ -23,15 +32,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
     from .app import create_app
-    from .http.accesslog import AccessLogger
 
     settings = _settings(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # aiohttp's access log would record paths; ours hold no secrets (tokens travel in headers or the
-    # URL fragment), but we keep it terse and free of client addresses.
     app = create_app(settings)
     gcpolicy.tune()
     app.cleanup_ctx.append(gcpolicy.collections_ctx(settings.full_gc_interval))
@@ -40,10 +44,61 @@ def serve(args: argparse.Namespace) -> int:
     # uvloop: the SFU's per-packet path (server/media) runs on this loop (measured several times cheaper).
     import uvloop
 
-    web.run_app(app, host=settings.host, port=settings.port, print=None, backlog=LISTEN_BACKLOG,
-                access_log_format='"%r" %s %b %Tfs', access_log_class=AccessLogger,
-                loop=uvloop.new_event_loop())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_run(app, settings))
     return 0
+
+
+async def _run(app: web.Application, settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then stop within ``shutdown_seconds``.
+
+    aiohttp's ``run_app`` stops in order (listener closed, ``on_shutdown``, open requests awaited, cleanup)
+    but waits up to 60 s for open requests, and a hung one (half a POST body, a long poll) holds it there.
+    Here the requests get a share of the deadline, the cleanup the rest, and a watchdog thread ends the
+    process at the deadline should anything still hang (a stuck thread, a cleanup step)."""
+    from aiohttp import web
+
+    from .http.accesslog import AccessLogger
+
+    deadline = settings.shutdown_seconds
+    # aiohttp waits this long for each open connection's request after the sockets were told.
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=deadline * REQUESTS_SHARE,
+                           access_log_format='"%r" %s %b %Tfs', access_log_class=AccessLogger)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        log.info("stopping: exiting within %g s", deadline)
+        watchdog = threading.Timer(deadline, _exit_now, (deadline,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            # The listener closes first: new connections are refused from here on.
+            await asyncio.wait_for(runner.cleanup(), deadline * CLEANUP_SHARE)
+        except TimeoutError:
+            log.warning("stopping: cleanup did not finish within %g s; exiting anyway", deadline * CLEANUP_SHARE)
+        log.info("stopped")
+
+
+REQUESTS_SHARE = 0.4
+"""Share of ``shutdown_seconds`` that open HTTP requests get to finish before they are cancelled."""
+CLEANUP_SHARE = 0.85
+"""Share of ``shutdown_seconds`` for the whole orderly stop; the watchdog ends the process at the full one."""
+
+
+def _exit_now(deadline: float) -> None:
+    """The last resort at the deadline: something still hangs (a thread, a cleanup step); exit regardless."""
+    log.warning("stopping: still running after %g s; exiting now", deadline)
+    logging.shutdown()
+    os._exit(0)
 
 
 def _read_password(args: argparse.Namespace) -> str:

@@ -74,6 +74,9 @@ class Settings:
     full_gc_interval: float = 600.0
     """Seconds between full garbage collections in ``sprechstunde serve`` (server/gcpolicy.py): each
     stops the server for about 1 ms per 10 connected pages."""
+    shutdown_seconds: float = 10.0
+    """On SIGTERM, ``sprechstunde serve`` exits within this many seconds, even with requests still open:
+    pages and dashboards are told at once, consultations end, hung requests are cut off at the deadline."""
     config_path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -95,7 +98,7 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "secure_cookies": bool, "trust_forwarded_for": bool, "trusted_proxies": list, "demo": bool,
     "max_body_bytes": int, "max_socket_message_bytes": int, "cors_origins": list, "turn_urls": list,
     "turn_secret": str, "turn_ttl_seconds": (int, float), "max_video_bitrate": int, "max_media_rooms": int,
-    "full_gc_interval": (int, float), "ping_interval": (int, float),
+    "full_gc_interval": (int, float), "ping_interval": (int, float), "shutdown_seconds": (int, float),
 }
 _DEPT_KEYS = {"id", "name", "description", "hours", "queue_cap", "service_minutes", "require_name",
               "require_concern", "recording", "recording_purpose", "recording_retention_days"}
@@ -226,6 +229,8 @@ def settings_from_dict(raw: dict[str, Any], env: dict[str, str] | None = None,
         raise ConfigError(f"[server]: unknown timezone {settings.timezone!r}") from e
     if settings.full_gc_interval <= 0 or settings.ping_interval <= 0:
         raise ConfigError("[server]: full_gc_interval and ping_interval must be positive")
+    if not 1 <= settings.shutdown_seconds <= 600:
+        raise ConfigError("[server]: shutdown_seconds must be between 1 and 600")
     if settings.position_interval <= 0 or settings.grace_seconds < 0:
         raise ConfigError("[server]: position_interval must be positive and grace_seconds not negative")
     if settings.max_media_rooms < 0 or settings.max_video_bitrate <= 0 or settings.turn_ttl_seconds <= 0:

@@ -32,7 +32,7 @@ from ..settings import Settings
 from ..waitingroom import CONNECTIVITY, PRESENCE_TTL, WaitingRoom, staff_view
 from . import engineio_poll, engineio_ws
 from .guard import Handler, guard
-from .managers import ClosingRedisManager, FastManager, deliver, encode_event
+from .managers import ClosingRedisManager, FastManager, broadcast, deliver, encode_event
 from .safejson import INVALID_EVENT, SafePacket
 
 if TYPE_CHECKING:
@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sprechstunde.signaling")
 
+RETRY_AFTER = 5.0
+"""Seconds a page told ``server_stopping`` waits (plus its own jitter) before reconnecting: a restart or
+another node behind the proxy is ready by then."""
 QUEUE_CHANGES = frozenset({"joined", "called", "returned", "transferred", "left", "expired"})
 
 
@@ -364,8 +367,27 @@ class Signaling:
                         log.exception("presence renewal failed")
                     break  # the store is down: try everyone again at the next round
 
-    async def shutdown(self) -> None:
-        self._closing = True
+    async def shutdown(self, retry_after: float = RETRY_AFTER) -> None:
+        """Stop this process's sockets now (SIGTERM): media participants get ``media_end`` with reason
+        ``server_stopping``, every page and dashboard on this node gets ``server_stopping`` with a
+        ``retry_after`` hint and is disconnected at once, instead of noticing after its ping timeout.
+        Only this node's sockets are told: with Redis, other nodes' pages stay."""
+        self._closing = True  # queue events of the disconnects below are not broadcast
+        if self.media is not None:
+            tickets = self.media.tickets()
+            for ticket_id in sorted(tickets):
+                try:
+                    await self.media.end(ticket_id, "server_stopping")
+                except Exception:  # noqa: BLE001 - the other consultations and the sockets still go
+                    log.exception("ending media at shutdown failed")
+        await broadcast(self.sio.manager, "server_stopping", {"retry_after": retry_after}, "/", None)
+        local = [sid for sid, _ in self.sio.manager.get_participants("/", None)] if "/" in self.sio.manager.rooms \
+            else []
+        # Each disconnect sends socket.io's DISCONNECT and runs the page's bookkeeping (its ticket's grace
+        # period starts, a clerk goes offline); concurrently, so thousands of pages do not queue up.
+        results = await asyncio.gather(*(self.sio.disconnect(sid) for sid in local), return_exceptions=True)
+        failed = sum(1 for r in results if isinstance(r, BaseException))
+        log.info("shutdown: %d sockets told and disconnected (%d failed)", len(local), failed)
         await self.sio.shutdown()
         if isinstance(self.sio.manager, ClosingRedisManager):
             await self.sio.manager.close()

@@ -400,6 +400,10 @@ class MediaSignaling:
         )
         return {"ok": True}
 
+    def tickets(self) -> set[str]:
+        """Tickets with a media connection on this process (waiting-room checks and consultations)."""
+        return {member.ticket for member in self._by_sid.values()}
+
     def members(self, room_id: str) -> list[Member]:
         """The sockets that are media participants of a room."""
         return list(self._rooms.get(room_id, {}).values())
