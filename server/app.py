@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +24,7 @@ from .signaling.townhall import TownHallSignaling
 from .store.base import Store
 from .store.recordings import RecordingStore, make_recording_store
 from .store.townhall import TownHallStore, make_townhall_store
+from .tasks import stop_all, stopping
 from .townhalls import TownHallService
 from .waitingroom import WaitingRoom
 
@@ -113,11 +113,7 @@ def create_app(settings: Settings, store: Store | None = None,
         log.info("started: %d departments, %s store", len(settings.departments),
                  "redis" if settings.redis_url else "memory")
         yield
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await stop_all(tasks)
         await recordings.shutdown()  # ends live recordings while their media is still there
         await media.close()
         await recordings.close()
@@ -144,6 +140,8 @@ async def _every(interval: float, job: Callable[[], Awaitable[object]], what: st
         try:
             await job()
         except Exception:  # noqa: BLE001
+            if stopping():
+                raise asyncio.CancelledError from None
             log.exception("%s failed", what)
         await asyncio.sleep(interval)
 
@@ -158,4 +156,6 @@ async def _sweep(room: WaitingRoom) -> None:
             if expired:
                 log.info("expired %d tickets", expired)
         except Exception:  # noqa: BLE001 - keep sweeping after a store hiccup
+            if stopping():
+                raise asyncio.CancelledError from None
             log.exception("sweep failed")

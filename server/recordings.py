@@ -34,6 +34,7 @@ from .recording.errors import AlreadyRecording, RecordingNotFound
 from .recording.model import Composition, ConsentText, Recording, RecordingEvent
 from .settings import Settings
 from .store.recordings import AccessEntry, RecordingStore
+from .tasks import stopping
 
 if TYPE_CHECKING:
     from .media import MediaHub
@@ -291,6 +292,8 @@ class RecordingService:
             try:
                 await self.sweep()
             except Exception:  # noqa: BLE001 - keep sweeping after a store hiccup
+                if stopping():
+                    raise asyncio.CancelledError from None
                 log.exception("recording sweep failed")
             await asyncio.sleep(SWEEP_INTERVAL)
 

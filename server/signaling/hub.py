@@ -29,6 +29,7 @@ from ..http.auth import SESSION_COOKIE, Auth
 from ..queue.errors import QueueError
 from ..queue.model import Clerk, Presence, TicketEvent
 from ..settings import Settings
+from ..tasks import stopping
 from ..waitingroom import CONNECTIVITY, PRESENCE_TTL, WaitingRoom, staff_view
 from . import engineio_poll, engineio_ws
 from .guard import Handler, guard
@@ -319,7 +320,9 @@ class Signaling:
         slot = self.settings.position_interval / max(1, len(configured))
         due = loop.time()
         turn = 0
-        while True:
+        # Also ends on the stop flag: a cancellation can be lost inside redis-py's own timeout (Python 3.11's
+        # asyncio.timeout may uncancel the task when both fire together), which hung the stop in CI.
+        while not self._closing:
             due += slot
             now = loop.time()
             if due < now - self.settings.position_interval:  # far behind (a stalled loop): no catch-up burst
@@ -336,6 +339,8 @@ class Signaling:
                     await self.sio.emit("queue", update, room=f"d:{d}")
                     await self.sio.emit("load", (await self.room.load(d)).to_public(), room=f"s:{d}")
                 except Exception as e:  # noqa: BLE001 - a failed broadcast must not end the loop
+                    if stopping() or self._closing:
+                        raise asyncio.CancelledError from None
                     if is_store_unavailable(e):
                         log.warning("position broadcast skipped: the store is unavailable")
                     else:
@@ -347,11 +352,13 @@ class Signaling:
                     await self.sio.emit("connectivity", {"department": d, "tickets": self._connectivity.pop(d)},
                                         room=f"s:{d}")
                 except Exception:  # noqa: BLE001
+                    if stopping():
+                        raise asyncio.CancelledError from None
                     log.exception("connectivity broadcast failed")
 
     async def renew_presence(self) -> None:
         """Keep connected clerks' presence alive; a crashed node's clerks lapse to offline."""
-        while True:
+        while not self._closing:
             await asyncio.sleep(PRESENCE_TTL / 3)
             for username in list(self._clerk_sockets):
                 clerk = self._clerks.get(username)
@@ -363,6 +370,8 @@ class Signaling:
                         username, sorted(clerk.departments), current or Presence.AVAILABLE, PRESENCE_TTL
                     )
                 except Exception as e:  # noqa: BLE001 - one failure must not end the renewals for good
+                    if stopping():
+                        raise asyncio.CancelledError from None
                     if not is_store_unavailable(e):
                         log.exception("presence renewal failed")
                     break  # the store is down: try everyone again at the next round

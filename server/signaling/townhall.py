@@ -24,6 +24,7 @@ from ..media import MediaError, MediaHub
 from ..queue.errors import InvalidInput, NotAuthorised, QueueError
 from ..queue.model import Clerk
 from ..settings import Settings
+from ..tasks import stopping
 from ..townhall import core
 from ..townhall.errors import EventNotLive, NotInvited
 from ..townhall.model import EventState, StageState, TownHallEvent
@@ -359,6 +360,8 @@ class TownHallSignaling:
                 try:
                     await self._send(event_id, kinds)
                 except Exception:  # noqa: BLE001 - a failed broadcast must not end the loop
+                    if stopping():
+                        raise asyncio.CancelledError from None
                     log.exception("town-hall broadcast failed")
             await asyncio.sleep(max(0.0, TOWNHALL_INTERVAL - (loop.time() - started)))
 
