@@ -6,8 +6,10 @@ twice and after a failed start. Only loopback addresses are used.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
+import multiprocessing
 import secrets
 import signal
 import socket
@@ -16,8 +18,11 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -254,3 +259,70 @@ def _short(frame: str) -> str:
             path = ("server/" if marker == "/server/" else "") + path.split(marker, 1)[1]
             break
     return f"{name} ({path})" if path else name
+
+
+class WorkerProcesses:
+    """Client processes of a bench and their pipes: one command to all, their replies gathered; ``stop``
+    ends them whatever state they are in. ``kind`` names them in errors."""
+
+    reply_timeout = 300.0
+
+    def __init__(self, kind: str = "client") -> None:
+        self.kind = kind
+        self.procs: list[multiprocessing.process.BaseProcess] = []
+        self.pipes: list[Connection] = []
+
+    def spawn(self, count: int, target: Callable[..., None], args: tuple[Any, ...]) -> None:
+        """Start ``count`` processes running ``target(pipe, *args)``."""
+        ctx = multiprocessing.get_context("spawn")
+        for _ in range(count):
+            ours, theirs = ctx.Pipe()
+            p = ctx.Process(target=target, args=(theirs, *args), daemon=True)
+            p.start()
+            theirs.close()
+            self.procs.append(p)
+            self.pipes.append(ours)
+
+    async def ask(self, command: str, args: Sequence[Any], seconds: float | None = None) -> list[Any]:
+        """Send one command to every process (its own argument each) and collect the replies."""
+        for pipe, arg in zip(self.pipes, args, strict=True):
+            pipe.send((command, arg))
+        limit = self.reply_timeout if seconds is None else seconds
+        return list(await asyncio.gather(*(self._reply(pipe, p, limit)
+                                           for pipe, p in zip(self.pipes, self.procs, strict=True))))
+
+    async def _reply(self, pipe: Connection, proc: multiprocessing.process.BaseProcess, seconds: float) -> Any:
+        deadline = time.monotonic() + seconds
+        while not pipe.poll():
+            if not proc.is_alive():
+                raise RuntimeError(f"{self.kind} process {proc.pid} died (exit code {proc.exitcode})")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.kind} process {proc.pid} did not answer within {seconds:.0f} s")
+            await asyncio.sleep(0.05)
+        return pipe.recv()
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for p in self.procs:
+            with contextlib.suppress(psutil.Error, TypeError):
+                t = psutil.Process(p.pid).cpu_times()
+                total += t.user + t.system
+        return total
+
+    def stop(self) -> None:
+        for pipe in self.pipes:
+            with contextlib.suppress(Exception):
+                pipe.send(("stop", None))
+        deadline = time.monotonic() + 30
+        for p in self.procs:
+            p.join(max(0.1, deadline - time.monotonic()))
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        for pipe in self.pipes:
+            pipe.close()
+

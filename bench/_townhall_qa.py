@@ -32,7 +32,6 @@ import contextlib
 import gc
 import json
 import math
-import multiprocessing
 import os
 import random
 import resource
@@ -61,6 +60,7 @@ from _citizens import ENGINEIO_PATH, LAG_TICK, ConnectFailed, LeanPage, _receive
 from _server import (  # noqa: E402
     VENV_BIN,
     ServerProcess,
+    WorkerProcesses,
     die_with_parent,
     free_port,
     summarize_py_spy,
@@ -359,65 +359,16 @@ def worker_main(conn: Connection, url: str, event_id: str, join_concurrency: int
         conn.close()
 
 
-class Workers:
-    """The worker processes and their pipes; ``stop`` ends them whatever state they are in."""
+class Workers(WorkerProcesses):
+    """The audience worker processes (``worker_main``)."""
+
+    reply_timeout = REPLY_TIMEOUT
 
     def __init__(self) -> None:
-        self.procs: list[multiprocessing.process.BaseProcess] = []
-        self.pipes: list[Connection] = []
+        super().__init__("audience")
 
     def start(self, count: int, url: str, event_id: str, join_concurrency: int, connect_concurrency: int) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        for _ in range(count):
-            ours, theirs = ctx.Pipe()
-            p = ctx.Process(target=worker_main, args=(theirs, url, event_id, join_concurrency, connect_concurrency),
-                            daemon=True)
-            p.start()
-            theirs.close()
-            self.procs.append(p)
-            self.pipes.append(ours)
-
-    async def ask(self, command: str, args: list[Any], seconds: float = REPLY_TIMEOUT) -> list[Any]:
-        for pipe, arg in zip(self.pipes, args, strict=True):
-            pipe.send((command, arg))
-        return list(await asyncio.gather(*(self._reply(pipe, p, seconds)
-                                           for pipe, p in zip(self.pipes, self.procs, strict=True))))
-
-    @staticmethod
-    async def _reply(pipe: Connection, proc: multiprocessing.process.BaseProcess, seconds: float) -> Any:
-        deadline = time.monotonic() + seconds
-        while not pipe.poll():
-            if not proc.is_alive():
-                raise RuntimeError(f"audience process {proc.pid} died (exit code {proc.exitcode})")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"audience process {proc.pid} did not answer within {seconds:.0f} s")
-            await asyncio.sleep(0.05)
-        return pipe.recv()
-
-    def cpu_seconds(self) -> float:
-        total = 0.0
-        for p in self.procs:
-            with contextlib.suppress(psutil.Error, TypeError):
-                t = psutil.Process(p.pid).cpu_times()
-                total += t.user + t.system
-        return total
-
-    def stop(self) -> None:
-        for pipe in self.pipes:
-            with contextlib.suppress(Exception):
-                pipe.send(("stop", None))
-        deadline = time.monotonic() + 30
-        for p in self.procs:
-            p.join(max(0.1, deadline - time.monotonic()))
-        for p in self.procs:
-            if p.is_alive():
-                p.terminate()
-                p.join(5)
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-        for pipe in self.pipes:
-            pipe.close()
+        self.spawn(count, worker_main, (url, event_id, join_concurrency, connect_concurrency))
 
 
 # -- this process: the moderator and the voters ---------------------------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import multiprocessing
 import os
 import resource
 import secrets
@@ -28,7 +27,6 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +40,7 @@ import _citizens  # noqa: E402
 from _server import (  # noqa: E402
     ClerkAccount,
     ServerProcess,
+    WorkerProcesses,
     add_clerks,
     delete_redis_prefix,
     department_ids,
@@ -172,68 +171,18 @@ async def run_clerks(clerks: list[ClerkClient], rate: float, duration: float) ->
 
 
 # -- citizen processes --
-class CitizenProcesses:
-    """The client processes and their pipes; ``stop`` ends them whatever state they are in."""
+class CitizenProcesses(WorkerProcesses):
+    """The citizen client processes (bench/_citizens.py)."""
+
+    reply_timeout = REPLY_TIMEOUT
 
     def __init__(self) -> None:
-        self.procs: list[multiprocessing.process.BaseProcess] = []
-        self.pipes: list[Connection] = []
+        super().__init__("citizen")
 
     def start(self, count: int, url: str, departments: list[str], join_concurrency: int,
               connect_concurrency: int, replace: bool, client_kind: str) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        for _ in range(count):
-            ours, theirs = ctx.Pipe()
-            p = ctx.Process(target=_citizens.run, args=(theirs, url, departments, join_concurrency,
-                                                        connect_concurrency, replace, client_kind),
-                            daemon=True)
-            p.start()
-            theirs.close()
-            self.procs.append(p)
-            self.pipes.append(ours)
-
-    async def ask(self, command: str, args: Sequence[Any], seconds: float = REPLY_TIMEOUT) -> list[Any]:
-        """Send one command to every process (its own argument each) and collect the replies."""
-        for pipe, arg in zip(self.pipes, args, strict=True):
-            pipe.send((command, arg))
-        return await asyncio.gather(*(self._reply(pipe, p, seconds) for pipe, p in zip(self.pipes, self.procs,
-                                                                                        strict=True)))
-
-    @staticmethod
-    async def _reply(pipe: Connection, proc: multiprocessing.process.BaseProcess, seconds: float) -> Any:
-        deadline = time.monotonic() + seconds
-        while not pipe.poll():
-            if not proc.is_alive():
-                raise RuntimeError(f"citizen process {proc.pid} died (exit code {proc.exitcode})")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"citizen process {proc.pid} did not answer within {seconds:.0f} s")
-            await asyncio.sleep(0.05)
-        return pipe.recv()
-
-    def cpu_seconds(self) -> float:
-        total = 0.0
-        for p in self.procs:
-            with contextlib.suppress(psutil.Error, TypeError):
-                t = psutil.Process(p.pid).cpu_times()
-                total += t.user + t.system
-        return total
-
-    def stop(self) -> None:
-        for pipe in self.pipes:
-            with contextlib.suppress(Exception):
-                pipe.send(("stop", None))
-        deadline = time.monotonic() + 30
-        for p in self.procs:
-            p.join(max(0.1, deadline - time.monotonic()))
-        for p in self.procs:
-            if p.is_alive():
-                p.terminate()
-                p.join(5)
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-        for pipe in self.pipes:
-            pipe.close()
+        self.spawn(count, _citizens.run,
+                   (url, departments, join_concurrency, connect_concurrency, replace, client_kind))
 
 
 # -- statistics --
