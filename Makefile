@@ -8,12 +8,12 @@ VENDOR := web/static/vendor/socket.io.min.js
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench assets chromium coturn ffmpeg clean
+.PHONY: run test lint bench assets chromium coturn ffmpeg nginx clean
 
 run: $(STAMP_RUN) assets ffmpeg
 	$(VENV)/bin/sprechstunde serve $(ARGS)
 
-test: $(STAMP_TEST) assets chromium coturn ffmpeg
+test: $(STAMP_TEST) assets chromium coturn ffmpeg nginx
 	$(VENV)/bin/ruff check server tests bench
 	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -46,6 +46,7 @@ $(VENDOR): web/package.json web/package-lock.json
 	cd web && npm ci --no-audit --no-fund --loglevel=error
 	mkdir -p web/static/vendor
 	cp web/node_modules/socket.io-client/dist/socket.io.min.js web/static/vendor/
+	cp web/node_modules/uplot/dist/uPlot.iife.min.js web/node_modules/uplot/dist/uPlot.min.css web/static/vendor/
 
 # Debian's Chromium for the real-browser tests (Playwright drives it; no browser download).
 chromium:
@@ -59,6 +60,12 @@ coturn:
 # Debian's ffmpeg composes each finished recording into one playable file (server/media/compose.py).
 ffmpeg:
 	@command -v ffmpeg >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq ffmpeg >/dev/null; }
+
+# Debian's nginx: tests check deploy/'s site with `nginx -t` and run several nodes behind it (they start their
+# own nginx on free ports; the package's service is stopped).
+nginx:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx >/dev/null \
+		&& { $(SUDO) systemctl disable --now nginx >/dev/null 2>&1 || $(SUDO) service nginx stop >/dev/null 2>&1 || true; }; }
 
 clean:
 	rm -rf $(VENV) web/node_modules web/static/vendor

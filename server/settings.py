@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .queue.errors import InvalidInput
 from .recording.model import RecordingMode, RecordingPolicy
-from .rooms.departments import Department, parse_hours
+from .rooms.departments import Department, parse_closures, parse_hours
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "demo.toml"
 
@@ -101,7 +101,7 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "full_gc_interval": (int, float), "ping_interval": (int, float), "shutdown_seconds": (int, float),
 }
 _DEPT_KEYS = {"id", "name", "description", "hours", "queue_cap", "service_minutes", "require_name",
-              "require_concern", "recording", "recording_purpose", "recording_retention_days"}
+              "require_concern", "recording", "recording_purpose", "recording_retention_days", "closures"}
 
 
 def _is_network(value: object) -> bool:
@@ -157,6 +157,7 @@ def _department(raw: dict[str, Any], where: str) -> Department:
             require_name=bool(raw.get("require_name", False)),
             require_concern=bool(raw.get("require_concern", False)),
             recording=_recording_policy(raw, where),
+            closures=parse_closures(raw.get("closures")),
         )
     except (InvalidInput, TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from e

@@ -1,5 +1,5 @@
 """Departments (the rooms of a town hall) and their configuration."""
 
-from .departments import Department, OpeningHours, parse_hours
+from .departments import Closure, Department, OpeningHours, parse_closures, parse_hours
 
-__all__ = ["Department", "OpeningHours", "parse_hours"]
+__all__ = ["Closure", "Department", "OpeningHours", "parse_closures", "parse_hours"]

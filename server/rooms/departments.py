@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, time
+from datetime import date, datetime, time, timedelta
 
 from ..queue.errors import InvalidInput
 from ..recording.model import RecordingPolicy
@@ -35,6 +35,52 @@ class OpeningHours:
             for day, slots in zip(DAYS, self.slots, strict=True)
             if slots
         }
+
+
+@dataclass(frozen=True)
+class Closure:
+    """A special closure (holiday, staff meeting): closed all day from ``start`` to ``end`` (inclusive,
+    local dates), with a message citizens see, e.g. "Heute wegen Betriebsversammlung geschlossen"."""
+
+    start: date
+    end: date
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        if self.end < self.start:
+            raise InvalidInput(f"closure {self.start}..{self.end} ends before it starts")
+        if len(self.message) > 300:
+            raise InvalidInput("closure message longer than 300 characters")
+
+    def covers(self, day: date) -> bool:
+        return self.start <= day <= self.end
+
+    def to_dict(self) -> dict[str, str]:
+        return {"start": self.start.isoformat(), "end": self.end.isoformat(), "message": self.message}
+
+
+def parse_closures(raw: object) -> tuple[Closure, ...]:
+    """``[{"start": "2026-12-24", "end": "2026-12-26", "message": "..."}, ...]`` (``end`` defaults to
+    ``start``)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list | tuple):
+        raise InvalidInput("closures must be a list")
+    out = []
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("start"), str | date):
+            raise InvalidInput("each closure needs a start date")
+        try:
+            start = item["start"] if isinstance(item["start"], date) else date.fromisoformat(item["start"])
+            end_raw = item.get("end", start)
+            end = end_raw if isinstance(end_raw, date) else date.fromisoformat(str(end_raw))
+        except ValueError as e:
+            raise InvalidInput(f"invalid closure date: {e}") from e
+        message = item.get("message", "")
+        if not isinstance(message, str):
+            raise InvalidInput("closure message must be text")
+        out.append(Closure(start, end, " ".join(message.split())))
+    return tuple(sorted(out, key=lambda c: c.start))
 
 
 def _parse_time(h: str, m: str) -> time:
@@ -85,6 +131,12 @@ class Department:
     require_concern: bool = False
     recording: RecordingPolicy = RecordingPolicy()
     """Whether consultations may be recorded (with every participant's consent), why, and how long kept."""
+    closures: tuple[Closure, ...] = ()
+    """Special closures and holidays (whole local days), each with a message for citizens."""
+    closed_now: bool = False
+    """Closed at once by a lead until they open it again, whatever the opening hours say."""
+    closed_message: str = ""
+    """What citizens read while ``closed_now`` (empty: a generic sentence)."""
 
     def __post_init__(self) -> None:
         if not _ID.match(self.id):
@@ -98,5 +150,45 @@ class Department:
                 f"recording of {self.id} is allowed: recording_purpose and recording_retention_days (>= 1) are required"
             )
 
+    def closure_on(self, day: date) -> Closure | None:
+        return next((c for c in self.closures if c.covers(day)), None)
+
     def is_open(self, local: datetime) -> bool:
+        if self.closed_now or self.closure_on(local.date()) is not None:
+            return False
         return self.hours.is_open(local)
+
+    def closed_reason(self, local: datetime) -> str | None:
+        """Why it is closed at ``local``: the lead's message, the closure's message, or None (closed
+        by its hours, or open, or no message given)."""
+        if self.closed_now:
+            return self.closed_message or None
+        closure = self.closure_on(local.date())
+        return (closure.message or None) if closure else None
+
+    def next_opening(self, local: datetime, horizon_days: int = 366) -> datetime | None:
+        """When it opens next after ``local`` (``local`` itself when open now), in ``local``'s zone;
+        None when closed by a lead (nobody knows when) or when it does not open within the horizon.
+        Opening hours with no slots at all never open; no hours configured means always open."""
+        if self.closed_now:
+            return None
+        if self.is_open(local):
+            return local
+        if self.hours.slots is None:  # always open but for closures: the day after the last closure
+            day = local.date()
+            for _ in range(horizon_days):
+                day += timedelta(days=1)
+                if self.closure_on(day) is None:
+                    return datetime.combine(day, time(0, 0), local.tzinfo)
+            return None
+        for offset in range(horizon_days + 1):
+            day = local.date() + timedelta(days=offset)
+            if self.closure_on(day) is not None:
+                continue
+            for start, end in self.hours.slots[day.weekday()]:
+                if offset == 0 and end <= local.time():
+                    continue
+                candidate = datetime.combine(day, start, local.tzinfo)
+                if candidate > local:
+                    return candidate
+        return None
