@@ -35,6 +35,83 @@ RTL_LANGUAGES = frozenset({"ar", "fa"})
 Translate = Callable[..., str]
 
 DE: dict[str, str] = {
+    # BITV 2.0 §4 pages (server/http/accessibility.py)
+    "footer.easy": "Leichte Sprache",
+    "footer.accessibility": "Barrierefreiheit",
+    "index.sign_language_h": "Informationen in Deutscher Gebärdensprache",
+    "index.sign_language_video": "Video: Das Online-Wartezimmer in Deutscher Gebärdensprache erklärt",
+    "index.easy_link": "Diese Seite in Leichter Sprache",
+    "easy.title": "Leichte Sprache",
+    "easy.intro": "Hier erklären wir das Online-Wartezimmer in Leichter Sprache.",
+    "easy.what_h": "Was ist das Online-Wartezimmer?",
+    "easy.what_1": "Sie möchten mit dem Amt sprechen.",
+    "easy.what_2": "Dann müssen Sie nicht ins Rathaus gehen. Sie können mit dem Amt über das Internet sprechen.",
+    "easy.what_3": "Sie sehen die Mitarbeiterin oder den Mitarbeiter im Video. Die Person sieht und hört Sie auch.",
+    "easy.need_h": "Was brauchen Sie?",
+    "easy.need_1": "Ein Handy, ein Tablet oder einen Computer.",
+    "easy.need_2": "Internet.",
+    "easy.need_3": "Eine Kamera und ein Mikrofon. Die haben die meisten Handys schon.",
+    "easy.need_no": "Sie brauchen kein Programm. Sie brauchen kein Konto und kein Passwort.",
+    "easy.how_h": "So geht es",
+    "easy.how_1": "Gehen Sie auf die Start-Seite.",
+    "easy.how_2": "Suchen Sie das richtige Amt aus. Zum Beispiel: Bürgerbüro.",
+    "easy.how_3": "Klicken Sie auf: Anstellen.",
+    "easy.how_4": "Schreiben Sie kurz, was Sie brauchen. Das müssen Sie nicht. Es hilft aber dem Amt.",
+    "easy.how_5": "Dann warten Sie. Die Seite zeigt: So viele Menschen sind vor Ihnen.",
+    "easy.wait_h": "Beim Warten",
+    "easy.wait_1": "Lassen Sie die Seite offen. Wenn Sie dran sind, klingelt die Seite. "
+    "Dann klicken Sie auf: Jetzt sprechen.",
+    "easy.wait_2": "Sie wollen nicht mehr warten? Dann klicken Sie auf: Warteschlange verlassen.",
+    "easy.help_h": "Hilfe",
+    "easy.help_1": "Sie brauchen eine Gebärden-Dolmetscherin oder einen Gebärden-"
+    "Dolmetscher? Sagen Sie es beim Anstellen. Kreuzen Sie das Feld an.",
+    "easy.help_2": "Sie sprechen eine andere Sprache? Suchen Sie Ihre Sprache beim Anstellen aus.",
+    "easy.data_h": "Ihre Daten",
+    "easy.data_1": "Wir speichern nur wenig über Sie. Nach einem Tag löschen wir es. Wir "
+    "nehmen das Gespräch nur auf, wenn Sie Ja sagen.",
+    "easy.data_link": "Mehr über Ihre Daten",
+    "easy.start": "Zur Start-Seite",
+    "a11y.title": "Erklärung zur Barrierefreiheit",
+    "a11y.intro": "Wir möchten, dass alle Menschen das Online-Wartezimmer nutzen können. "
+    "Diese Erklärung gilt für alle Seiten dieses Dienstes (Barrierefreie-"
+    "Informationstechnik-Verordnung, BITV 2.0).",
+    "a11y.status_h": "Wie barrierefrei ist der Dienst?",
+    "a11y.status": "Der Dienst ist weitgehend mit den Anforderungen der BITV 2.0 und der "
+    "WCAG 2.1 (Stufe AA) vereinbar. Jede Seite wird bei jeder Änderung "
+    "automatisch mit axe-core geprüft und von Hand mit Tastatur und "
+    "Bildschirmleser getestet.",
+    "a11y.how_h": "Was Sie erwarten können",
+    "a11y.how_keyboard": "Alles lässt sich mit der Tastatur bedienen; der Fokus ist immer sichtbar.",
+    "a11y.how_reader": "Bildschirmleser lesen Ihren Platz in der Warteschlange und jede Änderung vor.",
+    "a11y.how_zoom": "Die Seiten lassen sich auf 400 % vergrößern, ohne dass etwas verloren geht.",
+    "a11y.how_languages": "Die Seiten gibt es auf Deutsch, Englisch und in Leichter Sprache; beim"
+    " Anstellen können Sie eine andere Sprache für das Gespräch wählen.",
+    "a11y.how_interpreter": "Sie können eine Gebärdensprach-Dolmetschung für Ihr Gespräch anfragen.",
+    "a11y.limits_h": "Was noch nicht barrierefrei ist",
+    "a11y.limit_video": "Videogespräche setzen voraus, dass Sie sehen oder hören können; wenn "
+    "nicht, fragen Sie beim Anstellen eine Dolmetschung an oder schreiben "
+    "Sie uns.",
+    "a11y.limit_captions": "Aufzeichnungen von Bürgersprechstunden haben noch keine Untertitel, nur Kapitel je Frage.",
+    "a11y.more_h": "Weitere Angebote",
+    "a11y.feedback_h": "Barrieren melden",
+    "a11y.feedback": "Ist Ihnen eine Barriere aufgefallen, oder brauchen Sie Informationen "
+    "in einer anderen Form? Schreiben Sie uns. Wir antworten innerhalb von "
+    "sechs Wochen.",
+    "a11y.contact": "Kontakt:",
+    "a11y.contact_none": "Bitte wenden Sie sich an Ihre Verwaltung; sie hat hier noch keine "
+    "Kontaktadresse eingetragen.",
+    "a11y.enforcement_h": "Schlichtungsverfahren",
+    "a11y.enforcement": "Bekommen Sie keine zufriedenstellende Antwort, können Sie sich an die "
+    "Schlichtungsstelle nach dem Behindertengleichstellungsgesetz oder an "
+    "die zuständige Stelle Ihres Bundeslandes wenden.",
+    "a11y.date": "Diese Erklärung wurde zuletzt am {date} geprüft.",
+    # admin frame (web/templates/admin_base.html)
+    "admin.nav_label": "Verwaltung",
+    "admin.nav.departments": "Abteilungen",
+    "admin.nav.staff": "Mitarbeitende",
+    "admin.nav.stats": "Statistik",
+    "admin.nav.audit": "Protokoll",
+    "admin.nav.dashboard": "Zum Arbeitsplatz",
     # layout
     "site.name": "Sprechstunde",
     "site.tagline": "Online-Wartezimmer Ihrer Verwaltung",
@@ -643,6 +720,77 @@ DE: dict[str, str] = {
 }
 
 EN: dict[str, str] = {
+    # BITV 2.0 §4 pages (server/http/accessibility.py)
+    "footer.easy": "Easy read",
+    "footer.accessibility": "Accessibility",
+    "index.sign_language_h": "Information in German Sign Language",
+    "index.sign_language_video": "Video: the online waiting room explained in German Sign Language",
+    "index.easy_link": "This page in easy read",
+    "easy.title": "Easy read",
+    "easy.intro": "This page explains the online waiting room in easy words.",
+    "easy.what_h": "What is the online waiting room?",
+    "easy.what_1": "You want to talk to the town hall.",
+    "easy.what_2": "You do not have to go there. You can talk to the town hall over the internet.",
+    "easy.what_3": "You see the member of staff on video. They see and hear you too.",
+    "easy.need_h": "What do you need?",
+    "easy.need_1": "A phone, a tablet or a computer.",
+    "easy.need_2": "Internet.",
+    "easy.need_3": "A camera and a microphone. Most phones have them.",
+    "easy.need_no": "You do not need an app. You do not need an account or a password.",
+    "easy.how_h": "How it works",
+    "easy.how_1": "Go to the start page.",
+    'easy.how_2': "Choose the right office. For example: Citizens' office.",
+    "easy.how_3": "Click: Join the queue.",
+    "easy.how_4": "Write in a few words what you need. You do not have to. But it helps the office.",
+    "easy.how_5": "Then you wait. The page shows how many people are before you.",
+    "easy.wait_h": "While you wait",
+    "easy.wait_1": "Keep the page open. When it is your turn, the page rings. Then click: Talk now.",
+    "easy.wait_2": "You do not want to wait any more? Click: Leave the queue.",
+    "easy.help_h": "Help",
+    "easy.help_1": "Do you need a sign-language interpreter? Say so when you join. Tick the box.",
+    "easy.help_2": "Do you speak another language? Choose your language when you join.",
+    "easy.data_h": "Your data",
+    "easy.data_1": "We keep only a little about you. We delete it after one day. We only "
+    "record the talk if you say yes.",
+    "easy.data_link": "More about your data",
+    "easy.start": "To the start page",
+    "a11y.title": "Accessibility statement",
+    "a11y.intro": "We want everybody to be able to use the online waiting room. This "
+    "statement covers every page of this service (German Accessible "
+    "Information Technology Ordinance, BITV 2.0).",
+    "a11y.status_h": "How accessible is the service?",
+    "a11y.status": "The service largely meets the requirements of BITV 2.0 and WCAG 2.1 "
+    "(level AA). Every page is checked automatically with axe-core at every"
+    " change and tested by hand with a keyboard and a screen reader.",
+    "a11y.how_h": "What you can expect",
+    "a11y.how_keyboard": "Everything works with the keyboard; the focus is always visible.",
+    "a11y.how_reader": "Screen readers announce your place in the queue and every change.",
+    "a11y.how_zoom": "The pages can be zoomed to 400 % without losing anything.",
+    "a11y.how_languages": "The pages are in German, English and easy-read German; when joining "
+    "you can choose another language for the conversation.",
+    "a11y.how_interpreter": "You can ask for a sign-language interpreter for your conversation.",
+    "a11y.limits_h": "What is not accessible yet",
+    "a11y.limit_video": "Video consultations assume you can see or hear; if you cannot, ask for"
+    " an interpreter when joining or write to us.",
+    "a11y.limit_captions": "Recordings of town-hall meetings have no subtitles yet, only a chapter per question.",
+    "a11y.more_h": "More",
+    "a11y.feedback_h": "Report a barrier",
+    "a11y.feedback": "Did you come across a barrier, or do you need information in another "
+    "form? Write to us. We answer within six weeks.",
+    "a11y.contact": "Contact:",
+    "a11y.contact_none": "Please contact your municipality; it has not entered a contact address here yet.",
+    "a11y.enforcement_h": "Conciliation procedure",
+    "a11y.enforcement": "If you do not get a satisfactory answer, you can turn to the "
+    "conciliation body under the Disability Equality Act or to the body "
+    "responsible in your federal state.",
+    "a11y.date": "This statement was last reviewed on {date}.",
+    # admin frame (web/templates/admin_base.html)
+    "admin.nav_label": "Administration",
+    "admin.nav.departments": "Departments",
+    "admin.nav.staff": "Staff",
+    "admin.nav.stats": "Statistics",
+    "admin.nav.audit": "Audit log",
+    "admin.nav.dashboard": "To the dashboard",
     "site.name": "Sprechstunde",
     "site.tagline": "Your administration's online waiting room",
     "nav.skip": "Skip to content",

@@ -77,6 +77,14 @@ class Settings:
     shutdown_seconds: float = 10.0
     """On SIGTERM, ``sprechstunde serve`` exits within this many seconds, even with requests still open:
     pages and dashboards are told at once, consultations end, hung requests are cut off at the deadline."""
+    accessibility_contact: str = ""
+    """Where people report barriers (e-mail address or URL), shown in the accessibility statement
+    (BITV 2.0 §7); empty: the statement says to contact the municipality."""
+    accessibility_statement_date: str = ""
+    """When the statement was last reviewed (free text, e.g. "30.11.2026")."""
+    sign_language_video: Path | None = None
+    """A local video file with the service explained in German Sign Language (DGS), shown on the start
+    page and served at /media/sign-language-video; relative paths are relative to the config file."""
     config_path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -99,6 +107,7 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "max_body_bytes": int, "max_socket_message_bytes": int, "cors_origins": list, "turn_urls": list,
     "turn_secret": str, "turn_ttl_seconds": (int, float), "max_video_bitrate": int, "max_media_rooms": int,
     "full_gc_interval": (int, float), "ping_interval": (int, float), "shutdown_seconds": (int, float),
+    "accessibility_contact": str, "accessibility_statement_date": str, "sign_language_video": str,
 }
 _DEPT_KEYS = {"id", "name", "description", "hours", "queue_cap", "service_minutes", "require_name",
               "require_concern", "recording", "recording_purpose", "recording_retention_days", "closures"}
@@ -208,6 +217,12 @@ def settings_from_dict(raw: dict[str, Any], env: dict[str, str] | None = None,
     data_dir = Path(server.pop("data_dir", "var"))
     if config_path is not None and not data_dir.is_absolute():
         data_dir = (config_path.parent / data_dir) if "data_dir" in raw.get("server", {}) else data_dir
+    if server.get("sign_language_video"):
+        video = Path(server["sign_language_video"])
+        server["sign_language_video"] = (config_path.parent / video) if config_path and not video.is_absolute() \
+            else video
+    else:
+        server["sign_language_video"] = None
     if "cors_origins" in server:
         server["cors_origins"] = tuple(server["cors_origins"])
     if "trusted_proxies" in server:

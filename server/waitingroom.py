@@ -55,6 +55,10 @@ class DepartmentLoad:
     available: int
     busy: int
     service_seconds: float
+    next_opening: datetime | None = None
+    """When a closed department opens next (local time); None while open, or when nobody knows."""
+    closed_message: str | None = None
+    """Why it is closed, in the lead's or the closure's words; None while open or without a message."""
 
     @property
     def clerks(self) -> int:
@@ -77,7 +81,14 @@ class DepartmentLoad:
             "queue_full": d.queue_cap is not None and self.waiting >= d.queue_cap,
             "require_name": d.require_name,
             "require_concern": d.require_concern,
+            "next_opening": iso_local(self.next_opening),
+            "closed_message": self.closed_message,
         }
+
+
+def iso_local(moment: datetime | None) -> str | None:
+    """A local time for the wire: ISO 8601 to the minute, with its offset (``2026-12-01T08:00+01:00``)."""
+    return moment.isoformat(timespec="minutes") if moment is not None else None
 
 
 class WaitingRoom:
@@ -117,19 +128,29 @@ class WaitingRoom:
         now = self.clock() if now is None else now
         return department.is_open(datetime.fromtimestamp(now, self.settings.tz))
 
+    def opening(self, department: Department, now: float | None = None) -> tuple[bool, datetime | None, str | None]:
+        """Whether the department is open now, and if not, when it opens next and why it is closed."""
+        local = datetime.fromtimestamp(self.clock() if now is None else now, self.settings.tz)
+        if department.is_open(local):
+            return True, None, None
+        return False, department.next_opening(local), department.closed_reason(local)
+
     # -- reads --
     async def load(self, department_id: str) -> DepartmentLoad:
         d = self.department(department_id)
+        is_open, next_opening, closed_message = self.opening(d)
         waiting = (await self.store.waiting_counts([d.id]))[d.id]
         presences = await self.store.presences(d.id)
         services = await self.store.recent_services(d.id)
         return DepartmentLoad(
             d,
-            self.is_open(d),
+            is_open,
             waiting,
             sum(1 for p in presences.values() if p is Presence.AVAILABLE),
             sum(1 for p in presences.values() if p is Presence.BUSY),
             mean_service_seconds(services, d.service_minutes),
+            next_opening,
+            closed_message,
         )
 
     async def overview(self) -> list[dict[str, Any]]:
@@ -148,6 +169,8 @@ class WaitingRoom:
             "d": department_id,
             "t": round(self.clock(), 3),
             "open": load.open,
+            "next": iso_local(load.next_opening),
+            "msg": load.closed_message,
             "w": deltas,
             "a": load.available,
             "b": load.busy,

@@ -68,6 +68,9 @@ def setup_pages(app: web.Application) -> None:
     app.router.add_get("/wait/{ticket_id}", wait_page, name="wait")
     app.router.add_get("/privacy", privacy_page, name="privacy")
     app.router.add_get("/staff", staff_page, name="staff")
+    from .accessibility import setup as setup_accessibility
+
+    setup_accessibility(app)
     app.router.add_static("/static/", WEB_DIR / "static", name="static")
     app.on_response_prepare.append(_static_headers)
 
@@ -119,7 +122,8 @@ def render_not_found(request: web.Request) -> web.Response:
 
 async def index_page(request: web.Request) -> web.Response:
     departments = await request.app[ROOM].overview()
-    return render(request, "index.html", departments=departments)
+    return render(request, "index.html", departments=departments,
+                  sign_language_video=request.app[SETTINGS].sign_language_video is not None)
 
 
 async def join_page(request: web.Request) -> web.Response:
