@@ -8,12 +8,12 @@ VENDOR := web/static/vendor/socket.io.min.js
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench assets chromium coturn ffmpeg nginx clean
+.PHONY: run test lint bench assets oidc-provider chromium coturn ffmpeg nginx clean
 
 run: $(STAMP_RUN) assets ffmpeg
 	$(VENV)/bin/sprechstunde serve $(ARGS)
 
-test: $(STAMP_TEST) assets chromium coturn ffmpeg nginx
+test: $(STAMP_TEST) assets oidc-provider chromium coturn ffmpeg nginx
 	$(VENV)/bin/ruff check server tests bench
 	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -48,6 +48,14 @@ $(VENDOR): web/package.json web/package-lock.json
 	cp web/node_modules/socket.io-client/dist/socket.io.min.js web/static/vendor/
 	cp web/node_modules/uplot/dist/uPlot.iife.min.js web/node_modules/uplot/dist/uPlot.min.css web/static/vendor/
 
+# A real OpenID provider (panva/oidc-provider on Node) for the single sign-on tests (tests/test_oidc.py).
+OIDC_PROVIDER := tests/oidc/node_modules/oidc-provider/package.json
+oidc-provider: $(OIDC_PROVIDER)
+
+$(OIDC_PROVIDER): tests/oidc/package.json tests/oidc/package-lock.json
+	cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 # Debian's Chromium for the real-browser tests (Playwright drives it; no browser download).
 chromium:
 	@[ -x $(CHROMIUM) ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
@@ -68,4 +76,4 @@ nginx:
 		&& { $(SUDO) systemctl disable --now nginx >/dev/null 2>&1 || $(SUDO) service nginx stop >/dev/null 2>&1 || true; }; }
 
 clean:
-	rm -rf $(VENV) web/node_modules web/static/vendor
+	rm -rf $(VENV) web/node_modules web/static/vendor tests/oidc/node_modules

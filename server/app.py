@@ -9,19 +9,33 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from .appointments.service import AppointmentService
+from .audit import AuditLog
 from .errors import json_errors
+from .http import admin as admin_routes
+from .http import admin_staff as admin_staff_routes
+from .http import admin_stats as admin_stats_routes
 from .http import api
+from .http import appointments as appointment_routes
 from .http import recordings as recording_routes
 from .http import townhall as townhall_routes
+from .http.appointments import APPOINTMENTS
 from .http.auth import Auth
-from .http.keys import AUTH, RECORDINGS, ROOM, SETTINGS, STORE, TOWNHALL
+from .http.keys import AUDIT, AUTH, RECORDINGS, ROOM, SETTINGS, STATS, STORE, TOWNHALL
+from .http.metrics import setup_metrics
+from .http.oidc import setup_oidc
+from .mail import Mailer
 from .recordings import RecordingService
 from .settings import Settings
 from .signaling import Signaling
 from .signaling.media import MediaSignaling
 from .signaling.recording import RecordingSignaling
 from .signaling.townhall import TownHallSignaling
+from .store.appointments import AppointmentStore, make_appointment_store
+from .store.audit import AuditStore, make_audit_store
 from .store.base import Store
+from .store.eventlog import EventLogStore, StatsRecorder, make_eventlog_store
+from .store.departments import DepartmentDirectory, DepartmentStore, make_department_store
 from .store.recordings import RecordingStore, make_recording_store
 from .store.townhall import TownHallStore, make_townhall_store
 from .tasks import stop_all, stopping
@@ -44,26 +58,50 @@ def make_store(settings: Settings) -> Store:
     return MemoryStore(staff_file=settings.data_dir / "staff.json")
 
 
+DEMO_HINT = ("Demo clerks exist (user name = the department id, e.g. '{example}'); their passwords were printed at "
+             "the first start. New passwords for all of them: sprechstunde staff reset-demo")
+
+
 async def ensure_demo_staff(settings: Settings, auth: Auth, announce: Callable[[str], None]) -> None:
-    """With the demo configuration and no staff at all, create one clerk per department and say so once."""
-    if not settings.demo or await auth.store.list_staff():
+    """With the demo configuration and no staff at all, create one clerk per department and print the logins;
+    on later starts print how to get them again (they are not stored in a readable form)."""
+    if not settings.demo:
         return
-    lines = ["Demo clerks created (shown once; manage staff with 'sprechstunde staff'):"]
-    for d in settings.departments:
+    if await auth.store.list_staff():
+        example = next((d.id for d in auth.departments()), None)
+        if example is not None:
+            announce(DEMO_HINT.format(example=example))
+        return
+    announce(await create_demo_staff(auth, "Demo clerks created (shown once; manage staff with 'sprechstunde staff'):"))
+
+
+async def create_demo_staff(auth: Auth, title: str) -> str:
+    """One demo clerk per department (user name = department id) with a new random password; the logins."""
+    lines = [title]
+    for d in auth.departments():
         password = secrets.token_urlsafe(9)
         await auth.add_staff(d.id, f"Demo {d.name}", password, [d.id])
         lines.append(f"  {d.name:<20} user {d.id:<16} password {password}")
-    announce("\n".join(lines))
+    return "\n".join(lines)
 
 
 def create_app(settings: Settings, store: Store | None = None,
                announce: Callable[[str], None] = print,
                recording_store: RecordingStore | None = None,
-               townhall_store: TownHallStore | None = None) -> web.Application:
+               townhall_store: TownHallStore | None = None,
+               appointment_store: AppointmentStore | None = None,
+               audit_store: AuditStore | None = None,
+               department_store: DepartmentStore | None = None,
+               eventlog_store: EventLogStore | None = None) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=settings.max_body_bytes)
     store = store or make_store(settings)
-    room = WaitingRoom(settings, store)
+    directory = DepartmentDirectory(
+        department_store or make_department_store(settings.redis_url, settings.redis_prefix, settings.data_dir),
+        settings.departments,
+    )
+    room = WaitingRoom(settings, store, directory=directory)
     auth = Auth(settings, store)
+    auth.departments = lambda: room.departments.values()
     signaling = Signaling(settings, room, auth)
     media = MediaSignaling(settings, room, auth, signaling.sio)
     signaling.media = media
@@ -72,6 +110,7 @@ def create_app(settings: Settings, store: Store | None = None,
         recording_store or make_recording_store(settings.redis_url, settings.redis_prefix, settings.data_dir),
     )
     media.recording = RecordingSignaling(media, recordings)
+    recordings.departments = lambda: room.departments
     app[RECORDINGS] = recordings
     townhall = TownHallService(
         townhall_store or make_townhall_store(settings.redis_url, settings.redis_prefix, settings.data_dir), store,
@@ -81,6 +120,28 @@ def create_app(settings: Settings, store: Store | None = None,
     townhall_signaling = TownHallSignaling(signaling.sio, townhall, auth, settings)
     signaling.townhall = townhall_signaling
     app[TOWNHALL] = townhall
+    appointments = AppointmentService(
+        settings, room,
+        appointment_store or make_appointment_store(settings.redis_url, settings.redis_prefix, settings.data_dir),
+        Mailer(settings.smtp) if settings.smtp else None,
+    )
+    room.appointments = appointments  # due appointments go ahead of walk-ins; the dashboard lists the day's
+    app[APPOINTMENTS] = appointments
+    audit = AuditLog(
+        audit_store or make_audit_store(settings.redis_url, settings.redis_prefix, settings.data_dir),
+        settings.audit_retention_days,
+    )
+    room.on_events(audit.on_ticket_events)
+    recordings.on_access = audit.on_recording_access
+    app[AUDIT] = audit
+    stats = StatsRecorder(
+        eventlog_store or make_eventlog_store(settings.redis_url, settings.redis_prefix, settings.data_dir, settings.tz),
+        room, settings.stats_retention_days,
+    )
+    room.on_events(stats.on_events)  # statistics without personal data (server/stats/)
+    room.on_presence(stats.on_presence)
+    app[STATS] = stats
+    auth.audit = audit
     app[SETTINGS] = settings
     app[STORE] = store
     app[ROOM] = room
@@ -90,27 +151,38 @@ def create_app(settings: Settings, store: Store | None = None,
     app.add_routes(api.routes)
     app.add_routes(recording_routes.routes)
     app.add_routes(townhall_routes.routes)
+    app.add_routes(appointment_routes.routes)
+    app.add_routes(admin_staff_routes.routes)
+    app.add_routes(admin_routes.routes)
+    app.add_routes(admin_stats_routes.routes)
+    setup_metrics(app, room, signaling.socket_counts, media)  # /metrics: only when configured (docs: README)
     try:
         from .http.pages import setup_pages
     except ImportError:  # pages are optional for API-only deployments and early tests
         pass
     else:
         setup_pages(app)
+    setup_oidc(app)  # staff single sign-on (/auth/oidc/*), when [oidc] is configured
     signaling.attach(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await directory.start(settings.departments)  # the TOML seeds the first start; then the store wins
         await ensure_demo_staff(settings, auth, announce)
         media.start()  # the SFU: its connections live on this process's event loop
         tasks = [
             asyncio.create_task(signaling.broadcast_positions(), name="positions"),
             asyncio.create_task(signaling.renew_presence(), name="presence"),
+            asyncio.create_task(directory.watch(), name="departments"),  # other nodes' edits
             asyncio.create_task(_sweep(room), name="sweep"),
             asyncio.create_task(recordings.run_sweeps(), name="recording-retention"),
+            asyncio.create_task(audit.run_sweeps(), name="audit-retention"),
+            asyncio.create_task(stats.run(), name="stats"),
             asyncio.create_task(townhall_signaling.broadcast(), name="townhall"),
             asyncio.create_task(_every(600.0, townhall.sweep, "town-hall retention"), name="townhall-retention"),
+            asyncio.create_task(appointments.run(), name="appointments"),  # reminders, no-shows, retention
         ]
         await recordings.resume_compositions()
-        log.info("started: %d departments, %s store", len(settings.departments),
+        log.info("started: %d departments, %s store", len(room.departments),
                  "redis" if settings.redis_url else "memory")
         yield
         await stop_all(tasks)
@@ -118,6 +190,11 @@ def create_app(settings: Settings, store: Store | None = None,
         await media.close()
         await recordings.close()
         await townhall.close()
+        await appointments.close()
+        await audit.close()
+        await stats.close()
+        if directory.store is not None:
+            await directory.store.close()
         await store.close()
 
     async def disconnect_sockets(app: web.Application) -> None:

@@ -1,4 +1,4 @@
-"""Command line: ``sprechstunde serve`` and ``sprechstunde staff add|remove|list``."""
+"""Command line: ``sprechstunde serve`` and ``sprechstunde staff add|remove|list|reset-demo``."""
 
 from __future__ import annotations
 
@@ -67,6 +67,11 @@ async def _run(app: web.Application, settings: Settings) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
     await site.start()
+    metrics_runner = None
+    if settings.metrics_port:  # /metrics alone, on its own address (server/http/metrics.py)
+        from .http.metrics import start_metrics_site
+
+        metrics_runner = await start_metrics_site(app, settings.metrics_host, settings.metrics_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -80,6 +85,8 @@ async def _run(app: web.Application, settings: Settings) -> None:
         watchdog = threading.Timer(deadline, _exit_now, (deadline,))
         watchdog.daemon = True
         watchdog.start()
+        if metrics_runner is not None:  # first, and quickly: a scrape in flight is cut off (its shutdown_timeout)
+            await metrics_runner.cleanup()
         try:
             # The listener closes first: new connections are refused from here on.
             await asyncio.wait_for(runner.cleanup(), deadline * CLEANUP_SHARE)
@@ -113,19 +120,30 @@ def _read_password(args: argparse.Namespace) -> str:
 async def _staff(args: argparse.Namespace) -> int:
     from .app import make_store
     from .http.auth import Auth
+    from .store.departments import DepartmentDirectory, make_department_store
 
     settings = _settings(args)
     store = make_store(settings)
+    directory = DepartmentDirectory(make_department_store(settings.redis_url, settings.redis_prefix, settings.data_dir))
     try:
+        await directory.start(settings.departments)  # the departments as managed at /admin (the TOML seeds)
         auth = Auth(settings, store)
+        auth.departments = lambda: directory.departments.values()
         if args.action == "add":
             departments = [d for d in (args.departments or "").split(",") if d]
             if not departments:
-                departments = [d.id for d in settings.departments]
+                departments = list(directory.departments)
             roles = [r for r in (args.roles or "clerk").split(",") if r]
             account = await auth.add_staff(args.username, args.name or args.username, _read_password(args),
                                            departments, roles)
             print(f"saved {account.username}: {', '.join(account.departments)} ({', '.join(account.roles)})")
+        elif args.action == "reset-demo":
+            if not settings.demo:
+                print("reset-demo is for the demo configuration only (demo = true)", file=sys.stderr)
+                return 1
+            from .app import create_demo_staff
+
+            print(await create_demo_staff(auth, "Demo clerks (new passwords):"))
         elif args.action == "remove":
             if not await store.delete_staff(args.username):
                 print(f"no staff account {args.username}", file=sys.stderr)
@@ -136,6 +154,8 @@ async def _staff(args: argparse.Namespace) -> int:
                 print(f"{a.username}\t{a.display_name}\t{','.join(a.roles)}\t{','.join(a.departments)}")
         return 0
     finally:
+        if directory.store is not None:
+            await directory.store.close()
         await store.close()
 
 
@@ -159,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     p_remove = staff_sub.add_parser("remove", help="remove an account")
     p_remove.add_argument("username")
     p_list = staff_sub.add_parser("list", help="list accounts")
-    for p in (p_add, p_remove, p_list):
+    p_demo = staff_sub.add_parser("reset-demo", help="demo only: new passwords for the demo clerks, printed")
+    for p in (p_add, p_remove, p_list, p_demo):
         p.add_argument("--config", dest="config", default=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:

@@ -29,8 +29,11 @@ class _OutageLog:
     def __init__(self) -> None:
         self._last: float | None = None
         self._suppressed = 0
+        self.total = 0
+        """Every failure noted since the process started (``sprechstunde_store_unavailable_total``)."""
 
     def note(self, exc: BaseException, now: float) -> None:
+        self.total += 1
         if self._last is not None and now - self._last < STORE_LOG_INTERVAL:
             self._suppressed += 1
             return
@@ -40,6 +43,11 @@ class _OutageLog:
 
 
 _outages = _OutageLog()
+
+
+def store_unavailable_count() -> int:
+    """How many times this process answered ``store_unavailable`` (read by /metrics)."""
+    return _outages.total
 
 
 def is_store_unavailable(exc: BaseException) -> bool:

@@ -22,7 +22,7 @@ import secrets
 import shutil
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from .queue.model import Clerk
 from .recording import core
 from .recording.errors import AlreadyRecording, RecordingNotFound
 from .recording.model import Composition, ConsentText, Recording, RecordingEvent
+from .rooms.departments import Department
 from .settings import Settings
 from .store.recordings import AccessEntry, RecordingStore
 from .tasks import stopping
@@ -70,18 +71,22 @@ class RecordingService:
         """Tickets whose consultation this process records (its hub holds the recorder)."""
         self.composer: list[str] = ["nice", "-n", "10", sys.executable, "-m", "server.media.compose"]
         """Command that composes one recording directory (its path is appended); prints one JSON line."""
+        self.on_access: Callable[[AccessEntry], Awaitable[None]] | None = None
+        self.departments: Callable[[], Mapping[str, Department]] = lambda: {d.id: d for d in settings.departments}
+        """The departments that exist now (the app sets the live directory's, server/store/departments.py)."""
+        """Also told every access-log entry (the audit log, server/audit.py)."""
 
     # -- wiring --
     def on_events(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
     def policy(self, department: str) -> Any:
-        d = self.settings.department(department)
+        d = self.departments().get(department)
         return d.recording if d is not None else None
 
     def texts(self, rec: Recording) -> dict[str, ConsentText]:
         """The consent text in every language we have, as shown to participants."""
-        d = self.settings.department(rec.department)
+        d = self.departments().get(rec.department)
         name = d.name if d is not None else rec.department
         policy = d.recording if d is not None else None
         assert policy is not None
@@ -259,7 +264,7 @@ class RecordingService:
         """After a restart: recordings that were live when the process stopped are ended as failed;
         stopped ones whose composition is pending are composed (their tracks are kept until then)."""
         shared = self.settings.redis_url is not None  # other nodes may hold live recordings of their own
-        for rec in await self.store.list([d.id for d in self.settings.departments]):
+        for rec in await self.store.list(list(self.departments())):
             if rec.state.is_live and (not shared or (self.root / rec.id).exists()):
                 rec, _ = core.end(rec, "failed", self.clock())
                 await self.store.save(rec)
@@ -304,7 +309,12 @@ class RecordingService:
             await recorder.stop()
         await asyncio.to_thread(shutil.rmtree, self.directory(rec), True)
         await self.store.delete(rec.id)
-        await self.store.log_access(AccessEntry(now, actor, action, rec.id, rec.department))
+        await self._log_access(AccessEntry(now, actor, action, rec.id, rec.department))
+
+    async def _log_access(self, entry: AccessEntry) -> None:
+        await self.store.log_access(entry)
+        if self.on_access is not None:
+            await self.on_access(entry)
 
     # -- staff who look for recordings --
     @staticmethod
@@ -329,7 +339,7 @@ class RecordingService:
 
     async def log_access(self, clerk: Clerk, rec: Recording, action: str) -> None:
         log.info("recording %s: %s by staff", rec.id, action)
-        await self.store.log_access(AccessEntry(self.clock(), clerk.username, action, rec.id, rec.department))
+        await self._log_access(AccessEntry(self.clock(), clerk.username, action, rec.id, rec.department))
 
     async def delete(self, clerk: Clerk, recording_id: str) -> None:
         rec = await self.for_staff(clerk, recording_id)

@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .appointments.model import AppointmentConfig
+from .mail import SmtpSettings, parse_smtp
+from .oidc import OidcSettings, parse_oidc
 from .queue.errors import InvalidInput
 from .recording.model import RecordingMode, RecordingPolicy
 from .rooms.departments import Department, parse_closures, parse_hours
@@ -38,7 +41,17 @@ class Settings:
     position_interval: float = 1.0
     """Coalescing interval of position updates per department, in seconds."""
     joins_per_address: int = 10
+    """Successful check-ins per client address and window (refused attempts do not count)."""
     join_window_seconds: float = 600.0
+    join_trusted_networks: tuple[str, ...] = ()
+    """Addresses or networks (CIDR) of shared connections the operator vouches for (the town hall's kiosk, a
+    library, a shelter): their check-ins count against ``joins_per_trusted_address`` instead."""
+    joins_per_trusted_address: int = 0
+    """Check-ins per trusted address and window; 0: not limited."""
+    answer_seconds: float = 120.0
+    """How long a called citizen has to answer before the clerk may mark them as not there (no-show)."""
+    rejoin_seconds: float = 600.0
+    """How long after a no-show the citizen may take their old place back (once); 0: not at all."""
     login_attempts_per_address: int = 20
     session_hours: float = 10.0
     secure_cookies: bool = False
@@ -85,6 +98,20 @@ class Settings:
     sign_language_video: Path | None = None
     """A local video file with the service explained in German Sign Language (DGS), shown on the start
     page and served at /media/sign-language-video; relative paths are relative to the config file."""
+    metrics_host: str = "127.0.0.1"
+    """Address of the separate listener for ``/metrics`` (with ``metrics_port``)."""
+    metrics_port: int = 0
+    """Port of a second listener that serves only ``/metrics`` (no token needed there); 0: none."""
+    metrics_token: str | None = None
+    """Bearer token that lets ``/metrics`` through on the main port; unset (and no ``metrics_port``): 404."""
+    audit_retention_days: int = 400
+    """Days the audit log keeps an entry (who did what, staff usernames and ids only); then it is swept."""
+    smtp: SmtpSettings | None = None
+    """The ``[smtp]`` section: e-mail confirmations and reminders of appointments; None: no e-mail."""
+    oidc: OidcSettings | None = None
+    """The ``[oidc]`` section: staff single sign-on with OpenID Connect (server/oidc.py); None: passwords only."""
+    stats_retention_days: int = 400
+    """Days the statistics event log (no personal data) and its counters are kept (server/store/eventlog.py)."""
     config_path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -100,9 +127,13 @@ class Settings:
 
 
 _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
+    "audit_retention_days": int, "stats_retention_days": int,
+    "metrics_host": str, "metrics_port": int, "metrics_token": str,
     "host": str, "port": int, "timezone": str, "redis_url": str, "redis_prefix": str, "data_dir": str,
     "grace_seconds": (int, float), "position_interval": (int, float), "joins_per_address": int,
-    "join_window_seconds": (int, float), "login_attempts_per_address": int, "session_hours": (int, float),
+    "join_window_seconds": (int, float), "join_trusted_networks": list, "joins_per_trusted_address": int,
+    "answer_seconds": (int, float), "rejoin_seconds": (int, float),
+    "login_attempts_per_address": int, "session_hours": (int, float),
     "secure_cookies": bool, "trust_forwarded_for": bool, "trusted_proxies": list, "demo": bool,
     "max_body_bytes": int, "max_socket_message_bytes": int, "cors_origins": list, "turn_urls": list,
     "turn_secret": str, "turn_ttl_seconds": (int, float), "max_video_bitrate": int, "max_media_rooms": int,
@@ -110,7 +141,8 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "accessibility_contact": str, "accessibility_statement_date": str, "sign_language_video": str,
 }
 _DEPT_KEYS = {"id", "name", "description", "hours", "queue_cap", "service_minutes", "require_name",
-              "require_concern", "recording", "recording_purpose", "recording_retention_days", "closures"}
+              "require_concern", "recording", "recording_purpose", "recording_retention_days", "closures",
+              "appointments"}
 
 
 def _is_network(value: object) -> bool:
@@ -124,12 +156,12 @@ def _is_network(value: object) -> bool:
     return True
 
 
-def _trusted_proxies(value: Any) -> tuple[str, ...]:
+def _trusted_proxies(value: Any, key: str = "trusted_proxies") -> tuple[str, ...]:
     if not isinstance(value, list | tuple):
-        raise ConfigError("[server]: trusted_proxies must be a list of addresses or networks")
+        raise ConfigError(f"[server]: {key} must be a list of addresses or networks")
     for entry in value:
         if not _is_network(entry):
-            raise ConfigError(f"[server]: trusted_proxies: {entry!r} is not an address or network")
+            raise ConfigError(f"[server]: {key}: {entry!r} is not an address or network")
     return tuple(value)
 
 
@@ -167,6 +199,7 @@ def _department(raw: dict[str, Any], where: str) -> Department:
             require_concern=bool(raw.get("require_concern", False)),
             recording=_recording_policy(raw, where),
             closures=parse_closures(raw.get("closures")),
+            appointments=AppointmentConfig.from_dict(raw["appointments"]) if "appointments" in raw else None,
         )
     except (InvalidInput, TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from e
@@ -190,7 +223,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
 def settings_from_dict(raw: dict[str, Any], env: dict[str, str] | None = None,
                        config_path: Path | None = None, **overrides: Any) -> Settings:
     env = {} if env is None else env
-    unknown = set(raw) - {"server", "departments"}
+    unknown = set(raw) - {"server", "departments", "smtp", "oidc"}
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
     server = dict(raw.get("server", {}))
@@ -227,6 +260,8 @@ def settings_from_dict(raw: dict[str, Any], env: dict[str, str] | None = None,
         server["cors_origins"] = tuple(server["cors_origins"])
     if "trusted_proxies" in server:
         server["trusted_proxies"] = _trusted_proxies(server["trusted_proxies"])
+    if "join_trusted_networks" in server:
+        server["join_trusted_networks"] = _trusted_proxies(server["join_trusted_networks"], "join_trusted_networks")
     if "turn_urls" in server:
         urls = server["turn_urls"]
         if not all(isinstance(u, str) and u.startswith(("turn:", "turns:", "stun:")) for u in urls):
@@ -238,6 +273,18 @@ def settings_from_dict(raw: dict[str, Any], env: dict[str, str] | None = None,
         server["turn_secret"] = None
     if not server.get("redis_url"):
         server["redis_url"] = None
+    if not server.get("metrics_token"):
+        server["metrics_token"] = None
+    elif len(server["metrics_token"]) < 16:
+        raise ConfigError("[server]: metrics_token must be at least 16 characters")
+    try:
+        server["smtp"] = parse_smtp(raw["smtp"]) if "smtp" in raw else None
+    except ValueError as e:
+        raise ConfigError(f"[smtp]: {e}") from e
+    try:
+        server["oidc"] = parse_oidc(raw["oidc"], env) if "oidc" in raw else None
+    except ValueError as e:
+        raise ConfigError(f"[oidc]: {e}") from e
     settings = Settings(departments=departments, data_dir=data_dir, config_path=config_path, **server)
     try:
         settings.tz  # noqa: B018 - validate now, not at the first request
@@ -245,8 +292,16 @@ def settings_from_dict(raw: dict[str, Any], env: dict[str, str] | None = None,
         raise ConfigError(f"[server]: unknown timezone {settings.timezone!r}") from e
     if settings.full_gc_interval <= 0 or settings.ping_interval <= 0:
         raise ConfigError("[server]: full_gc_interval and ping_interval must be positive")
+    if not 0 <= settings.metrics_port <= 65535 or (settings.metrics_port and settings.metrics_port == settings.port):
+        raise ConfigError("[server]: metrics_port must be 0 (none) or a port other than port")
+    if not 1 <= settings.audit_retention_days <= 36500:
+        raise ConfigError("[server]: audit_retention_days must be between 1 and 36500")
+    if not 1 <= settings.stats_retention_days <= 3660:
+        raise ConfigError("[server]: stats_retention_days must be between 1 and 3660")
     if not 1 <= settings.shutdown_seconds <= 600:
         raise ConfigError("[server]: shutdown_seconds must be between 1 and 600")
+    if settings.answer_seconds < 0 or settings.rejoin_seconds < 0 or settings.joins_per_trusted_address < 0:
+        raise ConfigError("[server]: answer_seconds, rejoin_seconds and joins_per_trusted_address must not be negative")
     if settings.position_interval <= 0 or settings.grace_seconds < 0:
         raise ConfigError("[server]: position_interval must be positive and grace_seconds not negative")
     if settings.max_media_rooms < 0 or settings.max_video_bitrate <= 0 or settings.turn_ttl_seconds <= 0:

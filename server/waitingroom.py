@@ -6,30 +6,35 @@ about tickets lives in ``server.queue.core``. The HTTP and socket.io handlers ca
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
+import ipaddress
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from .queue import core
 from .queue.errors import (
     AlreadyQueued,
     InvalidInput,
+    JoinLimited,
     NotAuthorised,
     QueueError,
-    RateLimited,
     TicketNotFound,
     UnknownDepartment,
 )
-from .queue.estimate import estimate_wait, mean_service_seconds
+from .queue.estimate import department_estimate, mean_service_seconds
 from .queue.model import Clerk, JoinRequest, Presence, Ticket, TicketEvent, TicketState
 from .rooms.departments import Department
 from .settings import Settings
 from .store.base import Store, Tx
+from .store.departments import DepartmentDirectory
 
 CONNECTIVITY = frozenset({"disconnected", "reconnected"})
 log = logging.getLogger("sprechstunde.queue")
@@ -66,7 +71,8 @@ class DepartmentLoad:
 
     def to_public(self) -> dict[str, Any]:
         d = self.department
-        estimate = estimate_wait(self.waiting + 1, self.clerks, self.service_seconds)
+        estimate = department_estimate(self.waiting + 1, is_open=self.open, clerks=self.clerks,
+                                       service_seconds=self.service_seconds)
         return {
             "id": d.id,
             "name": d.name,
@@ -81,6 +87,7 @@ class DepartmentLoad:
             "queue_full": d.queue_cap is not None and self.waiting >= d.queue_cap,
             "require_name": d.require_name,
             "require_concern": d.require_concern,
+            "appointments": d.appointments is not None,  # offers bookable appointments (/book/<id>)
             "next_opening": iso_local(self.next_opening),
             "closed_message": self.closed_message,
         }
@@ -91,14 +98,35 @@ def iso_local(moment: datetime | None) -> str | None:
     return moment.isoformat(timespec="minutes") if moment is not None else None
 
 
+class AppointmentHooks(Protocol):
+    """What the waiting room asks of booked appointments (server/appointments/service.py)."""
+
+    async def due(self, department: str, now: float) -> tuple[list[tuple[float, str]], int, int]:
+        """(appointment time, ticket id) of waiting appointment tickets whose slot has begun, the rule's
+        ``every`` and the walk-ins called since the last appointment (``server.queue.core.pick_next``)."""
+
+    async def called(self, department: str, ticket: Ticket, was_due: bool) -> None:
+        """Count a "call next" for the every-n-th rule."""
+
+    async def today(self, department: str) -> list[dict[str, Any]]:
+        """The department's appointments today, for the clerks' dashboard."""
+
+
 class WaitingRoom:
-    def __init__(self, settings: Settings, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: Settings, store: Store, clock: Callable[[], float] = time.time,
+                 directory: DepartmentDirectory | None = None) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
-        self.departments = {d.id: d for d in settings.departments}
+        self.directory = directory or DepartmentDirectory(None, settings.departments)
+        """The live department directory (server/store/departments.py): edited at /admin, the same on every
+        node; without a store (unit tests) it holds the configured departments."""
         self._listeners: list[Listener] = []
         self._presence_listeners: list[PresenceListener] = []
+        self._opening_cache: dict[str, tuple[Department, int, tuple[bool, datetime | None, str | None]]] = {}
+        """Per department: ``opening`` as of one minute (``_opening_this_minute``)."""
+        self.appointments: AppointmentHooks | None = None
+        """Set by the appointments service (server/appointments/service.py) when the app runs it."""
 
     # -- wiring --
     def on_events(self, listener: Listener) -> None:
@@ -116,7 +144,19 @@ class WaitingRoom:
                     e.ticket.id, e.kind, prev, e.ticket.state.value, e.ticket.department)
         if events:
             for listener in self._listeners:
-                await listener(events)
+                # The transition is committed: a listener (pages, statistics, audit) failing must not turn
+                # it into an error for whoever caused it, nor keep the other listeners from hearing of it.
+                try:
+                    await listener(events)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001
+                    log.exception("a listener of queue events failed")
+
+    @property
+    def departments(self) -> dict[str, Department]:
+        """Id -> Department, as the directory holds them now (replaced, never mutated, on a change)."""
+        return self.directory.departments
 
     def department(self, department_id: object) -> Department:
         d = self.departments.get(department_id) if isinstance(department_id, str) else None
@@ -209,6 +249,24 @@ class WaitingRoom:
             "called_at": ticket.called_at,
             "transferred_from": ticket.transferred_from,
             "language": ticket.language,
+            **self.fairness_view(ticket),
+        }
+
+    def fairness_view(self, ticket: Ticket) -> dict[str, Any]:
+        """The called citizen's answer time and a no-show citizen's time to rejoin, in seconds from now (the
+        page counts down from when it received them, whatever its own clock says)."""
+        now = self.clock()
+        answer = core.answer_seconds_left(ticket, now, self.settings.answer_seconds)
+        rejoin = core.rejoin_seconds_left(ticket, now, self.settings.rejoin_seconds)
+        d = self.departments.get(ticket.department)
+        is_open, next_opening, _ = self._opening_this_minute(d, now) if d else (False, None, None)
+        return {
+            "answer_seconds": self.settings.answer_seconds,
+            "answer_seconds_left": None if answer is None else round(answer, 1),
+            "rejoin_seconds_left": None if rejoin is None else round(rejoin, 1),
+            # The department the ticket waits in now (after a transfer or return too): open, else when it opens.
+            "department_open": is_open,
+            "next_opening": iso_local(next_opening),
         }
 
     async def dashboard(self, clerk: Clerk) -> dict[str, Any]:
@@ -229,12 +287,41 @@ class WaitingRoom:
                 "tickets": [staff_view(t) for t in tickets],
                 "clerks": {u: p.value for u, p in sorted(presences.items())},
                 "clerk_names": names,
+                "appointments": await self.appointments.today(dep_id) if self.appointments else [],
+                "answer_seconds": self.settings.answer_seconds,
             })
+        result["transfer_targets"] = self.transfer_targets()
+        result["timezone"] = self.settings.timezone
         return result
+
+    def _opening_this_minute(self, d: Department, now: float) -> tuple[bool, datetime | None, str | None]:
+        """``opening`` remembered per department for the current minute (opening hours are whole minutes; an
+        edited department is a new object): a reconnect storm of a closed department's pages asks it once per
+        page, and finding the next opening can walk a year of days."""
+        cache = self._opening_cache
+        minute = int(now // 60)
+        cached = cache.get(d.id)
+        if cached is not None and cached[0] is d and cached[1] == minute:
+            return cached[2]
+        result = self.opening(d, now)
+        cache[d.id] = (d, minute, result)
+        return result
+
+    def transfer_targets(self) -> list[dict[str, Any]]:
+        """Every department a clerk may transfer to, with whether it is open now and when it opens next."""
+        targets = []
+        now = self.clock()
+        for d in self.departments.values():
+            is_open, next_opening, closed_message = self._opening_this_minute(d, now)
+            targets.append({"id": d.id, "name": d.name, "open": is_open, "next_opening": iso_local(next_opening),
+                            "closed_message": closed_message})
+        return targets
 
     # -- citizen commands --
     async def join(self, department_id: str, request: JoinRequest, address: str,
-                   existing_token: str | None = None) -> tuple[Ticket, str]:
+                   existing_token: str | None = None, appointment_at: float | None = None) -> tuple[Ticket, str]:
+        """A citizen checks in; ``appointment_at``: the start of their booked appointment (the appointments
+        service checks that; such a check-in is not counted against the address's check-in limit)."""
         d = self.department(department_id)
         if existing_token:
             try:
@@ -243,9 +330,12 @@ class WaitingRoom:
                 held = None
             if held is not None and not held.state.is_final:
                 raise AlreadyQueued("you are already waiting; leave that queue first")
-        hits = await self.store.hit(f"join:{address}", self.settings.join_window_seconds)
-        if hits > self.settings.joins_per_address:
-            raise RateLimited("too many check-ins from this address; please try again later")
+        # Only successful check-ins count (the hit follows the commit below), so that a family or a library
+        # behind one address is not locked out by refusals; trusted networks have their own limit.
+        limit_key, limit = f"join:{address}", 0 if appointment_at is not None else self.join_limit(address)
+        if limit and await self.store.count(limit_key) >= limit:
+            retry_after = max(1, math.ceil(await self.store.window_left(limit_key)))
+            raise JoinLimited("too many check-ins from this address; please try again later", retry_after)
         token = secrets.token_urlsafe(24)
         ticket_id = secrets.token_urlsafe(9)
         now = self.clock()
@@ -258,13 +348,23 @@ class WaitingRoom:
             ticket, events = core.join(
                 d, is_open=is_open, waiting_count=len(waiting), request=request,
                 ticket_id=ticket_id, token_hash=hash_token(token), seq=seq, now=now,
+                appointment_at=appointment_at,
             )
             tx.put(ticket)
             return ticket, events
 
         ticket, events = await self.store.transaction(attempt)
+        if limit:
+            await self.store.hit(limit_key, self.settings.join_window_seconds)
         await self._publish(events)
         return ticket, token
+
+    def join_limit(self, address: str) -> int:
+        """Check-ins allowed per window from ``address`` (0: not limited): a trusted shared connection
+        (``join_trusted_networks``) has ``joins_per_trusted_address``, any other ``joins_per_address``."""
+        if _in_networks(address, self.settings.join_trusted_networks):
+            return self.settings.joins_per_trusted_address
+        return self.settings.joins_per_address
 
     async def _citizen_command(
         self, token: str, command: Callable[[Ticket, float], tuple[Ticket, list[TicketEvent]]]
@@ -302,6 +402,22 @@ class WaitingRoom:
     async def leave(self, token: str) -> Ticket:
         return await self._citizen_command(token, core.leave)
 
+    def _rejoin(self, connected: bool) -> Callable[[Ticket, float], tuple[Ticket, list[TicketEvent]]]:
+        def command(ticket: Ticket, now: float) -> tuple[Ticket, list[TicketEvent]]:
+            d = self.departments.get(ticket.department)
+            return core.rejoin(ticket, now, rejoin_seconds=self.settings.rejoin_seconds,
+                               is_open=d is not None and self.is_open(d, now), connected=connected)
+
+        return command
+
+    async def rejoin(self, token: str) -> Ticket:
+        """A no-show citizen takes their old place back (HTTP: their page's socket connects afterwards)."""
+        return await self._citizen_command(token, self._rejoin(connected=False))
+
+    async def rejoin_ticket(self, ticket_id: str) -> Ticket:
+        """The same from the citizen's connected socket."""
+        return await self._apply(ticket_id, self._rejoin(connected=True))
+
     async def answer(self, token: str) -> Ticket:
         """The citizen accepts the call: the consultation starts."""
         return await self._citizen_command(token, lambda t, now: core.start(t, now))
@@ -311,6 +427,18 @@ class WaitingRoom:
 
     async def citizen_disconnected(self, ticket_id: str) -> Ticket:
         return await self._apply(ticket_id, core.disconnect)
+
+    async def end_waiting(self, department_id: str) -> int:
+        """End every waiting ticket of a department a lead closed at once, the citizens losing their place
+        (``core.department_closed``); their pages are told through the usual ticket events."""
+        ended = 0
+        for _, ticket_id in await self.store.waiting(department_id):
+            try:
+                await self._apply(ticket_id, core.department_closed)
+                ended += 1
+            except QueueError:
+                continue  # called or gone meanwhile
+        return ended
 
     async def sweep(self) -> int:
         """Expire tickets whose citizen stayed away longer than the grace period, including those whose page
@@ -336,9 +464,11 @@ class WaitingRoom:
     async def call_next(self, clerk: Clerk, department_id: str) -> Ticket:
         d = self._check_department(clerk, department_id)
         now = self.clock()
+        # Tickets of booked appointments whose slot has begun go ahead of walk-ins (by the department's rule).
+        due, every, since = await self.appointments.due(d.id, now) if self.appointments else ([], 1, 0)
 
         async def attempt(tx: Tx) -> tuple[Ticket, list[TicketEvent]]:
-            ticket_id = core.pick_next(await tx.waiting(d.id))
+            ticket_id = core.pick_next(await tx.waiting(d.id), due, every=every, walkins_since=since)
             ticket = await tx.ticket(ticket_id)
             if ticket is None:  # index and ticket out of step: never expected, refuse loudly
                 raise TicketNotFound(f"ticket {ticket_id} vanished")
@@ -347,6 +477,8 @@ class WaitingRoom:
             return new, events
 
         new, events = await self.store.transaction(attempt)
+        if self.appointments:
+            await self.appointments.called(d.id, new, any(i == new.id for _, i in due))
         await self._after(events, clerk)
         return new
 
@@ -360,17 +492,24 @@ class WaitingRoom:
         return await self._clerk_command(clerk, ticket_id, lambda t, now: core.finish(t, clerk, now))
 
     async def no_show(self, clerk: Clerk, ticket_id: str) -> Ticket:
-        return await self._clerk_command(clerk, ticket_id, lambda t, now: core.no_show(t, clerk, now))
+        answer = self.settings.answer_seconds
+        return await self._clerk_command(
+            clerk, ticket_id, lambda t, now: core.no_show(t, clerk, now, answer_seconds=answer)
+        )
 
     async def return_to_queue(self, clerk: Clerk, ticket_id: str) -> Ticket:
         return await self._clerk_command(clerk, ticket_id, lambda t, now: core.return_to_queue(t, clerk, now))
 
-    async def transfer(self, clerk: Clerk, ticket_id: object, department_id: object, note: object) -> Ticket:
+    async def transfer(self, clerk: Clerk, ticket_id: object, department_id: object, note: object,
+                       confirm_closed: object = False) -> Ticket:
         target = self.department(department_id)
         if not isinstance(note, str):
             raise InvalidInput("note must be text")
+        if not isinstance(confirm_closed, bool):
+            raise InvalidInput("confirm_closed must be true or false")
         return await self._clerk_command(
-            clerk, ticket_id, lambda t, now: core.transfer(t, clerk, target, note, now)
+            clerk, ticket_id, lambda t, now: core.transfer(
+                t, clerk, target, note, now, target_open=self.is_open(target, now), confirm_closed=confirm_closed)
         )
 
     async def _clerk_command(
@@ -391,6 +530,8 @@ class WaitingRoom:
         Events go out first, so that the called citizen hears of it before any position update that
         no longer lists them.
         """
+        if clerk is not None:
+            events = [replace(e, actor=clerk.username) for e in events]
         await self._publish(events)
         for e in events:
             if "service_seconds" in e.meta:
@@ -418,6 +559,23 @@ class WaitingRoom:
         log.info("clerk presence -> %s", presence.value)
         for listener in self._presence_listeners:
             await listener(clerk, presence)
+
+
+@functools.cache
+def _networks(entries: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(e) for e in entries)  # validated in settings
+
+
+def _in_networks(address: str, entries: tuple[str, ...]) -> bool:
+    if not entries:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in n for n in _networks(entries))
 
 
 def staff_view(t: Ticket) -> dict[str, Any]:

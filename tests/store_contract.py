@@ -121,7 +121,8 @@ Step = Callable[[Ticket], Ticket]
 CALL: Step = lambda t: core.call(t, ANNA, NOW + 100)[0]  # noqa: E731
 START: Step = lambda t: core.start(t, NOW + 110)[0]  # noqa: E731
 FINISH: Step = lambda t: core.finish(t, ANNA, NOW + 120)[0]  # noqa: E731
-NO_SHOW: Step = lambda t: core.no_show(t, ANNA, NOW + 120)[0]  # noqa: E731
+NO_SHOW: Step = lambda t: core.no_show(t, ANNA, NOW + 120, answer_seconds=20)[0]  # noqa: E731
+REJOIN: Step = lambda t: core.rejoin(t, NOW + 125, rejoin_seconds=600, is_open=True, connected=True)[0]  # noqa: E731
 RETURN: Step = lambda t: core.return_to_queue(t, ANNA, NOW + 120)[0]  # noqa: E731
 TRANSFER: Step = lambda t: core.transfer(t, ANNA, DEPT_B, "passport", NOW + 120)[0]  # noqa: E731
 LEAVE: Step = lambda t: core.leave(t, NOW + 130)[0]  # noqa: E731
@@ -141,6 +142,7 @@ MOVES: list[tuple[str, list[Step], TicketState, set[str]]] = [
     ("done", [CALL, START, FINISH], TicketState.DONE, set()),
     ("done without start", [CALL, FINISH], TicketState.DONE, set()),
     ("no show", [CALL, NO_SHOW], TicketState.NO_SHOW, set()),
+    ("rejoined after a no-show", [CALL, NO_SHOW, REJOIN], W, {"waiting:a"}),
     ("left while waiting", [LEAVE], TicketState.LEFT, set()),
     ("left when called", [CALL, LEAVE], TicketState.LEFT, set()),
     ("disconnected", [DISCONNECT], W, {"waiting:a", "disconnected"}),
@@ -440,6 +442,14 @@ class StoreContract:
             return await store.count("login-account:anna") == 0
 
         await eventually(lapsed, "the counted window lapses")
+
+    async def test_window_left_says_when_a_window_ends(self, store: Store) -> None:
+        assert await store.window_left("join:9.9.9.9") == 0
+        await store.hit("join:9.9.9.9", 60)
+        first = await store.window_left("join:9.9.9.9")
+        assert 0 < first <= 60
+        await store.hit("join:9.9.9.9", 60)  # a later hit does not move the end of a fixed window
+        assert await store.window_left("join:9.9.9.9") <= first
 
     async def test_hit_window_is_fixed_and_restarts(self, store: Store) -> None:
         assert await store.hit("login:x", 0.3) == 1

@@ -121,7 +121,8 @@ async def test_consultation_both_ways_then_done(browser: Browser, live_server, p
     await expect(citizen.locator(".chat__log")).to_contain_text("Guten Tag!")
 
     await consult.get_by_role("button", name=re.compile("^Abschließen")).click()
-    await expect(citizen.locator("#final-view")).to_contain_text("Ihr Termin ist beendet")
+    await expect(citizen.locator("#wait-heading")).to_have_text("Ihr Gespräch ist beendet")
+    await expect(citizen.locator("#final-view")).to_contain_text("Vielen Dank für Ihren Besuch")
     await expect(consult).to_be_hidden()
     assert await citizen.evaluate("() => !window.sprechstundeMedia")
     assert problems == []

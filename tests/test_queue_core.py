@@ -9,6 +9,7 @@ import pytest
 
 from server.queue import core
 from server.queue.errors import (
+    AnswerTimeRunning,
     DepartmentClosed,
     IllegalTransition,
     InvalidInput,
@@ -16,6 +17,7 @@ from server.queue.errors import (
     NotYourTicket,
     QueueEmpty,
     QueueFull,
+    RejoinExpired,
 )
 from server.queue.estimate import estimate_wait, mean_service_seconds
 from server.queue.model import Clerk, JoinRequest, Presence, Ticket, TicketState
@@ -96,7 +98,10 @@ LEGAL = [
     ("start by clerk", S.CALLED, "ben", lambda t: core.start(t, 200.0, BEN), S.IN_CONSULTATION, "started"),
     ("finish called", S.CALLED, "ben", lambda t: core.finish(t, BEN, 200.0), S.DONE, "finished"),
     ("finish consultation", S.IN_CONSULTATION, "ben", lambda t: core.finish(t, BEN, 200.0), S.DONE, "finished"),
-    ("no-show", S.CALLED, "ben", lambda t: core.no_show(t, BEN, 200.0), S.NO_SHOW, "no_show"),
+    ("no-show", S.CALLED, "ben", lambda t: core.no_show(t, BEN, 270.0, answer_seconds=120), S.NO_SHOW, "no_show"),
+    ("rejoin", S.NO_SHOW, None,
+     lambda t: core.rejoin(t.replace(ended_at=190.0), 200.0, rejoin_seconds=600, is_open=True, connected=True),
+     S.WAITING, "rejoined"),
     ("return called", S.CALLED, "ben", lambda t: core.return_to_queue(t, BEN, 200.0), S.WAITING, "returned"),
     ("return consultation", S.IN_CONSULTATION, "ben", lambda t: core.return_to_queue(t, BEN, 200.0),
      S.WAITING, "returned"),
@@ -110,6 +115,8 @@ LEGAL = [
      lambda t: core.expire(t.replace(disconnected_at=10.0), 400.0, 300), S.EXPIRED, "expired"),
     ("expire called", S.CALLED, "ben",
      lambda t: core.expire(t.replace(disconnected_at=10.0), 400.0, 300), S.EXPIRED, "expired"),
+    ("department closed, waiting", S.WAITING, None, lambda t: core.department_closed(t, 200.0), S.EXPIRED,
+     "department_closed"),
 ]
 
 
@@ -130,12 +137,14 @@ ILLEGAL_STATES = {
     "call": (lambda t: core.call(t, BEN, 200.0), {S.WAITING}),
     "start": (lambda t: core.start(t, 200.0), {S.CALLED}),
     "finish": (lambda t: core.finish(t, BEN, 200.0), {S.CALLED, S.IN_CONSULTATION}),
-    "no_show": (lambda t: core.no_show(t, BEN, 200.0), {S.CALLED}),
+    "no_show": (lambda t: core.no_show(t, BEN, 200.0, answer_seconds=0), {S.CALLED}),
+    "rejoin": (lambda t: core.rejoin(t, 200.0, rejoin_seconds=600, is_open=True, connected=True), {S.NO_SHOW}),
     "return": (lambda t: core.return_to_queue(t, BEN, 200.0), {S.CALLED, S.IN_CONSULTATION}),
     "transfer": (lambda t: core.transfer(t, BEN.__class__("ben", "Ben", frozenset({"buergerbuero", "bauamt"})),
                                          BAU, "", 200.0), {S.CALLED, S.IN_CONSULTATION}),
     "leave": (lambda t: core.leave(t, 200.0), {S.WAITING, S.CALLED}),
     "expire": (lambda t: core.expire(t.replace(disconnected_at=1.0), 999.0, 10), {S.WAITING, S.CALLED}),
+    "department_closed": (lambda t: core.department_closed(t, 200.0), {S.WAITING}),
 }
 ILLEGAL = [(action, state) for action, (_, legal) in ILLEGAL_STATES.items() for state in S if state not in legal]
 
@@ -156,7 +165,7 @@ def test_a_second_clerk_cannot_call_a_called_citizen():
 
 @pytest.mark.parametrize("command", [
     lambda t: core.finish(t, ANNA, 1.0),
-    lambda t: core.no_show(t, ANNA, 1.0),
+    lambda t: core.no_show(t, ANNA, 1000.0, answer_seconds=120),
     lambda t: core.return_to_queue(t, ANNA, 1.0),
     lambda t: core.transfer(t, ANNA, BAU, "", 1.0),
     lambda t: core.start(t, 1.0, ANNA),
@@ -183,6 +192,73 @@ def test_transfer_keeps_arrival_and_carries_the_note():
 def test_transfer_refusals(target, note):
     with pytest.raises(InvalidInput):
         core.transfer(ticket(S.CALLED, "anna"), ANNA, target, note, 1.0)
+
+
+# -- no-show fairness: the answer time, rejoining at the old place (called at 150) --
+NO_SHOW_TIMES = [  # (now, answer_seconds, allowed)
+    (150.0, 120, False),  # at once: the 1.5-second no-show of issue 12
+    (269.9, 120, False),
+    (270.0, 120, True),
+    (900.0, 120, True),
+    (150.0, 0, True),  # answer time switched off
+    (200.0, 30, True),
+]
+
+
+@pytest.mark.parametrize(("now", "answer", "allowed"), NO_SHOW_TIMES)
+def test_no_show_only_after_the_answer_time(now, answer, allowed):
+    called = ticket(S.CALLED, "ben")
+    assert core.answer_seconds_left(called, now, answer) == max(0.0, 150.0 + answer - now)
+    if allowed:
+        assert core.no_show(called, BEN, now, answer_seconds=answer)[0].state is S.NO_SHOW
+    else:
+        with pytest.raises(AnswerTimeRunning, match=r"still has \d+ seconds to answer"):
+            core.no_show(called, BEN, now, answer_seconds=answer)
+
+
+REJOINS = [  # (no-show at 300; now, rejoins so far, open, error)
+    (300.0, 0, True, None),
+    (899.0, 0, True, None),
+    (900.0, 0, True, RejoinExpired),  # the window (600 s) is over
+    (400.0, 1, True, RejoinExpired),  # once only
+    (400.0, 0, False, DepartmentClosed),
+]
+
+
+@pytest.mark.parametrize(("now", "rejoins", "is_open", "error"), REJOINS)
+def test_rejoin_within_the_window_once_and_not_into_a_closed_department(now, rejoins, is_open, error):
+    gone = core.no_show(ticket(S.CALLED, "ben"), BEN, 300.0, answer_seconds=120)[0].replace(rejoins=rejoins)
+    if error is not None:
+        with pytest.raises(error):
+            core.rejoin(gone, now, rejoin_seconds=600, is_open=is_open, connected=True)
+        return
+    back, events = core.rejoin(gone, now, rejoin_seconds=600, is_open=is_open, connected=True)
+    assert (back.state, back.seq, back.department, back.arrived_at, back.rejoins) == (S.WAITING, 7, "buergerbuero",
+                                                                                     100.0, 1)
+    assert back.clerk is None and back.called_at is None and back.ended_at is None and back.enqueued_at == now
+    assert [(e.kind, e.previous_state) for e in events] == [("rejoined", S.NO_SHOW)]
+    assert core.rejoin_seconds_left(back, now, 600) is None
+
+
+def test_rejoin_over_http_counts_as_not_connected_until_the_page_connects():
+    gone = core.no_show(ticket(S.CALLED, "ben"), BEN, 300.0, answer_seconds=0)[0]
+    assert core.rejoin_seconds_left(gone, 350.0, 600) == 550.0
+    assert core.rejoin(gone, 350.0, rejoin_seconds=600, is_open=True, connected=False)[0].disconnected_at == 350.0
+    assert core.rejoin(gone, 350.0, rejoin_seconds=600, is_open=True, connected=True)[0].disconnected_at is None
+    assert core.rejoin_seconds_left(gone, 350.0, 0) is None  # rejoining switched off
+
+
+@pytest.mark.parametrize(("target_open", "confirm", "error"), [
+    (True, False, None), (False, False, DepartmentClosed), (False, True, None), (False, "yes", DepartmentClosed),
+])
+def test_transfer_into_a_closed_department_needs_confirmation(target_open, confirm, error):
+    held = ticket(S.IN_CONSULTATION, "anna")
+    if error is not None:
+        with pytest.raises(error, match="confirm"):
+            core.transfer(held, ANNA, BAU, "", 300.0, target_open=target_open, confirm_closed=confirm)
+        return
+    moved, _ = core.transfer(held, ANNA, BAU, "", 300.0, target_open=target_open, confirm_closed=confirm)
+    assert (moved.state, moved.department) == (S.WAITING, "bauamt")
 
 
 def test_expire_needs_the_grace_period_to_have_passed():
@@ -237,10 +313,11 @@ def test_estimate_table(position, clerks, service, expected):
     assert estimate_wait(position, clerks, service) == expected
 
 
-def test_estimate_without_clerks_is_none_and_median_ignores_outliers():
+def test_estimate_without_clerks_is_none_and_outliers_are_ignored():
+    """More in tests/test_estimate.py: the configured time blended with the plausible observed ones."""
     assert estimate_wait(3, 0, 600) is None
-    assert mean_service_seconds([300, 320, 3600], 10) == 320
-    assert mean_service_seconds([300], 10) == 600  # too few samples: the configured default
+    assert mean_service_seconds([300, 320, 3600, 5], 10) == (5 * 600 + 2 * 310) / 7  # 3600 and 5 s: outliers
+    assert mean_service_seconds([], 10) == 600  # nothing observed: the configured time
 
 
 # -- departments --
@@ -261,3 +338,8 @@ def test_opening_hours():
 def test_bad_opening_hours(spec):
     with pytest.raises(InvalidInput):
         parse_hours(spec)
+
+
+def test_department_closed_ends_a_waiting_ticket_with_its_reason():
+    after, [event] = core.department_closed(ticket(), 250.0)
+    assert (after.state, after.ended_at, event.meta) == (S.EXPIRED, 250.0, {"reason": "department_closed"})

@@ -80,15 +80,17 @@ async def test_service_times_feed_the_estimate(room, clock):
         clock.now += 240
         await room.finish(ANNA, ticket.id)
     load = await room.load("buergerbuero")
-    assert load.service_seconds == 240 and load.available == 1
-    assert load.to_public()["estimate_minutes"] == [2, 4]  # next joiner: position 1, one clerk, 4 min
+    # Three 4-minute consultations against the configured 10 minutes (counted as 5): (5*600 + 3*240) / 8
+    assert load.service_seconds == 465 and load.available == 1
+    assert load.to_public()["estimate_minutes"] == [3, 6]  # next joiner: position 1, one clerk, 7.75 min
 
 
-async def test_presence_follows_the_clerks_work(room):
+async def test_presence_follows_the_clerks_work(room, clock):
     await room.set_presence(ANNA, Presence.AVAILABLE)
     await room.join("buergerbuero", JoinRequest(consent=True), "10.0.0.1")
     ticket = await room.call_next(ANNA, "buergerbuero")
     assert (await room.store.presences("buergerbuero")) == {"anna": Presence.BUSY}
+    clock.now += room.settings.answer_seconds  # the citizen's time to answer is over
     await room.no_show(ANNA, ticket.id)
     assert (await room.store.presences("bauamt")) == {"anna": Presence.AVAILABLE}
 
@@ -100,3 +102,20 @@ async def test_a_left_ticket_still_answers_its_owner_until_retention_ends(room):
     assert (await room.ticket_for_token(token)).state.value == "left"
     with pytest.raises(TicketNotFound):
         await room.ticket_for_token("x" * 32)
+
+
+async def test_a_failing_listener_neither_fails_the_command_nor_silences_the_others(room, caplog):
+    heard: list[str] = []
+
+    async def broken(events):
+        raise RuntimeError("listener down")
+
+    async def working(events):
+        heard.extend(e.kind for e in events)
+
+    room.on_events(broken)
+    room.on_events(working)
+    ticket, _ = await room.join("buergerbuero", JoinRequest(consent=True), "10.0.0.1")
+    assert (await room.store.get_ticket(ticket.id)).state.value == "waiting"
+    assert heard == ["joined"]
+    assert "a listener of queue events failed" in caplog.text

@@ -16,9 +16,10 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from ..errors import error_response
-from ..queue.errors import InvalidInput, QueueError
+from ..errors import error_body, error_response
+from ..queue.errors import InvalidInput, JoinLimited, QueueError
 from ..queue.model import JoinRequest
+from ..settings import Settings
 from ..waitingroom import staff_view
 from .auth import SESSION_COOKIE, LoginLimited, StaffSession
 from .keys import AUTH, ROOM, SETTINGS, STORE
@@ -148,10 +149,10 @@ async def healthz(request: web.Request) -> web.Response:
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     """Readiness: the store answered a read within ``READY_TIMEOUT``; else 503, with no traceback."""
-    settings = request.app[SETTINGS]
     kind = _store_kind(request)
     try:
-        await asyncio.wait_for(request.app[STORE].waiting_counts([settings.departments[0].id]), READY_TIMEOUT)
+        any_department = next(iter(request.app[ROOM].departments), "-")
+        await asyncio.wait_for(request.app[STORE].waiting_counts([any_department]), READY_TIMEOUT)
     except Exception:  # noqa: BLE001 - any store failure (refused, hung, timed out) means "not ready"
         return web.json_response({"status": "unavailable", "store": kind}, status=503)
     return web.json_response({"status": "ready", "store": kind})
@@ -176,9 +177,14 @@ async def join(request: web.Request) -> web.Response:
             raise InvalidInput(f"unknown field {key!r}")
         if not isinstance(value, fields[key]):
             raise InvalidInput(f"{key} has the wrong type")
-    ticket, token = await room.join(
-        department.id, JoinRequest(**body), client_address(request), existing_token=bearer(request)
-    )
+    try:
+        ticket, token = await room.join(
+            department.id, JoinRequest(**body), client_address(request), existing_token=bearer(request)
+        )
+    except JoinLimited as e:  # says when a check-in is possible again: in the body for the page, and the header
+        body = error_body(e.code, str(e))
+        body["error"]["retry_after"] = e.retry_after
+        return web.json_response(body, status=e.status, headers={"Retry-After": str(e.retry_after)})
     return web.json_response({"token": token, "ticket": await room.citizen_view(ticket)}, status=201)
 
 
@@ -204,6 +210,14 @@ async def answer(request: web.Request) -> web.Response:
 async def leave(request: web.Request) -> web.Response:
     room = request.app[ROOM]
     ticket = await room.leave(bearer(request) or "")
+    return ticket_json(await room.citizen_view(ticket))
+
+
+@routes.post("/api/tickets/me/rejoin")
+async def rejoin(request: web.Request) -> web.Response:
+    """A no-show citizen takes their old place back, within ``rejoin_seconds`` and once."""
+    room = request.app[ROOM]
+    ticket = await room.rejoin(bearer(request) or "")
     return ticket_json(await room.citizen_view(ticket))
 
 
@@ -234,11 +248,16 @@ async def login(request: web.Request) -> web.Response:
         refused.headers["Retry-After"] = str(e.retry_after)
         return refused
     response = web.json_response(_session_body(session))
+    set_session_cookie(response, session, settings)
+    return response
+
+
+def set_session_cookie(response: web.StreamResponse, session: StaffSession, settings: Settings) -> None:
+    """The staff session's cookie (password login and single sign-on alike, server/http/oidc.py)."""
     response.set_cookie(
         SESSION_COOKIE, session.session_id, httponly=True, samesite="Strict", secure=settings.secure_cookies,
         max_age=int(settings.session_hours * 3600), path="/",
     )
-    return response
 
 
 @routes.get("/api/session")
@@ -249,7 +268,7 @@ async def get_session(request: web.Request) -> web.Response:
 @routes.delete("/api/session")
 async def logout(request: web.Request) -> web.Response:
     session = await staff_session(request)
-    await request.app[AUTH].logout(session.session_id)
+    await request.app[AUTH].logout(session.session_id, session.clerk)
     response = web.json_response({"ok": True})
     response.del_cookie(SESSION_COOKIE, path="/")
     return response
@@ -292,7 +311,8 @@ async def transfer(request: web.Request) -> web.Response:
     department, note = body.get("department"), body.get("note", "")
     if not isinstance(department, str):
         raise InvalidInput("department is required")
-    ticket = await request.app[ROOM].transfer(session.clerk, request.match_info["ticket_id"], department, note)
+    ticket = await request.app[ROOM].transfer(session.clerk, request.match_info["ticket_id"], department, note,
+                                              body.get("confirm_closed", False))
     return ticket_json(staff_view(ticket))
 
 

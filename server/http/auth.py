@@ -14,15 +14,21 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from ..queue.errors import InvalidInput, NotAuthenticated, RateLimited
+from ..queue.errors import InvalidInput, NotAuthenticated, QueueError, RateLimited
 from ..queue.model import Clerk
+from ..rooms.departments import Department
 from ..settings import Settings
 from ..store.base import StaffAccount, Store
+
+if TYPE_CHECKING:
+    from ..audit import AuditLog
 
 log = logging.getLogger("sprechstunde.auth")
 
@@ -61,6 +67,13 @@ class LoginLimited(RateLimited):
         self.retry_after = retry_after
 
 
+class LocalLoginsDisabled(QueueError):
+    """Password logins are switched off (``[oidc] local_logins = false``): single sign-on only."""
+
+    code = "local_logins_disabled"
+    status = 403
+
+
 @dataclass(frozen=True)
 class StaffSession:
     session_id: str
@@ -76,9 +89,15 @@ class Auth:
         self.store = store
         self._hashing = asyncio.Semaphore(2)
         self.ttl = settings.session_hours * 3600
+        self.local_logins = settings.oidc is None or settings.oidc.local_logins
+        """Password logins allowed; off, password sessions opened before end too (single sign-on only)."""
+        self.departments: Callable[[], Iterable[Department]] = lambda: settings.departments
+        """The departments that exist now (the app sets the live directory's; server/store/departments.py)."""
+        self.audit: AuditLog | None = None
+        """Set by the app: sign-ins, sign-outs and failed sign-ins go to the audit log."""
 
     def clerk_from_account(self, account: StaffAccount) -> Clerk:
-        configured = {d.id for d in self.settings.departments}
+        configured = {d.id for d in self.departments()}
         return Clerk(
             username=account.username,
             display_name=account.display_name,
@@ -87,6 +106,8 @@ class Auth:
         )
 
     async def login(self, username: object, password: object, address: str) -> StaffSession:
+        if not self.local_logins:
+            raise LocalLoginsDisabled("password logins are switched off; sign in with your organisation's account")
         if await self.store.hit(f"login:{address}", LOGIN_WINDOW) > self.settings.login_attempts_per_address:
             raise LoginLimited("too many login attempts from this address", LOGIN_WINDOW)
         if not isinstance(username, str) or not isinstance(password, str) or len(password) > 1024:
@@ -107,12 +128,30 @@ class Auth:
             if plausible:
                 await self.store.hit(failures, LOGIN_WINDOW)
             log.info("staff login refused")
+            if self.audit is not None:
+                # An unknown name is not written down: it may be a password typed into the wrong field.
+                await self.audit.record(
+                    account.username if account else "system", "auth.login_failed",
+                    target=account.username if account else "",
+                    department=account.departments if account else None,
+                    details={"reason": "password" if account else "unknown_account"},
+                )
             raise NotAuthenticated("wrong username or password")
+        return await self.open_session(account, "password")
+
+    async def open_session(self, account: StaffAccount, method: str) -> StaffSession:
+        """A new session for ``account``, signed in by ``method`` ("password" or "oidc")."""
         session = StaffSession(secrets.token_urlsafe(32), secrets.token_urlsafe(32), self.clerk_from_account(account))
         await self.store.put_session(
-            session.session_id, {"username": account.username, "csrf": session.csrf, "since": time.time()}, self.ttl
+            session.session_id,
+            {"username": account.username, "csrf": session.csrf, "since": time.time(), "epoch": account.session_epoch,
+             "via": method},
+            self.ttl,
         )
         log.info("staff session opened")
+        if self.audit is not None:
+            await self.audit.record(account.username, "auth.login", target=account.username,
+                                    department=account.departments, details={"method": method})
         return session
 
     async def session(self, session_id: str | None) -> StaffSession:
@@ -120,12 +159,18 @@ class Auth:
         if not session_id or len(session_id) > 128:
             raise NotAuthenticated("log in first")
         data = await self.store.get_session(session_id)
-        if data is None:
+        if data is None or not isinstance(data.get("username"), str):  # (a sign-in in progress is no session)
             raise NotAuthenticated("log in first (the session expired)")
+        if not self.local_logins and data.get("via", "password") == "password":
+            await self.store.delete_session(session_id)
+            raise NotAuthenticated("password logins are switched off; sign in with your organisation's account")
         account = await self.store.get_staff(data["username"])
         if account is None:
             await self.store.delete_session(session_id)
             raise NotAuthenticated("this account no longer exists")
+        if data.get("epoch", 0) != account.session_epoch:
+            await self.store.delete_session(session_id)
+            raise NotAuthenticated("log in again (your account was changed)")
         return StaffSession(session_id, data["csrf"], self.clerk_from_account(account),
                             data.get("presence", "available"))
 
@@ -134,8 +179,11 @@ class Auth:
         if data is not None:
             await self.store.put_session(session_id, {**data, "presence": presence}, self.ttl)
 
-    async def logout(self, session_id: str) -> None:
+    async def logout(self, session_id: str, clerk: Clerk | None = None) -> None:
         await self.store.delete_session(session_id)
+        if clerk is not None and self.audit is not None:
+            await self.audit.record(clerk.username, "auth.logout", target=clerk.username,
+                                    department=clerk.departments)
 
     async def add_staff(self, username: str, display_name: str, password: str, departments: list[str],
                         roles: list[str] | None = None) -> StaffAccount:
@@ -147,7 +195,7 @@ class Auth:
         unknown_roles = set(roles) - ROLES
         if unknown_roles:
             raise InvalidInput(f"unknown role(s): {', '.join(sorted(unknown_roles))}")
-        configured = {d.id for d in self.settings.departments}
+        configured = {d.id for d in self.departments()}
         unknown = set(departments) - configured
         if unknown:
             raise InvalidInput(f"unknown department(s): {', '.join(sorted(unknown))}")

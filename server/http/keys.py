@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from ..audit import AuditLog
     from ..recordings import RecordingService
     from ..settings import Settings
+    from ..store.eventlog import StatsRecorder
     from ..store.base import Store
     from ..townhalls import TownHallService
     from ..waitingroom import WaitingRoom
@@ -20,3 +22,5 @@ ROOM: web.AppKey[WaitingRoom] = web.AppKey("room")
 AUTH: web.AppKey[Auth] = web.AppKey("auth")
 RECORDINGS: web.AppKey[RecordingService] = web.AppKey("recordings")
 TOWNHALL: web.AppKey[TownHallService] = web.AppKey("townhall")
+AUDIT: web.AppKey[AuditLog] = web.AppKey("audit")
+STATS: web.AppKey[StatsRecorder] = web.AppKey("stats")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from ..i18n import (
     estimate_text,
     gettext,
     negotiate,
+    opening_text,
     script_messages,
 )
 from ..queue.core import MAX_CONCERN, MAX_NAME, MAX_NOTE
@@ -121,8 +123,14 @@ def render_not_found(request: web.Request) -> web.Response:
 
 
 async def index_page(request: web.Request) -> web.Response:
-    departments = await request.app[ROOM].overview()
-    return render(request, "index.html", departments=departments,
+    room = request.app[ROOM]
+    departments = await room.overview()
+    # A closed department says when it opens ("öffnet morgen um 8:00"), relative to the municipality's today.
+    translate = gettext(page_language(request)[0])
+    now = datetime.fromtimestamp(room.clock(), room.settings.tz)
+    opens = {d["id"]: opening_text(translate, d["next_opening"], now) for d in departments if not d["open"]}
+    return render(request, "index.html", departments=departments, opens=opens,
+                  timezone=room.settings.timezone,
                   sign_language_video=request.app[SETTINGS].sign_language_video is not None)
 
 
@@ -146,9 +154,9 @@ async def wait_page(request: web.Request) -> web.Response:
         return render_not_found(request)
     settings = request.app[SETTINGS]
     return render(
-        request, "wait.html", ticket_id=ticket_id,
+        request, "wait.html", ticket_id=ticket_id, timezone=settings.timezone,
         grace_minutes=max(1, math.floor(settings.grace_seconds / 60)),
-        department_names={d.id: d.name for d in settings.departments},
+        department_names={d.id: d.name for d in request.app[ROOM].departments.values()},
     )
 
 
@@ -157,9 +165,9 @@ async def privacy_page(request: web.Request) -> web.Response:
 
 
 async def staff_page(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
     return render(
         request, "staff.html",
-        departments=[{"id": d.id, "name": d.name, "recording": d.recording.allowed} for d in settings.departments],
+        departments=[{"id": d.id, "name": d.name, "recording": d.recording.allowed}
+                     for d in request.app[ROOM].departments.values()],
         max_note=MAX_NOTE,
     )

@@ -18,13 +18,13 @@ from ..queue.errors import NotAuthenticated
 from ..recordings import consent_record, view
 from .api import staff_session
 from .auth import SESSION_COOKIE
-from .keys import AUTH, RECORDINGS, SETTINGS
+from .keys import AUTH, RECORDINGS, ROOM
 
 routes = web.RouteTableDef()
 
 
 def _departments(request: web.Request) -> dict[str, str]:
-    return {d.id: d.name for d in request.app[SETTINGS].departments}
+    return {d.id: d.name for d in request.app[ROOM].departments.values()}
 
 
 @routes.get("/api/staff/recordings")

@@ -678,6 +678,10 @@ class MediaHub:
             down=down,
         )
 
+    def metrics(self) -> tuple[int, int, int]:
+        """Rooms, forwarded and dropped packets, for /metrics: existing counters only, read in O(1)."""
+        return len(self._rooms), self._counters.forwarded, self._counters.dropped
+
     def counters(self) -> HubCounters:
         decoded = self._closed_receivers_decoding
         encoders = 0

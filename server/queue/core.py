@@ -6,17 +6,20 @@ States and moves (anything else raises ``IllegalTransition`` naming the state)::
               waiting -> left | expired
               called  -> no_show | left | expired | waiting (returned) | waiting elsewhere (transferred)
               in_consultation -> done | waiting (returned) | waiting elsewhere (transferred)
+              no_show -> waiting (rejoined, once, within the rejoin window)
 
-A returned or transferred ticket keeps its ``seq``, so it keeps its original place in arrival order.
+A returned, transferred or rejoined ticket keeps its ``seq``, so it keeps its original place in arrival order.
 No function here awaits, reads a clock or touches storage: ``now`` is passed in.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from ..rooms.departments import Department
 from .errors import (
+    AnswerTimeRunning,
     DepartmentClosed,
     IllegalTransition,
     InvalidInput,
@@ -24,6 +27,7 @@ from .errors import (
     NotYourTicket,
     QueueEmpty,
     QueueFull,
+    RejoinExpired,
 )
 from .model import Clerk, JoinRequest, Presence, Ticket, TicketEvent, TicketState
 
@@ -73,14 +77,15 @@ def join(
     token_hash: str,
     seq: int,
     now: float,
+    appointment_at: float | None = None,
 ) -> Result:
     """A citizen joins a department's queue. The ticket starts as "not connected since now": the citizen's
     page clears that when its socket connects (``reconnect``), and a ticket whose page never connects
     expires after the grace period like one whose page went away."""
     request = validate_join(department, request)
-    if not is_open:
+    if not is_open and appointment_at is None:  # a booked appointment is kept whatever the hours say
         raise DepartmentClosed(f"{department.name} is closed now")
-    if department.queue_cap is not None and waiting_count >= department.queue_cap:
+    if appointment_at is None and department.queue_cap is not None and waiting_count >= department.queue_cap:
         raise QueueFull(f"the queue of {department.name} is full")
     ticket = Ticket(
         id=ticket_id,
@@ -96,14 +101,27 @@ def join(
         language=request.language,
         interpreter=request.interpreter,
         disconnected_at=now,  # no page connected yet: a page that never comes lets the grace period run out
+        appointment_at=appointment_at,
     )
     return ticket, [TicketEvent("joined", ticket)]
 
 
-def pick_next(waiting: Sequence[tuple[int, str]]) -> str:
-    """The ticket a clerk's "call next" takes: the earliest arrival. ``waiting`` is (seq, id)."""
+def pick_next(waiting: Sequence[tuple[int, str]], due: Sequence[tuple[float, str]] = (), *,
+              every: int = 1, walkins_since: int = 0) -> str:
+    """The ticket a clerk's "call next" takes. ``waiting`` is (seq, id); without appointments, the earliest
+    arrival. ``due`` is (appointment time, id) of tickets whose booked slot has begun: the earliest of those
+    still waiting goes ahead of walk-ins when ``walkins_since`` (walk-ins called since the last appointment)
+    is at least ``every - 1`` (``every`` 1: appointments strictly first), or when no walk-in waits."""
     if not waiting:
         raise QueueEmpty()
+    seq_of = {i: seq for seq, i in waiting}
+    due_waiting = sorted((at, seq_of[i], i) for at, i in due if i in seq_of)  # same slot: arrival order
+    if due_waiting:
+        due_ids = {i for _, _, i in due_waiting}
+        walkins = [w for w in waiting if w[1] not in due_ids]
+        if not walkins or walkins_since >= every - 1:
+            return due_waiting[0][2]
+        return min(walkins)[1]
     return min(waiting)[1]
 
 
@@ -156,13 +174,53 @@ def finish(ticket: Ticket, clerk: Clerk, now: float) -> Result:
     return new, [TicketEvent("finished", new, ticket.state, meta=_service_meta(ticket, now))]
 
 
-def no_show(ticket: Ticket, clerk: Clerk, now: float) -> Result:
-    """called -> no_show: the citizen did not answer."""
+def answer_seconds_left(ticket: Ticket, now: float, answer_seconds: float) -> float | None:
+    """Seconds the called citizen still has to answer before "no-show" is possible (0: over); None when not
+    called."""
+    if ticket.state is not C or ticket.called_at is None:
+        return None
+    return max(0.0, ticket.called_at + answer_seconds - now)
+
+
+def no_show(ticket: Ticket, clerk: Clerk, now: float, *, answer_seconds: float) -> Result:
+    """called -> no_show: the citizen did not answer within ``answer_seconds`` of being called."""
     _require_department(clerk, ticket.department)
     _require(ticket, (C,), "mark as no-show")
     _require_holder(ticket, clerk)
+    left = answer_seconds_left(ticket, now, answer_seconds)
+    if left:
+        raise AnswerTimeRunning(
+            f"the citizen still has {math.ceil(left)} seconds to answer; no-show is possible after that"
+        )
     new = ticket.replace(state=TicketState.NO_SHOW, ended_at=now)
     return new, [TicketEvent("no_show", new, C)]
+
+
+MAX_REJOINS = 1
+"""A citizen takes their place back after a no-show once; a second no-show is final."""
+
+
+def rejoin_seconds_left(ticket: Ticket, now: float, rejoin_seconds: float) -> float | None:
+    """Seconds a no-show citizen may still take their old place back; None when they may not (any more)."""
+    if ticket.state is not TicketState.NO_SHOW or ticket.ended_at is None or ticket.rejoins >= MAX_REJOINS:
+        return None
+    left = ticket.ended_at + rejoin_seconds - now
+    return left if left > 0 else None
+
+
+def rejoin(ticket: Ticket, now: float, *, rejoin_seconds: float, is_open: bool, connected: bool) -> Result:
+    """no_show -> waiting at the old place (same seq, same department), within ``rejoin_seconds`` of the
+    no-show and once per ticket; not into a closed department. The queue cap does not apply: the place was
+    theirs. ``connected``: the command came over the citizen's connected socket (else the page's connect
+    clears the "not connected since now" the ticket starts with, as after a check-in)."""
+    _require(ticket, (TicketState.NO_SHOW,), "rejoin with")
+    if rejoin_seconds_left(ticket, now, rejoin_seconds) is None:
+        raise RejoinExpired(f"ticket {ticket.id} can no longer take its place back")
+    if not is_open:
+        raise DepartmentClosed("the department is closed now")
+    new = _back_to_waiting(ticket, ticket.department, now, ended_at=None, rejoins=ticket.rejoins + 1,
+                           disconnected_at=None if connected else now)
+    return new, [TicketEvent("rejoined", new, TicketState.NO_SHOW)]
 
 
 def _service_meta(ticket: Ticket, now: float) -> dict[str, object]:
@@ -194,13 +252,18 @@ def return_to_queue(ticket: Ticket, clerk: Clerk, now: float) -> Result:
     return new, [TicketEvent("returned", new, ticket.state, meta=_service_meta(ticket, now))]
 
 
-def transfer(ticket: Ticket, clerk: Clerk, target: Department, note: str, now: float) -> Result:
-    """called | in_consultation -> waiting in another department, keeping arrival order."""
+def transfer(ticket: Ticket, clerk: Clerk, target: Department, note: str, now: float, *,
+             target_open: bool = True, confirm_closed: bool = False) -> Result:
+    """called | in_consultation -> waiting in another department, keeping arrival order. Into a department
+    that is closed now only when the clerk confirmed it (``confirm_closed``): the citizen then waits until it
+    opens."""
     _require_department(clerk, ticket.department)
     _require(ticket, (C, IC), "transfer")
     _require_holder(ticket, clerk)
     if target.id == ticket.department:
         raise InvalidInput("transfer to the same department: return the ticket instead")
+    if not target_open and confirm_closed is not True:
+        raise DepartmentClosed(f"{target.name} is closed now: confirm to transfer anyway")
     note = _clean(note, MAX_NOTE, "note")
     new = _back_to_waiting(
         ticket, target.id, now, transferred_from=ticket.department, transfer_note=note
@@ -239,6 +302,14 @@ def expire(ticket: Ticket, now: float, grace_seconds: float) -> Result:
         raise IllegalTransition(f"ticket {ticket.id} is still within its grace period")
     new = ticket.replace(state=TicketState.EXPIRED, ended_at=now)
     return new, [TicketEvent("expired", new, ticket.state)]
+
+
+def department_closed(ticket: Ticket, now: float) -> Result:
+    """waiting -> expired: a lead closed the department at once and waiting citizens lose their place
+    (event kind ``department_closed``, meta ``reason``; called and in-consultation tickets are not touched)."""
+    _require(ticket, (W,), "end (department closed)")
+    new = ticket.replace(state=TicketState.EXPIRED, ended_at=now)
+    return new, [TicketEvent("department_closed", new, W, meta={"reason": "department_closed"})]
 
 
 def position(waiting_seqs: Sequence[int], seq: int) -> int | None:

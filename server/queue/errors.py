@@ -104,3 +104,25 @@ class Conflict(QueueError):
 
     code = "conflict"
     status = 409
+
+
+class AnswerTimeRunning(QueueError):
+    """The called citizen's time to answer is still running: "no-show" is possible once it is over."""
+
+    code = "answer_time_running"
+    status = 409
+
+
+class RejoinExpired(QueueError):
+    """The time to rejoin the queue at the old place has passed (or the place was taken back once already)."""
+
+    code = "rejoin_expired"
+    status = 409
+
+
+class JoinLimited(RateLimited):
+    """Too many check-ins from this address; ``retry_after`` says in how many seconds one is possible again."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

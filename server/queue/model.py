@@ -95,6 +95,11 @@ class Ticket:
     disconnected_at: float | None = None
     """Set while no page of the citizen is connected; the ticket expires after a grace period."""
     times_called: int = 0
+    rejoins: int = 0
+    """How often the citizen took their place back after a no-show (``server.queue.core.rejoin``)."""
+    appointment_at: float | None = None
+    """Start of the booked appointment this ticket came from (epoch seconds); None for walk-ins. From that
+    time on the ticket is called ahead of walk-ins (``server.queue.core.pick_next``)."""
 
     def replace(self, **changes: Any) -> Ticket:
         return dataclasses.replace(self, **changes)
@@ -116,12 +121,15 @@ class TicketEvent:
     """Something that happened to a ticket; the shell turns it into messages."""
 
     kind: str
-    """joined, called, started, finished, no_show, returned, transferred, left, expired,
+    """joined, called, started, finished, no_show, rejoined, returned, transferred, left, expired,
     disconnected, reconnected."""
     ticket: Ticket
     previous_state: TicketState | None = None
     previous_department: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    actor: str | None = None
+    """Username of the clerk whose command caused the event (set by the WaitingRoom); None for the
+    citizen's own moves and the sweep's."""
 
     @property
     def departments(self) -> set[str]:

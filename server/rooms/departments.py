@@ -5,9 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from typing import TYPE_CHECKING
 
 from ..queue.errors import InvalidInput
 from ..recording.model import RecordingPolicy
+
+if TYPE_CHECKING:
+    from ..appointments.model import AppointmentConfig
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _SLOT = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
@@ -137,6 +141,9 @@ class Department:
     """Closed at once by a lead until they open it again, whatever the opening hours say."""
     closed_message: str = ""
     """What citizens read while ``closed_now`` (empty: a generic sentence)."""
+    appointments: AppointmentConfig | None = None
+    """Bookable video appointments (``server.appointments.model``; a plain value with to_dict/from_dict);
+    None: the department offers none."""
 
     def __post_init__(self) -> None:
         if not _ID.match(self.id):

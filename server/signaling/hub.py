@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import socketio
 
-from ..errors import STORE_ERRORS, error_body, is_store_unavailable
+from ..errors import STORE_ERRORS, error_body, is_store_unavailable, store_unavailable
 from ..http.auth import SESSION_COOKIE, Auth
 from ..queue.errors import QueueError
 from ..queue.model import Clerk, Presence, TicketEvent
@@ -45,7 +45,8 @@ log = logging.getLogger("sprechstunde.signaling")
 RETRY_AFTER = 5.0
 """Seconds a page told ``server_stopping`` waits (plus its own jitter) before reconnecting: a restart or
 another node behind the proxy is ready by then."""
-QUEUE_CHANGES = frozenset({"joined", "called", "returned", "transferred", "left", "expired"})
+QUEUE_CHANGES = frozenset({"joined", "called", "returned", "transferred", "left", "expired", "rejoined",
+                           "department_closed"})
 
 
 
@@ -84,6 +85,9 @@ class Signaling:
         message, with their ``disconnected_at`` (None: connected again)."""
         self._updates: dict[str, tuple[float, dict[str, Any], Any]] = {}
         """Per department: when its latest update was made, the update, and its encoded ``queue`` event."""
+        self._opening: dict[str, tuple[bool, Any, str | None]] = {}
+        """Per department: whether it was open, its next opening and closure message at the last look
+        (``WaitingRoom.opening``): a change (opening hours ending, a lead closing it) is pushed unasked."""
         self.townhall: TownHallSignaling | None = None
         """Town-hall events (server.signaling.townhall): audience sockets connect through it."""
         self.media: MediaSignaling | None = None
@@ -91,9 +95,18 @@ class Signaling:
         self._register()
         room.on_events(self._on_events)
         room.on_presence(self._on_presence)
+        room.directory.on_change(self._on_departments)
 
     def attach(self, app: Any) -> None:
         self.sio.attach(app)
+
+    def socket_counts(self) -> dict[str, int]:
+        """This process's connected sockets by kind, for /metrics: waiting ``page``s, staff ``dashboard``s,
+        ``other`` (town-hall audience, and pages between connecting and authenticating)."""
+        pages = sum(self._citizen_sockets.values())
+        dashboards = sum(self._clerk_sockets.values())
+        total = len(self.sio.manager.rooms.get("/", {}).get(None, ()))
+        return {"page": pages, "dashboard": dashboards, "other": max(0, total - pages - dashboards)}
 
     # -- connect / disconnect --
     def _register(self) -> None:
@@ -104,6 +117,7 @@ class Signaling:
             "subscribe": self._subscribe,
             "answer": self._answer,
             "leave": self._leave,
+            "rejoin": self._rejoin,
         }
         for name, handler in citizen_events.items():
             self.sio.on(name, self._guard("citizen", handler))
@@ -124,7 +138,8 @@ class Signaling:
     async def _connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         try:
             await self._connect_as(sid, environ, auth)
-        except STORE_ERRORS:  # Redis down or hung: a clear refusal, the page retries
+        except STORE_ERRORS as e:  # Redis down or hung: a clear refusal, the page retries
+            store_unavailable(e)  # logged once per outage, counted for /metrics
             raise socketio.exceptions.ConnectionRefusedError("store_unavailable") from None
 
     async def _connect_as(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
@@ -217,7 +232,8 @@ class Signaling:
 
     async def _citizen_ticket_command(self, data: dict[str, Any], name: str) -> dict[str, Any]:
         ticket_id = data["_session"]["ticket"]
-        command = {"answer": self.room.answer_ticket, "leave": self.room.leave_ticket}[name]
+        command = {"answer": self.room.answer_ticket, "leave": self.room.leave_ticket,
+                   "rejoin": self.room.rejoin_ticket}[name]
         ticket = await command(ticket_id)
         return {"ok": True, "ticket": await self.room.citizen_view(ticket)}
 
@@ -226,6 +242,9 @@ class Signaling:
 
     async def _leave(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         return await self._citizen_ticket_command(data, "leave")
+
+    async def _rejoin(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        return await self._citizen_ticket_command(data, "rejoin")
 
     # -- staff events --
     async def _refresh(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -248,7 +267,8 @@ class Signaling:
 
     async def _transfer(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         clerk = await self._clerk(data)
-        ticket = await self.room.transfer(clerk, data.get("ticket"), data.get("department"), data.get("note", ""))
+        ticket = await self.room.transfer(clerk, data.get("ticket"), data.get("department"), data.get("note", ""),
+                                          data.get("confirm_closed", False))
         return {"ok": True, "ticket": staff_view(ticket)}
 
     async def _presence(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -267,7 +287,12 @@ class Signaling:
                 continue
             for d in e.departments:  # the full ticket below says it
                 self._connectivity.get(d, {}).pop(e.ticket.id, None)
-            await self.sio.emit("ticket", await self.room.citizen_view(e.ticket), room=f"t:{e.ticket.id}")
+            view = await self.room.citizen_view(e.ticket)
+            if e.kind == "department_closed":  # the page says why the place ended, in the lead's words
+                closed = self.room.departments.get(e.ticket.department)
+                view = {**view, "ended_by": "department_closed",
+                        "closed_message": closed.closed_message if closed else ""}
+            await self.sio.emit("ticket", view, room=f"t:{e.ticket.id}")
             await self.sio.emit(
                 "ticket",
                 {"kind": e.kind, "ticket": staff_view(e.ticket), "previous_department": e.previous_department},
@@ -316,13 +341,13 @@ class Signaling:
         waiting pages that burst delayed a called citizen's message behind every other department's
         update (bench/queue_load.py)."""
         loop = asyncio.get_running_loop()
-        configured = [d.id for d in self.settings.departments]
-        slot = self.settings.position_interval / max(1, len(configured))
         due = loop.time()
         turn = 0
         # Also ends on the stop flag: a cancellation can be lost inside redis-py's own timeout (Python 3.11's
         # asyncio.timeout may uncancel the task when both fire together), which hung the stop in CI.
         while not self._closing:
+            configured = list(self.room.departments)  # the live directory: departments come and go at /admin
+            slot = self.settings.position_interval / max(1, len(configured))
             due += slot
             now = loop.time()
             if due < now - self.settings.position_interval:  # far behind (a stalled loop): no catch-up burst
@@ -330,6 +355,8 @@ class Signaling:
             await asyncio.sleep(max(0.0, due - now))
             dep = configured[turn % len(configured)] if configured else None
             turn += 1
+            if dep is not None and self._opening_changed(dep):
+                self._dirty.add(dep)
             mine = [dep] if dep in self._dirty else []
             mine += [d for d in self._dirty if d not in configured]  # not configured (any more): any slot
             for d in mine:
@@ -355,6 +382,38 @@ class Signaling:
                     if stopping():
                         raise asyncio.CancelledError from None
                     log.exception("connectivity broadcast failed")
+
+    async def _on_departments(self, changed: set[str], local: bool) -> None:
+        """Departments were edited, closed or reopened (server/store/departments.py). Cached updates are
+        dropped; a change made on this node goes out at once to the department's waiting pages and dashboards
+        (through the Redis manager, on every node), not at the next coalescing slot."""
+        for d in sorted(changed):
+            self._updates.pop(d, None)
+            if d not in self.room.departments or self._closing:
+                self._opening.pop(d, None)
+                continue
+            self._opening[d] = self.room.opening(self.room.departments[d])  # the loop need not push it again
+            if not local:
+                continue
+            try:
+                update, _ = self._remember_update(d, await self.room.queue_update(d))
+                await self.sio.emit("queue", update, room=f"d:{d}")
+                await self.sio.emit("load", (await self.room.load(d)).to_public(), room=f"s:{d}")
+            except Exception as e:  # noqa: BLE001 - the change stands; the loop's next slot tries again
+                self._dirty.add(d)
+                if not is_store_unavailable(e):
+                    log.exception("pushing a department change failed")
+
+    def _opening_changed(self, department: str) -> bool:
+        """Whether the department opened or closed, or its next opening or closure message changed, since
+        this loop last looked: the end of opening hours reaches every waiting page without anyone acting."""
+        try:
+            state = self.room.opening(self.room.department(department))
+        except QueueError:
+            return False
+        previous = self._opening.get(department)
+        self._opening[department] = state
+        return previous is not None and previous != state
 
     async def renew_presence(self) -> None:
         """Keep connected clerks' presence alive; a crashed node's clerks lapse to offline."""

@@ -355,6 +355,15 @@ class MediaSignaling:
         if member is not None:
             async with self._ticket_lock(member.ticket):
                 if self._by_sid.get(sid) is member:
+                    if member.room.startswith("c:"):
+                        # Hung up on purpose (not a dropped connection): the others are told who, before the
+                        # layout without them, so that the citizen reads "… hat das Videogespräch beendet".
+                        await self.sio.emit(
+                            "media_left",
+                            {"ticket": member.ticket, "participant": member.participant, "name": member.name,
+                             "role": member.role},
+                            room=member.room, skip_sid=sid,
+                        )
                     await self._drop(member)
         return {"ok": True}
 

@@ -30,6 +30,9 @@ class StaffAccount:
     """argon2id hash."""
     roles: tuple[str, ...]
     departments: tuple[str, ...]
+    session_epoch: int = 0
+    """Raised to end every session of the account (removed roles, reset password): a session records the
+    epoch it was opened in and is valid only while the account still has it."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -38,12 +41,14 @@ class StaffAccount:
             "password_hash": self.password_hash,
             "roles": list(self.roles),
             "departments": list(self.departments),
+            "session_epoch": self.session_epoch,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StaffAccount:
         return cls(
-            d["username"], d["display_name"], d["password_hash"], tuple(d["roles"]), tuple(d["departments"])
+            d["username"], d["display_name"], d["password_hash"], tuple(d["roles"]), tuple(d["departments"]),
+            int(d.get("session_epoch", 0)),
         )
 
 
@@ -150,6 +155,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def count(self, key: str) -> int:
         """The count of the current window of ``key`` (0 when none), without counting anything."""
+
+    @abc.abstractmethod
+    async def window_left(self, key: str) -> float:
+        """Seconds until the current window of ``key`` ends (0 when there is none)."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...

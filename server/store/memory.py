@@ -101,7 +101,9 @@ class MemoryStore(Store):
         if ticket.state.is_final:
             self._expires[ticket.id] = self._clock() + TERMINAL_RETENTION_SECONDS
             self._disconnected.pop(ticket.id, None)
-        elif ticket.disconnected_at is not None:
+            return
+        self._expires.pop(ticket.id, None)  # live again (a no-show who rejoined): kept, not retained
+        if ticket.disconnected_at is not None:
             self._disconnected[ticket.id] = ticket.disconnected_at
         else:
             self._disconnected.pop(ticket.id, None)
@@ -247,6 +249,10 @@ class MemoryStore(Store):
     async def count(self, key: str) -> int:
         count, until = self._hits.get(key, (0, 0.0))
         return count if until > self._clock() else 0
+
+    async def window_left(self, key: str) -> float:
+        _, until = self._hits.get(key, (0, 0.0))
+        return max(0.0, until - self._clock())
 
     async def close(self) -> None:
         return None

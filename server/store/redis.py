@@ -411,5 +411,9 @@ class RedisStore(Store):
         value = await self._redis.get(self._keys.hits(key))
         return int(value) if value is not None else 0
 
+    async def window_left(self, key: str) -> float:
+        ms = int(await self._redis.pttl(self._keys.hits(key)))
+        return ms / 1000.0 if ms > 0 else 0.0  # -2: no window, -1: no expiry (never left so by ``hit``)
+
     async def close(self) -> None:
         await self._redis.aclose()

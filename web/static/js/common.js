@@ -26,6 +26,46 @@ export function estimateText(range) {
   return t('range.span', { low, high });
 }
 
+const WEEKDAYS = ['sun', 'mon', 'tue', 'wed', 'thu', 'fri', 'sat'];
+
+/** Year, month, day of `instant` on the calendar of `timeZone` (the municipality's, not the browser's). */
+function calendarDay(instant, timeZone) {
+  let parts;
+  try {
+    parts = new Intl.DateTimeFormat('en-US', { timeZone, year: 'numeric', month: 'numeric', day: 'numeric' }).formatToParts(instant);
+  } catch {
+    parts = new Intl.DateTimeFormat('en-US', { year: 'numeric', month: 'numeric', day: 'numeric' }).formatToParts(instant);
+  }
+  const value = (type) => Number(parts.find((part) => part.type === type)?.value);
+  return [value('year'), value('month'), value('day')];
+}
+
+/**
+ * When something happens, from a local ISO time on the wire (`2026-12-01T08:00+01:00`): "heute um 14:00",
+ * "morgen um 8:00", "Montag um 8:00" within a week, else "am 24.12. um 8:00". Mirror of
+ * server.i18n.when_text; `timeZone` is the municipality's (its "today").
+ */
+export function whenText(iso, timeZone, now = new Date()) {
+  const [date, clock] = iso.split('T');
+  const [year, month, day] = date.split('-').map(Number);
+  const [hour, minute] = clock.slice(0, 5).split(':').map(Number);
+  const [ty, tm, td] = calendarDay(now, timeZone);
+  const days = Math.round((Date.UTC(year, month - 1, day) - Date.UTC(ty, tm - 1, td)) / 86400000);
+  const time = `${hour}:${String(minute).padStart(2, '0')}`;
+  if (days <= 0) return t('when.today', { time });
+  if (days === 1) return t('when.tomorrow', { time });
+  if (days < 7) {
+    const weekday = t(`weekday.${WEEKDAYS[new Date(Date.UTC(year, month - 1, day)).getUTCDay()]}`);
+    return t('when.weekday', { weekday, time });
+  }
+  return t('when.date', { date: t('date_short', { day, month }), time });
+}
+
+/** What a closed department's card says about its next opening (null: nobody knows yet). */
+export function openingText(iso, timeZone, now = new Date()) {
+  return iso ? t('opens', { when: whenText(iso, timeZone, now) }) : t('opens_unknown');
+}
+
 /** The page's data block (`<script type="application/json" id="page-data">`). */
 export function pageData() {
   const element = document.getElementById('page-data');
@@ -43,6 +83,12 @@ export class ApiError extends Error {
 /** What to tell a person about an error with a protocol `code`. */
 export function errorMessage(error) {
   const code = error?.code;
+  if (code === 'rate_limited' && error.retryAfter > 0) {
+    // When a check-in is possible again, as a time of day (no plural to get wrong).
+    const at = new Date(Date.now() + error.retryAfter * 1000);
+    const time = at.toLocaleTimeString(document.documentElement.lang || undefined, { hour: 'numeric', minute: '2-digit' });
+    return t('err.rate_limited_until', { time });
+  }
   if (code && `err.${code}` in messages) return t(`err.${code}`);
   return error?.message || t('err.generic');
 }
@@ -76,7 +122,9 @@ export async function request(method, url, { body, token, csrf } = {}) {
   }
   if (!response.ok) {
     const error = payload?.error ?? {};
-    throw new ApiError(error.code || 'generic', error.message, response.status);
+    const failure = new ApiError(error.code || 'generic', error.message, response.status);
+    if (typeof error.retry_after === 'number') failure.retryAfter = error.retry_after;
+    throw failure;
   }
   return { body: payload, response };
 }
@@ -109,7 +157,7 @@ export function forgetToken(token) {
   }
 }
 
-export const FINAL_STATES = new Set(['done', 'left', 'no_show', 'expired']);
+export const FINAL_STATES = new Set(['done', 'left', 'no_show', 'expired', 'closed']);
 
 /** The live ticket of the stored token, or null (a dead token is forgotten). */
 export async function liveTicket() {

@@ -233,10 +233,23 @@ export function createConsultation(container, options) {
     for (const type of ['resize', 'playing', 'emptied']) target.video.addEventListener(type, () => updatePicture(target));
   }
 
+  let currentSlots = [];
+  let waitingText = null; // set by the page: why nobody is there (e.g. the clerk ended the video)
+  let lastCounterpart = null; // the name of the counterpart once seen: gone again means the connection dropped
+
+  /** What the main tile says while the counterpart is not there: not yet joined, dropped, or ended. */
+  function absentText() {
+    if (waitingText) return waitingText;
+    if (lastCounterpart) return t('media.counterpart_lost', { name: lastCounterpart });
+    return role === 'citizen' ? t('media.waiting_for_clerk') : t('media.waiting_for_citizen');
+  }
+
   function setSlots(slots) {
+    currentSlots = slots;
     const counterpart = slots.find((slot) => slot.role === counterpartRole) || slots[0] || null;
     const others = slots.filter((slot) => slot !== counterpart);
-    fill(main, counterpart, role === 'citizen' ? t('media.waiting_for_clerk') : t('media.waiting_for_citizen'));
+    if (counterpart?.name) lastCounterpart = counterpart.name;
+    fill(main, counterpart, absentText());
     second.element.hidden = others.length === 0;
     fill(second, others[0] || null, '');
     for (const slot of slots) {
@@ -251,6 +264,8 @@ export function createConsultation(container, options) {
 
   // -- quality ----------------------------------------------------------------------------------------
 
+  // One source of truth: each slot's rating is computed once per interval from getStats(), and both the tile
+  // and the status line (announcements when it turns poor and when it recovers) show that rating.
   let previous = null;
   const measure = async () => {
     let sample;
@@ -259,6 +274,7 @@ export function createConsultation(container, options) {
     } catch {
       return;
     }
+    if (previous && previous.connection !== sample.connection) previous = null; // a new connection: counters restart
     for (const target of [main, second]) {
       if (!target.slot) continue;
       const mids = [target.slot.audio_mid, target.slot.video_mid].filter((mid) => mid !== null && mid !== undefined).map(String);
@@ -275,8 +291,13 @@ export function createConsultation(container, options) {
             kbps: Math.round(rating.kbps),
           })
         : '';
-      // Tell screen-reader users once when a connection turns poor, not every few seconds.
-      if (rating.level === 'poor' && target.rating !== 'poor') announce(t('media.quality_poor_announce', { name: target.slot.name }));
+      // Tell screen-reader users once when a connection turns poor and once when it recovers, not every few
+      // seconds; the status line never contradicts the tile.
+      if (rating.level === 'poor' && target.rating !== 'poor') {
+        announce(t('media.quality_poor_announce', { name: target.slot.name }));
+      } else if (target.rating === 'poor' && (rating.level === 'good' || rating.level === 'fair')) {
+        announce(t('media.quality_recovered', { name: target.slot.name }));
+      }
       target.rating = rating.level;
     }
     previous = sample;
@@ -341,6 +362,10 @@ export function createConsultation(container, options) {
     showSelf,
     announce,
     refreshInvite,
+    setWaitingText(text) {
+      waitingText = text || null;
+      setSlots(currentSlots);
+    },
     setAudioOnly(value) {
       audioOnly = value;
       showSelf();

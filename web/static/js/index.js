@@ -1,5 +1,5 @@
 // The department list: live figures every 15 s, and a way back for someone who is already waiting.
-import { estimateText, liveTicket, request, t, tn } from './common.js';
+import { estimateText, liveTicket, openingText, request, t, tn } from './common.js';
 
 const REFRESH_MS = 15000;
 const list = document.getElementById('departments');
@@ -12,9 +12,14 @@ function updateCard(card, d) {
   status.classList.toggle('badge--closed', !d.open);
   field('waiting').textContent = tn('waiting', d.waiting);
   const estimate = field('estimate');
-  const range = d.staffed ? estimateText(d.estimate_minutes) : null;
-  estimate.textContent = range ? t('estimate', { range }) : t('no_clerk');
-  estimate.classList.toggle('muted', !range);
+  const range = d.open && d.staffed ? estimateText(d.estimate_minutes) : null;
+  // Closed: when it opens, not whether someone is on duty.
+  if (!d.open) estimate.textContent = openingText(d.next_opening, list.dataset.timezone);
+  else estimate.textContent = range ? t('estimate', { range }) : t('no_clerk');
+  estimate.classList.toggle('muted', d.open && !range);
+  const closure = field('closure');
+  closure.textContent = d.open ? '' : d.closed_message || '';
+  closure.hidden = !closure.textContent;
   field('full').hidden = !(d.open && d.queue_full);
   field('join').hidden = !d.open || d.queue_full || document.body.classList.contains('is-queued');
 }

@@ -305,8 +305,9 @@ export class MediaSession {
 
   /** Quality of each slot from getStats(): {mid -> {loss, rtt, kbps, fps, frames, packets}}. */
   async inbound() {
-    if (!this.pc) return { byMid: {}, rtt: null };
-    const report = await this.pc.getStats();
+    if (!this.pc) return { byMid: {}, rtt: null, connection: null };
+    const pc = this.pc;
+    const report = await pc.getStats();
     const byMid = {};
     let rtt = null;
     report.forEach((entry) => {
@@ -323,7 +324,7 @@ export class MediaSession {
         if (entry.currentRoundTripTime !== undefined) rtt = entry.currentRoundTripTime;
       }
     });
-    return { byMid, rtt, at: performance.now() };
+    return { byMid, rtt, at: performance.now(), connection: pc };
   }
 
   /** Leave: tell the server (unless it ended the media itself) and close the connection. */
@@ -411,7 +412,39 @@ export async function play(element, needsClick = () => {}) {
   }
 }
 
-/** Level 0..1 of a microphone track, measured with an AnalyserNode; `stop()` ends the meter. */
+/** A microphone's loudness on the meter's 0..1 scale: decibels from -60 dBFS (silence, 0) to -10 dBFS
+ * (1), so that speech at a normal distance (about -45 to -20 dBFS) fills the middle of the bar. A linear
+ * scale left it near zero. */
+export function levelFromRms(rms) {
+  if (!(rms > 0)) return 0;
+  const db = 20 * Math.log10(rms);
+  return Math.min(1, Math.max(0, (db + 60) / 50));
+}
+
+export const HEARD_LEVEL = 0.35; // about -42 dBFS: a quiet voice, well above a quiet room
+const HEARD_FRAMES = 4; // measurements above it ...
+const HEARD_WINDOW_MS = 2000; // ... within this long: a voice, not one click or bump
+
+/** Whether we really hear someone: `(level, at) => boolean`, true once the level was above HEARD_LEVEL in
+ * HEARD_FRAMES measurements within HEARD_WINDOW_MS (and from then on). */
+export function voiceDetector() {
+  const loud = [];
+  let heard = false;
+  return (level, at) => {
+    if (heard) return true;
+    if (level < HEARD_LEVEL) return false;
+    loud.push(at);
+    while (loud.length && loud[0] < at - HEARD_WINDOW_MS) loud.shift();
+    heard = loud.length >= HEARD_FRAMES;
+    return heard;
+  };
+}
+
+/**
+ * The level of a microphone track, measured with an AnalyserNode: `onLevel(shown, heard)` per animation
+ * frame, where `shown` (0..1) rises at once and falls slowly (readable on a meter) and `heard` says
+ * whether a voice really arrived (voiceDetector). `stop()` ends the meter.
+ */
 export function micLevel(track, onLevel) {
   const AudioContextClass = window.AudioContext || window.webkitAudioContext;
   if (!AudioContextClass || !track) return { stop() {} };
@@ -419,15 +452,27 @@ export function micLevel(track, onLevel) {
   const source = context.createMediaStreamSource(new MediaStream([track]));
   const analyser = context.createAnalyser();
   analyser.fftSize = 1024;
+  // The graph is only pulled when it ends at the destination (some browsers feed an unconnected analyser
+  // silence): through a gain of zero, so nothing is heard.
+  const sink = context.createGain();
+  sink.gain.value = 0;
   source.connect(analyser);
+  analyser.connect(sink);
+  sink.connect(context.destination);
   const samples = new Float32Array(analyser.fftSize);
+  const detect = voiceDetector();
+  let shown = 0;
+  let last = performance.now();
   let frame = 0;
   const tick = () => {
     analyser.getFloatTimeDomainData(samples);
     let sum = 0;
     for (const value of samples) sum += value * value;
-    const rms = Math.sqrt(sum / samples.length);
-    onLevel(Math.min(1, rms * 4)); // speech at a normal distance lands in the middle of the scale
+    const level = levelFromRms(Math.sqrt(sum / samples.length));
+    const now = performance.now();
+    shown = Math.max(level, shown - ((now - last) / 1000) * 1.5); // falls over about 0.7 s
+    last = now;
+    onLevel(shown, detect(level, now));
     frame = requestAnimationFrame(tick);
   };
   if (context.state === 'suspended') context.resume().catch(() => {});
@@ -436,6 +481,7 @@ export function micLevel(track, onLevel) {
     stop() {
       cancelAnimationFrame(frame);
       source.disconnect();
+      analyser.disconnect();
       context.close().catch(() => {});
     },
   };

@@ -12,6 +12,7 @@ import {
   t,
   tn,
   unlockAudio,
+  whenText,
 } from './common.js';
 import { MediaSession, openLocalMedia } from './media.js';
 import { createConsultation } from './consult.js';
@@ -34,6 +35,8 @@ let clockOffsetMs = 0; // server clock minus ours, from the Date header
 let myPresence = 'available';
 let loggingOut = false;
 const departments = new Map(); // id -> department as in the dashboard, with tickets and clerks
+let transferTargets = []; // every department, open or closed now and when it opens next (dashboard payload)
+let timezone; // the municipality's, for "öffnet Montag um 8:00"
 const displayNames = {}; // username -> display name, learnt from presence events
 
 // -- session ----------------------------------------------------------------------------------------
@@ -48,8 +51,13 @@ function showLogin(message) {
   $('login-view').hidden = false;
   say($('login-error'), message);
   if (message) $('login-error').focus();
-  else $('username').focus();
+  else if (!$('login-form').hidden) $('username').focus();
+  else $('sso-login')?.focus(); // password logins switched off: single sign-on only
 }
+
+// A failed single sign-on comes back as /staff?sso_error=<code> (server/http/oidc.py): say why, once.
+const ssoError = new URLSearchParams(window.location.search).get('sso_error');
+if (ssoError) window.history.replaceState(null, '', window.location.pathname);
 
 function startSession(body) {
   csrf = body.csrf;
@@ -71,7 +79,8 @@ async function restoreSession() {
     learnClock(response);
     startSession(body);
   } catch (error) {
-    showLogin(error.code === 'unauthenticated' ? '' : errorMessage(error));
+    if (ssoError) showLogin(errorMessage({ code: ssoError }));
+    else showLogin(error.code === 'unauthenticated' ? '' : errorMessage(error));
   }
 }
 
@@ -158,6 +167,8 @@ function connect() {
 }
 
 function onDashboard(dashboard) {
+  if (dashboard.transfer_targets) transferTargets = dashboard.transfer_targets;
+  if (dashboard.timezone) timezone = dashboard.timezone;
   departments.clear();
   for (const d of dashboard.departments) {
     Object.assign(displayNames, d.clerk_names || {});
@@ -297,6 +308,61 @@ function button(label, action, ticket, { primary = false, danger = false, depart
   );
 }
 
+// -- the called citizen's time to answer: "no-show" only after it (server: answer_seconds) --
+
+function clockText(seconds) {
+  return `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, '0')}`;
+}
+
+/** Whole seconds the called citizen still has to answer (0: over), by the server's clock. */
+function answerLeft(ticket) {
+  const seconds = departments.get(ticket.department)?.answer_seconds ?? 0;
+  return Math.max(0, Math.ceil((ticket.called_at ?? 0) + seconds - serverNow()));
+}
+
+function noShowButton(ticket) {
+  const control = button(t('no_show_action'), 'no_show', ticket);
+  if (answerLeft(ticket) > 0) {
+    control.disabled = true;
+    control.title = t('staff_no_show_later');
+  }
+  return control;
+}
+
+/** Shown every second, never announced: the clerk hears once when it is over (tickAnswers). */
+function answerCountdown(ticket) {
+  const left = answerLeft(ticket);
+  return h(
+    'p',
+    { class: `ticket__countdown${left ? '' : ' ticket__countdown--over'}`, dataset: { answerTicket: ticket.id } },
+    left ? t('staff_answer_left', { time: clockText(left) }) : t('staff_answer_over'),
+  );
+}
+
+const answersRunning = new Set(); // `${ticket}:${called_at}` of countdowns seen running
+
+function tickAnswers() {
+  const over = new Map();
+  for (const element of document.querySelectorAll('[data-answer-ticket]')) {
+    const ticket = findTicket(element.dataset.answerTicket);
+    if (!ticket || ticket.state !== 'called') continue;
+    const left = answerLeft(ticket);
+    const text = left ? t('staff_answer_left', { time: clockText(left) }) : t('staff_answer_over');
+    if (element.textContent !== text) element.textContent = text;
+    element.classList.toggle('ticket__countdown--over', !left);
+    const key = `${ticket.id}:${ticket.called_at}`;
+    if (left) answersRunning.add(key);
+    else if (answersRunning.delete(key)) over.set(ticket.id, ticket);
+  }
+  for (const ticket of over.values()) {
+    renderDepartment(ticket.department); // the no-show button becomes usable
+    if (call.ticketId === ticket.id) renderConsultPanel();
+    if (ticket.clerk === clerk?.username) announce(t('staff_answer_ended', { name: ticketLabel(ticket) }));
+  }
+}
+
+setInterval(tickAnswers, 1000);
+
 function ticketItem(ticket) {
   const mine = ticket.clerk === clerk.username;
   const language = data.languages[ticket.language] || ticket.language;
@@ -318,7 +384,7 @@ function ticketItem(ticket) {
   } else if (mine) {
     if (ticket.state === 'called') actions.push(button(t('start'), 'start', ticket, { primary: true }));
     actions.push(button(t('finish'), 'finish', ticket, { primary: ticket.state === 'in_consultation' }));
-    if (ticket.state === 'called') actions.push(button(t('no_show_action'), 'no_show', ticket));
+    if (ticket.state === 'called') actions.push(noShowButton(ticket));
     actions.push(button(t('return'), 'return', ticket));
     actions.push(button(t('transfer'), 'transfer', ticket));
     if (call.ticketId !== ticket.id) actions.push(button(t('media.open_video'), 'video', ticket));
@@ -336,6 +402,7 @@ function ticketItem(ticket) {
         ' ',
         h('span', { class: 'muted' }, t('ticket_number', { n: ticket.seq })),
         ticket.interpreter ? [' ', h('span', { class: 'badge badge--info' }, t('interpreter'))] : null,
+        ticket.appointment_at ? [' ', h('span', { class: 'badge badge--info' }, t('appointment_badge', { time: appointmentTime(ticket.appointment_at) }))] : null,
         // A new ticket counts as "not connected since it joined" until its page connects (it expires after
         // the grace period otherwise): say that, not that a connection was lost.
         ticket.disconnected_at
@@ -352,9 +419,21 @@ function ticketItem(ticket) {
       ),
       transferredFrom,
       state ? h('p', { class: 'ticket__state' }, state) : null,
+      ticket.state === 'called' ? answerCountdown(ticket) : null,
     ),
     actions.length ? h('div', { class: 'ticket__actions' }, actions) : null,
   );
+}
+
+/** "10:30" of a booked appointment, in the municipality's time zone (helper appointments). */
+function appointmentTime(epoch) {
+  return new Intl.DateTimeFormat(document.documentElement.lang || 'de', { hour: '2-digit', minute: '2-digit', timeZone: timezone }).format(new Date(epoch * 1000));
+}
+
+/** The department's appointments today: time, name, state (the dashboard payload's ``appointments``). */
+function appointmentList(appointments) {
+  return h('ul', { class: 'appointments' }, appointments.map((a) =>
+    h('li', {}, h('strong', {}, a.time), ' ', a.name || t('anonymous'), ' – ', t(`appt.state.${a.state}`))));
 }
 
 function renderDepartment(id) {
@@ -390,6 +469,7 @@ function renderDepartment(id) {
         { class: 'panel__side' },
         h('h3', {}, t('active')),
         active.length ? h('ul', { class: 'tickets' }, active.map(ticketItem)) : h('p', { class: 'muted' }, t('no_active')),
+        d.appointments?.length ? [h('h3', {}, t('appointments_today')), appointmentList(d.appointments)] : null,
         h('h3', {}, t('colleagues')),
         colleagues.length
           ? h(
@@ -470,7 +550,9 @@ async function onAction(event) {
   if (!ack) return;
   applyAck(ack);
   if (action === 'call_next' || action === 'call') {
-    announce(t('done_called', { name: ticketLabel(ack.ticket) }));
+    const seconds = departments.get(ack.ticket.department)?.answer_seconds;
+    const answerTime = seconds ? ` ${t('staff_answer_started', { seconds })}` : '';
+    announce(`${t('done_called', { name: ticketLabel(ack.ticket) })}${answerTime}`);
     // The consultation panel opens (video connects while the citizen answers); keyboard users
     // continue where the work goes on: the called citizen's "Start" button.
     joinConsultation(ack.ticket.id);
@@ -546,9 +628,9 @@ function renderConsultPanel() {
   facts.textContent = ticket ? [ticket.concern || t('no_concern'), data.languages[ticket.language] || ticket.language].join(' · ') : '';
   const actions = [];
   if (ticket && ticket.clerk === clerk?.username && ACTIVE.has(ticket.state)) {
-    if (ticket.state === 'called') actions.push(button(t('start'), 'start', ticket));
+    if (ticket.state === 'called') actions.push(answerCountdown(ticket), button(t('start'), 'start', ticket));
     actions.push(button(t('finish'), 'finish', ticket, { primary: !call.session }));
-    if (ticket.state === 'called') actions.push(button(t('no_show_action'), 'no_show', ticket));
+    if (ticket.state === 'called') actions.push(noShowButton(ticket));
     actions.push(button(t('return'), 'return', ticket));
     actions.push(button(t('transfer'), 'transfer', ticket));
   }
@@ -725,29 +807,108 @@ const dialog = $('transfer-dialog');
 const transferForm = $('transfer-form');
 let transferring = null;
 
+let confirmingClosed = null; // the closed department the clerk was warned about and may now confirm
+const transferSubmit = transferForm.querySelector('button[value="transfer"]');
+const transferSubmitLabel = transferSubmit.textContent;
+
+/** Open now, or closed and when it opens next: from the dashboard (`transfer_targets`), refreshed on opening. */
+function targetOf(id) {
+  return transferTargets.find((d) => d.id === id) || null;
+}
+
+function openingPhrase(target) {
+  return target.next_opening
+    ? t('opens_lower', { when: whenText(target.next_opening, timezone) })
+    : t('opens_unknown_lower');
+}
+
+function renderTransferOptions(ticket) {
+  const select = $('transfer-department');
+  const chosen = select.value;
+  const known = transferTargets.length ? transferTargets : data.departments.map((d) => ({ ...d, open: true }));
+  select.replaceChildren(
+    ...known
+      .filter((d) => d.id !== ticket.department)
+      .map((d) => h(
+        'option',
+        { value: d.id, dataset: { open: String(d.open) } },
+        d.open ? t('transfer_open', { department: d.name }) : t('transfer_closed', { department: d.name, opens: openingPhrase(d) }),
+      )),
+  );
+  if (chosen && [...select.options].some((o) => o.value === chosen)) select.value = chosen;
+}
+
+function resetTransferConfirmation() {
+  confirmingClosed = null;
+  say($('transfer-warning'), '');
+  transferSubmit.textContent = transferSubmitLabel;
+}
+
 function openTransfer(ticket) {
   if (!ticket) return;
   transferring = ticket;
-  const select = $('transfer-department');
-  select.replaceChildren(
-    ...data.departments.filter((d) => d.id !== ticket.department).map((d) => h('option', { value: d.id }, d.name)),
-  );
+  $('transfer-department').value = '';
+  renderTransferOptions(ticket);
   transferForm.querySelector('[data-field="who"]').textContent = `${ticketLabel(ticket)} · ${departmentNames[ticket.department] || ticket.department}`;
   $('transfer-note').value = '';
   say($('transfer-error'), '');
+  resetTransferConfirmation();
   dialog.showModal();
+  // Opening hours move on while a dashboard stays open for hours: fresh open/closed states for the list.
+  request('GET', '/api/departments').then(({ body }) => {
+    transferTargets = body.departments.map(({ id, name, open, next_opening: next, closed_message: message }) => (
+      { id, name, open, next_opening: next ?? null, closed_message: message ?? null }));
+    if (dialog.open && transferring === ticket) renderTransferOptions(ticket);
+  }).catch(() => {});
+}
+
+$('transfer-department').addEventListener('change', resetTransferConfirmation);
+
+/** Warn before transferring to a closed department; the second press confirms. */
+function warnClosed(target) {
+  confirmingClosed = target.id;
+  say($('transfer-warning'), t('transfer_confirm', { department: target.name, opens: openingPhrase(target) }));
+  transferSubmit.textContent = t('transfer_confirm_submit');
+}
+
+function emitTransfer(payload) {
+  return new Promise((resolve) => {
+    if (!socket?.connected) {
+      resolve({ error: { code: 'network' } });
+      return;
+    }
+    socket.timeout(ACK_TIMEOUT_MS).emit('transfer', payload, (err, ack) => resolve(err ? { error: { code: 'network' } } : ack));
+  });
 }
 
 transferForm.addEventListener('submit', async (event) => {
   if (event.submitter?.value !== 'transfer') return; // "cancel" closes the dialog
   event.preventDefault();
-  const ack = await act(
-    'transfer',
-    { ticket: transferring.id, department: $('transfer-department').value, note: $('transfer-note').value.trim() },
-    { errorBox: $('transfer-error') },
-  );
-  if (!ack) return;
+  const department = $('transfer-department').value;
+  const target = targetOf(department);
+  if (target && !target.open && confirmingClosed !== department) {
+    warnClosed(target);
+    return;
+  }
+  say($('transfer-error'), '');
+  transferSubmit.disabled = true;
+  const ack = await emitTransfer({
+    ticket: transferring.id, department, note: $('transfer-note').value.trim(), confirm_closed: confirmingClosed === department,
+  });
+  transferSubmit.disabled = false;
+  if (ack?.error) {
+    // Closed since the list was made: the server asks for the same confirmation.
+    if (ack.error.code === 'department_closed' && target && confirmingClosed !== department) {
+      target.open = false;
+      renderTransferOptions(transferring);
+      warnClosed(target);
+    } else {
+      say($('transfer-error'), errorMessage(ack.error));
+    }
+    return;
+  }
   dialog.close();
+  resetTransferConfirmation();
   applyAck(ack);
   announce(t('done_action'));
 });

@@ -15,6 +15,7 @@ import {
   t,
   tn,
   unlockAudio,
+  whenText,
 } from './common.js';
 import { estimateWait, positionIn } from './estimate.js';
 import { MediaSession, micLevel, openLocalMedia, play, stopStream, storeMode, storedMode, testTone } from './media.js';
@@ -49,6 +50,7 @@ const mediaSupported = Boolean(window.RTCPeerConnection && navigator.mediaDevice
 
 function show(view) {
   for (const [name, element] of Object.entries(views)) element.hidden = name !== view;
+  if (view !== 'called') stopAnswerCountdown();
   $('controls').hidden = !(view === 'waiting' || view === 'called');
   $('check').hidden = !(view === 'waiting' && mediaSupported);
   document.body.classList.toggle('page-consult', view === 'consultation');
@@ -80,18 +82,32 @@ function renderWaiting() {
   document.title = position ? `(${position}) ${baseTitle}` : baseTitle;
 
   const clerks = queue ? queue.a + queue.b : null;
-  const range = position && clerks ? estimateWait(position, clerks, queue.s) : null;
+  const closed = Boolean(queue && !queue.open);
+  const range = position && clerks && !closed ? estimateWait(position, clerks, queue.s) : null;
   field('estimate').textContent = estimateText(range) ?? '–';
   let status = '';
-  if (queue && !queue.open) status = t('closed_now');
+  if (closed) status = closedSentence(queue);
   else if (clerks === 0) status = t('no_clerk_wait');
   else if (clerks) status = tn('clerks', clerks);
   field('clerks').textContent = status;
+  const closure = field('closure');
+  closure.textContent = closed && queue.msg ? queue.msg : '';
+  closure.hidden = !closure.textContent;
+}
+
+/** A closed department: when it opens again and what happens to the place (docs/protocol.md, `queue`). */
+function closedSentence(queue) {
+  const department = ticket.department_name;
+  return queue.next
+    ? t('closed_wait', { department, when: whenText(queue.next, data.timezone) })
+    : t('closed_wait_unknown', { department });
 }
 
 function alertCalled() {
   const text = ticket.clerk_name ? t('called_by', { clerk: ticket.clerk_name }) : t('called_by_anonymous');
-  $('alert').textContent = `${t('called_title')} ${text}`;
+  // Announced once, with the time to answer; the countdown itself is not read out every second.
+  const within = ticket.answer_seconds ? ` ${t('answer_within', { time: durationWords(ticket.answer_seconds) })}` : '';
+  $('alert').textContent = `${t('called_title')} ${text}${within}`;
   document.title = t('document_called');
   chime([660, 880, 1100]);
   setTimeout(() => chime([660, 880, 1100]), 1600);
@@ -100,10 +116,19 @@ function alertCalled() {
   $('answer').focus();
 }
 
-function finish(message) {
+const REJOIN_STATES = new Set(['left', 'no_show', 'expired', 'closed']);
+
+/** The end of the visit: a heading and a sentence of its own per final state, and the next step. */
+function finish(state, message) {
   notice('');
   show('final');
+  clearTimeout(rejoinTimer);
+  $('rejoin-place').hidden = true;
+  $('wait-heading').textContent = t(`final_title.${state}`);
   field('final').textContent = message;
+  const rejoin = $('rejoin');
+  rejoin.hidden = !(ticket && REJOIN_STATES.has(state));
+  if (ticket) rejoin.href = `/join/${encodeURIComponent(ticket.department)}`;
   $('alert').textContent = '';
   document.title = baseTitle;
   forgetToken(token);
@@ -122,10 +147,12 @@ function applyTicket(next) {
   switch (next.state) {
     case 'waiting': {
       if (previous && previous.department !== next.department) {
-        notice(t('transferred', { department: next.department_name }));
+        notice(transferredText(next));
         socket?.emit('subscribe', (ack) => ack?.ticket && applyTicket(ack.ticket));
       } else if (previous && (previous.state === 'called' || previous.state === 'in_consultation')) {
-        notice(t('returned'));
+        notice([t('returned'), next.department_open === false ? closedNowText(next) : ''].filter(Boolean).join(' '));
+      } else if (previous?.state === 'no_show') {
+        notice(t('rejoined'));
       }
       $('alert').textContent = '';
       if (purpose === 'consultation') endMedia(false);
@@ -140,7 +167,10 @@ function applyTicket(next) {
         ? t('called_by', { clerk: next.clerk_name })
         : t('called_by_anonymous');
       show('called');
-      if (previous?.state !== 'called') alertCalled();
+      if (previous?.state !== 'called') {
+        startAnswerCountdown(next);
+        alertCalled();
+      }
       // Connect while the citizen reads the call (no camera yet): answering only adds the tracks.
       if (mediaSupported && socket?.connected) {
         purpose = 'consultation';
@@ -152,9 +182,8 @@ function applyTicket(next) {
       notice('');
       $('alert').textContent = '';
       document.title = baseTitle;
-      field('consultation').textContent = next.clerk_name
-        ? t('in_consultation', { clerk: next.clerk_name })
-        : t('in_consultation_anonymous');
+      if (previous?.state !== 'in_consultation') clerkLeft = false;
+      renderConsultationState();
       show('consultation');
       if (previous?.state !== 'in_consultation') $('consultation-heading').focus();
       openConsultation();
@@ -163,15 +192,123 @@ function applyTicket(next) {
     default:
       if (FINAL_STATES.has(next.state)) {
         endMedia(false);
-        finish(t(next.state));
+        if (next.state === 'no_show' && next.rejoin_seconds_left > 0) offerRejoin(next);
+        else finish(next.ended_by === 'department_closed' ? 'closed' : next.state, finalText(next));
       }
   }
+}
+
+function finalText(next) {
+  // A lead closed the department and waiting citizens lost their place: state `expired`, `ended_by` says why.
+  if (next.state !== 'closed' && next.ended_by !== 'department_closed') return t(next.state);
+  const queue = queues[next.department];
+  const text = [t('closed_ticket', { department: next.department_name }), next.closed_message].filter(Boolean).join(' ');
+  return queue && !queue.open && queue.next ? `${text} ${t('opens', { when: whenText(queue.next, data.timezone) })}.` : text;
+}
+
+// -- no-show fairness: the time to answer a call, taking the old place back after a no-show ---------------
+
+const answer = { timer: null, until: 0, total: 0, warned: false };
+let rejoinTimer = null;
+
+/** "2 Minuten", "einer Minute", "90 Sekunden": a length of time for a sentence. */
+function durationWords(seconds) {
+  if (seconds === 60) return t('duration_one_minute');
+  if (seconds >= 120 && seconds % 60 === 0) return t('duration_minutes', { minutes: seconds / 60 });
+  return t('duration_seconds', { seconds: Math.round(seconds) });
+}
+
+function clockText(seconds) {
+  return `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, '0')}`;
+}
+
+/** The called citizen's countdown: visible every second, announced at the call (alertCalled) and once more
+ * near its end (a visual and spoken alert, no sound or vibration), never every second. */
+function startAnswerCountdown(next) {
+  stopAnswerCountdown();
+  if (next.answer_seconds_left == null || !next.answer_seconds) return;
+  answer.total = next.answer_seconds;
+  answer.until = Date.now() + next.answer_seconds_left * 1000;
+  answer.warned = next.answer_seconds_left <= warnAt(); // a reload near the end: no second alarm at once
+  $('answer-time').hidden = false;
+  tickAnswer();
+  answer.timer = setInterval(tickAnswer, 1000);
+}
+
+function warnAt() {
+  return Math.min(30, answer.total / 2);
+}
+
+function tickAnswer() {
+  const left = Math.max(0, Math.ceil((answer.until - Date.now()) / 1000));
+  if (left <= 0) {
+    clearInterval(answer.timer);
+    answer.timer = null;
+    $('answer-time').textContent = t('answer_over');
+    return;
+  }
+  $('answer-time').textContent = t('answer_left', { time: clockText(left) });
+  if (!answer.warned && left <= warnAt()) {
+    answer.warned = true;
+    const text = t('answer_soon', { seconds: left });
+    const warning = $('answer-warning');
+    warning.textContent = text;
+    warning.hidden = false;
+    views.called.classList.add('status-card--urgent');
+    $('alert').textContent = text;
+  }
+}
+
+function stopAnswerCountdown() {
+  clearInterval(answer.timer);
+  answer.timer = null;
+  $('answer-time').hidden = true;
+  $('answer-warning').hidden = true;
+  views.called.classList.remove('status-card--urgent');
+}
+
+/** A no-show who may still take the old place back: say so without blaming, and offer it. */
+function offerRejoin(next) {
+  notice('');
+  show('final');
+  $('wait-heading').textContent = t('final_title.no_show');
+  const until = new Date(Date.now() + next.rejoin_seconds_left * 1000);
+  const time = until.toLocaleTimeString(document.documentElement.lang || undefined, { hour: 'numeric', minute: '2-digit' });
+  field('final').textContent = t('no_show_rejoin', { time });
+  $('rejoin').hidden = true; // a new check-in is the second choice while the old place can be had
+  const button = $('rejoin-place');
+  button.hidden = false;
+  button.disabled = false;
+  $('alert').textContent = '';
+  document.title = baseTitle;
+  button.focus(); // the "join now" button just went away; this is where the citizen goes on
+  clearTimeout(rejoinTimer);
+  rejoinTimer = setTimeout(() => {
+    if (ticket?.state === 'no_show') finish('no_show', t('no_show'));
+  }, next.rejoin_seconds_left * 1000);
+}
+
+/** The department the ticket waits in now is closed: when it opens (from the ticket; the queue update follows). */
+function closedNowText(next) {
+  const department = next.department_name;
+  return next.next_opening
+    ? t('closed_wait', { department, when: whenText(next.next_opening, data.timezone) })
+    : t('closed_wait_unknown', { department });
+}
+
+function transferredText(next) {
+  if (next.department_open !== false) return t('transferred', { department: next.department_name });
+  if (next.next_opening) {
+    return t('transferred_closed', { department: next.department_name, when: whenText(next.next_opening, data.timezone) });
+  }
+  return `${t('transferred', { department: next.department_name })} ${closedNowText(next)}`;
 }
 
 function unknownTicket() {
   forgetToken(token);
   notice('');
   show('final');
+  $('wait-heading').textContent = t('final_title.unknown');
   field('final').textContent = t('unknown_ticket');
   connection.hidden = true;
 }
@@ -201,7 +338,8 @@ let notYetAt = null; // the `queue.t` of the update after which the server said 
 let consultation = null; // the consultation view
 let retries = 0;
 let retryTimer = null;
-const check = { meter: null, deadline: null, ok: false };
+const MIC_QUIET_MS = 8000;
+const check = { meter: null, deadline: null, quiet: null, ok: false };
 
 function mediaSession() {
   if (!session) session = new MediaSession(socket, { onLayout, onState });
@@ -250,7 +388,35 @@ function updatePrewarm() {
 }
 
 function onLayout(slots) {
-  if (purpose === 'consultation') consultation?.setSlots(slots.filter((slot) => slot.participant !== `citizen:${ticket.id}`));
+  if (purpose !== 'consultation') return;
+  // The clerk (back) in the video: the consultation goes on.
+  if (clerkLeft && slots.some((slot) => slot.role === 'clerk')) {
+    clerkLeft = false;
+    renderConsultationState();
+  }
+  consultation?.setSlots(slots.filter((slot) => slot.participant !== `citizen:${ticket.id}`));
+}
+
+let clerkLeft = false; // the clerk hung up the video; the ticket is still theirs to finish, return or transfer
+
+/** The consultation's heading and next step: begun, or ended by the clerk (who still completes the ticket). */
+function renderConsultationState() {
+  const clerk = ticket?.clerk_name;
+  let heading;
+  if (clerkLeft) heading = clerk ? t('clerk_left', { clerk }) : t('clerk_left_anonymous');
+  else heading = clerk ? t('in_consultation', { clerk }) : t('in_consultation_anonymous');
+  field('consultation').textContent = heading;
+  const next = $('consultation-next');
+  const text = clerkLeft ? t('clerk_left_next') : '';
+  if (next.textContent !== text) next.textContent = text;
+  next.hidden = !text;
+  consultation?.setWaitingText(clerkLeft ? heading : null);
+}
+
+function onMediaLeft(who) {
+  if (who?.role !== 'clerk' || ticket?.state !== 'in_consultation') return;
+  clerkLeft = true;
+  renderConsultationState();
 }
 
 function onState(state, detail) {
@@ -332,14 +498,21 @@ async function startCheck() {
   const withVideo = Boolean(local.stream.getVideoTracks().length);
   $('check-tile').hidden = !withVideo;
   checkResult(local.missing === 'camera' ? t('media.problem.no_camera_fallback') : t('media.check_connecting'), local.missing ? 'warn' : 'info');
+  $('check-result').focus(); // the button just went away: keep the focus in the test, on its status
 
-  check.meter = micLevel(local.stream.getAudioTracks()[0], (level) => {
+  // "Wir hören Sie" only once a voice really arrived (not at the first click), else a hint after a while.
+  check.meter = micLevel(local.stream.getAudioTracks()[0], (level, heard) => {
     $('mic-meter').value = level;
-    if (level > 0.15 && !$('mic-status').dataset.heard) {
+    if (heard && !$('mic-status').dataset.heard) {
+      clearTimeout(check.quiet);
       $('mic-status').dataset.heard = '1';
       $('mic-status').textContent = t('media.mic_heard');
     }
   });
+  clearTimeout(check.quiet);
+  check.quiet = setTimeout(() => {
+    if (!$('mic-status').dataset.heard) $('mic-status').textContent = t('media.mic_quiet');
+  }, MIC_QUIET_MS);
   check.deadline = setTimeout(() => checkFailed('network'), CHECK_DEADLINE_MS);
   try {
     await offer({ check: true }, 'check');
@@ -389,6 +562,7 @@ function watchSelfView(withVideo, missing) {
 function endCheckView() {
   if (purpose !== 'check' && $('check-panel').hidden) return;
   clearTimeout(check.deadline);
+  clearTimeout(check.quiet);
   check.meter?.stop();
   check.meter = null;
   $('check-video').srcObject = null;
@@ -452,6 +626,9 @@ async function openConsultation() {
     });
     $('leave-question').textContent = t('media.end_question');
     $('leave-explain').textContent = t('media.end_explain');
+    $('leave-no').textContent = t('media.end_no');
+    $('leave-yes').textContent = t('media.end_yes');
+    renderConsultationState();
   }
   purpose = 'consultation';
   await ensureOwnMedia();
@@ -469,6 +646,8 @@ function closeConsultationView() {
   consultation = null;
   $('leave-question').textContent = leaveTexts.question;
   $('leave-explain').textContent = leaveTexts.explain;
+  $('leave-no').textContent = leaveTexts.no;
+  $('leave-yes').textContent = leaveTexts.yes;
 }
 
 /** After the consultation (or the call) ended: no media at all, until pre-warming starts again. */
@@ -481,7 +660,12 @@ function endMedia(tell) {
   media?.dispose({ tell });
 }
 
-const leaveTexts = { question: $('leave-question').textContent, explain: $('leave-explain').textContent };
+const leaveTexts = {
+  question: $('leave-question').textContent,
+  explain: $('leave-explain').textContent,
+  no: $('leave-no').textContent,
+  yes: $('leave-yes').textContent,
+};
 
 function connect() {
   setConnection('connecting');
@@ -495,6 +679,7 @@ function connect() {
     if (reason !== 'io client disconnect') setConnection('reconnecting');
   });
   socket.on('media_end', () => endMedia(false));
+  socket.on('media_left', onMediaLeft);
   socket.on('connect_error', (error) => {
     if (error?.message === 'ticket_not_found') {
       socket.disconnect();
@@ -507,8 +692,13 @@ function connect() {
   });
   socket.on('ticket', applyTicket);
   socket.on('queue', (update) => {
+    const before = queues[update.d];
     queues[update.d] = update;
     if (ticket?.state === 'waiting' && update.d === ticket.department) {
+      // Opening hours ended, or a lead closed the department (or opened it again): every page is told.
+      if (before && before.open !== update.open) {
+        notice(update.open ? t('reopened', { department: ticket.department_name }) : closedSentence(update));
+      }
       renderWaiting();
       updatePrewarm();
     }
@@ -525,6 +715,26 @@ $('answer').addEventListener('click', async () => {
   } catch (error) {
     if (ticket?.state !== 'called') return; // the ticket moved on meanwhile; its own event said so
     say($('answer-error'), errorMessage(error));
+  } finally {
+    button.disabled = false;
+  }
+});
+
+$('rejoin-place').addEventListener('click', async () => {
+  const button = $('rejoin-place');
+  button.disabled = true;
+  say($('rejoin-error'), '');
+  try {
+    const next = await act('rejoin', 'POST', '/api/tickets/me/rejoin');
+    if (socket && !socket.connected) socket.connect();
+    applyTicket(next);
+    const heading = $('wait-heading'); // the button went away with the final view: focus goes to the page's start
+    heading.tabIndex = -1;
+    heading.focus();
+  } catch (error) {
+    if (ticket?.state !== 'no_show') return; // the ticket moved on meanwhile; its own event said so
+    if (error.code === 'rejoin_expired') finish('no_show', t('no_show'));
+    else say($('rejoin-error'), errorMessage(error));
   } finally {
     button.disabled = false;
   }

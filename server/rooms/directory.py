@@ -1,0 +1,196 @@
+"""Departments as stored and edited: one dict form for the store and the admin API, and the edits a lead
+or an admin makes, as pure functions (``Department`` in, ``Department`` out; nothing awaits or stores).
+
+Every stored department carries a ``revision`` (1 when created, +1 per change). An edit names the revision
+it started from; the store refuses a stale one (``EditConflict``, 409), so two leads editing the same
+department at once never silently overwrite each other (optimistic concurrency).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..appointments.model import AppointmentConfig
+from ..queue.errors import InvalidInput, QueueError
+from ..recording.model import RecordingMode, RecordingPolicy
+from .departments import DAYS, Department, OpeningHours, parse_closures, parse_hours
+
+MAX_NAME = 80
+MAX_DESCRIPTION = 500
+MAX_MESSAGE = 300
+MAX_SERVICE_MINUTES = 480.0
+MAX_QUEUE_CAP = 100_000
+MAX_CLOSURES = 200
+
+EDITABLE = frozenset({
+    "name", "description", "hours", "closures", "queue_cap", "service_minutes", "require_name",
+    "require_concern", "recording", "recording_purpose", "recording_retention_days", "appointments",
+})
+"""Fields an edit may change. ``id`` never changes; ``closed_now`` and ``closed_message`` change only by
+``close_at_once`` and ``reopen``."""
+RECORDING_FIELDS = frozenset({"recording", "recording_purpose", "recording_retention_days"})
+"""Fields only an admin may change (the recording policy is a data-protection decision)."""
+
+
+class EditConflict(QueueError):
+    """Someone else changed this department meanwhile; reload it and make the change again."""
+
+    code = "edit_conflict"
+    status = 409
+
+
+class DepartmentExists(QueueError):
+    """A department with this id exists already."""
+
+    code = "department_exists"
+    status = 409
+
+
+class DepartmentBusy(QueueError):
+    """The department still has citizens waiting or in a consultation."""
+
+    code = "department_busy"
+    status = 409
+
+
+def hours_to_dict(hours: OpeningHours) -> dict[str, list[str]] | None:
+    """Every weekday with its slots (an empty list: closed that day); None: always open."""
+    if hours.slots is None:
+        return None
+    described = hours.describe()
+    return {day: described.get(day, []) for day in DAYS}
+
+
+def department_to_dict(d: Department) -> dict[str, Any]:
+    """The full configuration of a department, as stored and as the admin API shows it."""
+    return {
+        "id": d.id,
+        "name": d.name,
+        "description": d.description,
+        "hours": hours_to_dict(d.hours),
+        "closures": [c.to_dict() for c in d.closures],
+        "queue_cap": d.queue_cap,
+        "service_minutes": d.service_minutes,
+        "require_name": d.require_name,
+        "require_concern": d.require_concern,
+        "recording": d.recording.mode.value,
+        "recording_purpose": d.recording.purpose,
+        "recording_retention_days": d.recording.retention_days,
+        "closed_now": d.closed_now,
+        "closed_message": d.closed_message,
+        "appointments": d.appointments.to_dict() if d.appointments is not None else None,
+    }
+
+
+def _text(raw: dict[str, Any], key: str, limit: int, default: str = "") -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str):
+        raise InvalidInput(f"{key} must be text")
+    value = " ".join(value.split())  # no line breaks or control characters
+    if len(value) > limit:
+        raise InvalidInput(f"{key} is longer than {limit} characters")
+    return value
+
+
+def _flag(raw: dict[str, Any], key: str) -> bool:
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{key} must be true or false")
+    return value
+
+
+def _hours(value: Any) -> OpeningHours:
+    if value is None:
+        return OpeningHours(None)
+    if not isinstance(value, dict) or not all(
+        isinstance(v, str) or (isinstance(v, list) and all(isinstance(s, str) for s in v)) for v in value.values()
+    ):
+        raise InvalidInput("hours must map weekdays (mon ... sun) to slots like \"08:00-12:00\"")
+    return parse_hours(value)
+
+
+def _queue_cap(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_QUEUE_CAP:
+        raise InvalidInput(f"queue_cap must be a whole number from 1 to {MAX_QUEUE_CAP}, or null for no cap")
+    return value
+
+
+def _service_minutes(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= MAX_SERVICE_MINUTES:
+        raise InvalidInput(f"service_minutes must be a number above 0 and at most {MAX_SERVICE_MINUTES:g}")
+    return float(value)
+
+
+def _recording(raw: dict[str, Any]) -> RecordingPolicy:
+    mode = raw.get("recording", "off")
+    if mode not in {m.value for m in RecordingMode}:
+        raise InvalidInput('recording must be "off" or "on_request"')
+    days = raw.get("recording_retention_days", 0)
+    if not isinstance(days, int) or isinstance(days, bool) or not 0 <= days <= 3650:
+        raise InvalidInput("recording_retention_days must be a whole number from 0 to 3650")
+    return RecordingPolicy(RecordingMode(mode), _text(raw, "recording_purpose", MAX_MESSAGE), days)
+
+
+def department_from_dict(raw: Any) -> Department:
+    """A department from its dict form; every field is checked (``InvalidInput`` says which)."""
+    if not isinstance(raw, dict):
+        raise InvalidInput("a department must be a JSON object")
+    unknown = set(raw) - EDITABLE - {"id", "closed_now", "closed_message"}
+    if unknown:
+        raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+    if not isinstance(raw.get("id"), str):
+        raise InvalidInput("id is required (lowercase letters, digits, '-')")
+    name = _text(raw, "name", MAX_NAME)
+    if not name:
+        raise InvalidInput("name is required")
+    closures = raw.get("closures", [])
+    if isinstance(closures, list) and len(closures) > MAX_CLOSURES:
+        raise InvalidInput(f"at most {MAX_CLOSURES} closures")
+    return Department(
+        id=raw["id"],
+        name=name,
+        description=_text(raw, "description", MAX_DESCRIPTION),
+        hours=_hours(raw.get("hours")),
+        queue_cap=_queue_cap(raw.get("queue_cap")),
+        service_minutes=_service_minutes(raw.get("service_minutes", 10.0)),
+        require_name=_flag(raw, "require_name"),
+        require_concern=_flag(raw, "require_concern"),
+        recording=_recording(raw),
+        closures=parse_closures(closures),
+        closed_now=_flag(raw, "closed_now"),
+        closed_message=_text(raw, "closed_message", MAX_MESSAGE),
+        appointments=AppointmentConfig.from_dict(raw["appointments"]) if raw.get("appointments") is not None else None,
+    )
+
+
+def edit(current: Department, changes: Any, *, admin: bool) -> Department:
+    """``current`` with the fields named in ``changes`` replaced (the others stay). Only an admin changes
+    the recording policy; ``id``, ``closed_now`` and ``closed_message`` are not edited here."""
+    if not isinstance(changes, dict):
+        raise InvalidInput("the changes must be a JSON object")
+    unknown = set(changes) - EDITABLE
+    if unknown:
+        raise InvalidInput(f"field(s) that cannot be edited: {', '.join(sorted(unknown))}")
+    if not admin and RECORDING_FIELDS & set(changes):
+        raise InvalidInput("only an administrator changes the recording policy")
+    return department_from_dict({**department_to_dict(current), **changes})
+
+
+def create(raw: Any) -> Department:
+    """A new department (open: ``closed_now`` cannot be set at creation)."""
+    if isinstance(raw, dict) and ({"closed_now", "closed_message"} & set(raw)):
+        raise InvalidInput("a new department starts open; close it afterwards")
+    return department_from_dict(raw)
+
+
+def close_at_once(current: Department, message: Any) -> Department:
+    """Closed now, whatever the hours say, until ``reopen``; ``message`` is what citizens read."""
+    text = _text({"message": message}, "message", MAX_MESSAGE)
+    return department_from_dict({**department_to_dict(current), "closed_now": True, "closed_message": text})
+
+
+def reopen(current: Department) -> Department:
+    """Open again as the hours and closures say."""
+    return department_from_dict({**department_to_dict(current), "closed_now": False, "closed_message": ""})
