@@ -19,6 +19,7 @@ import asyncio
 import math
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -66,7 +67,7 @@ def year_of_entries(args: argparse.Namespace, last: date):
             continue
         opening = datetime(day.year, day.month, day.day, 8, tzinfo=TZ).timestamp()
         hours = 5 if weekday == 5 else 9
-        for d_index, dept in enumerate(depts):
+        for dept in depts:
             count = int(rng.gauss(tickets_per_day * (1 / 3 if weekday == 5 else 1), tickets_per_day * 0.1))
             clerks = max(1, round(count / 40))
             for c in range(clerks):  # on duty: one mark per clerk and hour (what the recorder writes)
@@ -98,7 +99,8 @@ def year_of_entries(args: argparse.Namespace, last: date):
                 length = rng.lognormvariate(math.log(600), 0.5)
                 end = called + 20 + length
                 if r < 0.18:
-                    target = depts[(d_index + 1 + rng.randrange(len(depts) - 1)) % len(depts)] if len(depts) > 1 else dept
+                    others = [x for x in depts if x != dept] or [dept]
+                    target = rng.choice(others)
                     batch.append(LogEntry(end, "transferred", target, t, source=dept, state="in_consultation",
                                           duration=length, language=lang))
                     wait2 = rng.expovariate(1 / 600)
@@ -128,37 +130,43 @@ async def seed(store: EventLogStore, args: argparse.Namespace, last: date) -> tu
 
 
 QUERIES = [
-    ("day, all departments, 1 year", {"granularity": "day"}, True, 365),
-    ("day, one department, 1 year", {"granularity": "day"}, False, 365),
-    ("week, all departments, 1 year", {"granularity": "week"}, True, 365),
-    ("week, one department, 1 year", {"granularity": "week"}, False, 365),
-    ("hour, all departments, 31 days", {"granularity": "hour"}, True, 31),
+    ("day, all departments, 1 year", {"granularity": "day"}, "all", 365),
+    ("day, one department, 1 year", {"granularity": "day"}, "one", 365),
+    ("week, all departments, 1 year", {"granularity": "week"}, "all", 365),
+    ("week, one department, 1 year", {"granularity": "week"}, "one", 365),
+    ("hour, all departments, 31 days", {"granularity": "hour"}, "all", 31),
+    ("day, all 8 merged (a lead of every one), 1 year", {"granularity": "day"}, "merged", 365),
 ]
+"""(label, parameters, who, days): ``all`` as an admin asks (the ``*`` total kept at write time), ``one`` the
+first department, ``merged``: every department summed at query time, as for a lead who leads them all (the
+worst case for a lead; shown for information, not held to the goal)."""
 
 
-async def run_query(store: EventLogStore, params: dict[str, str], depts: list[str], now: float) -> dict:
-    query = parse_query(params, now=now, tz=TZ, allowed=depts)
+async def run_query(store: EventLogStore, params: dict[str, str], depts: list[str], now: float,
+                    everything: bool) -> dict:
+    query = parse_query(params, now=now, tz=TZ, allowed=depts, everything=everything)
     groups = query.day_groups()
-    sums = await store.sums(query.departments, groups, query.hourly)
-    duty = await store.duty(query.departments, groups, query.hourly)
+    sums = await store.sums(query.sources, groups, query.hourly)
+    duty = await store.duty(query.sources, groups, query.hourly)
     return report(query, sums, duty)
 
 
-async def time_queries(store: EventLogStore, args: argparse.Namespace, last: date) -> list[tuple[str, float, float, int]]:
+async def time_queries(store: EventLogStore, args: argparse.Namespace,
+                       last: date) -> list[tuple[str, float, float, int, bool]]:
     depts = departments(args.departments)
     now = datetime(last.year, last.month, last.day, 18, tzinfo=TZ).timestamp()
     rows = []
-    for label, base, everyone, days in QUERIES:
+    for label, base, who, days in QUERIES:
         params = dict(base, **{"from": (last - timedelta(days=days - 1)).isoformat(), "to": last.isoformat()})
-        if not everyone:
+        if who == "one":
             params["department"] = depts[0]
         times = []
         result: dict = {}
         for _ in range(args.repeat):
             t0 = time.perf_counter()
-            result = await run_query(store, params, depts, now)
+            result = await run_query(store, params, depts, now, everything=who != "merged")
             times.append(time.perf_counter() - t0)
-        rows.append((label, statistics.median(times), max(times), result["totals"]["arrivals"]))
+        rows.append((label, statistics.median(times), max(times), result["totals"]["arrivals"], who != "merged"))
     return rows
 
 
@@ -208,9 +216,7 @@ async def bench_store(kind: str, args: argparse.Namespace, last: date) -> dict:
     finally:
         await store.close()
         if kind == "sqlite":
-            for p in Path(directory).iterdir():
-                p.unlink()
-            os.rmdir(directory)
+            shutil.rmtree(directory, ignore_errors=True)
         elif not args.keep:
             delete_prefix(args.redis_url, prefix)
     return {"store": kind, "entries": entries, "seed_s": seconds, "size_mb": size / 1e6, "rows": rows}
@@ -221,10 +227,10 @@ def print_report(results: list[dict], host_ms: float) -> None:
     print("\n| store | entries | seeding | storage | query | median | slowest | goal | arrivals in the answer |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
-        for label, median, worst, arrivals in r["rows"]:
-            verdict = "ok" if worst < GOAL_S else "MISSED"
+        for label, median, worst, arrivals, held in r["rows"]:
+            verdict = ("< 1 s ok" if worst < GOAL_S else "< 1 s MISSED") if held else "(information)"
             print(f"| {r['store']} | {r['entries']:,} | {r['seed_s']:.0f} s | {r['size_mb']:.0f} MB | {label} | "
-                  f"{median * 1000:.0f} ms | {worst * 1000:.0f} ms | < {GOAL_S:.0f} s {verdict} | {arrivals:,} |")
+                  f"{median * 1000:.0f} ms | {worst * 1000:.0f} ms | {verdict} | {arrivals:,} |")
 
 
 def main() -> None:
@@ -246,7 +252,7 @@ def main() -> None:
     last = datetime.now(TZ).date()
     results = [asyncio.run(bench_store(kind, args, last)) for kind in args.stores.split(",")]
     print_report(results, host_ms)
-    if any(worst >= GOAL_S for r in results for _, _, worst, _ in r["rows"]):
+    if any(held and worst >= GOAL_S for r in results for _, _, worst, _, held in r["rows"]):
         sys.exit(1)
 
 

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from .appointments.service import AppointmentService
 from .audit import AuditLog
+from .cluster import CLUSTER, make_cluster
 from .errors import json_errors
 from .http import admin as admin_routes
 from .http import admin_staff as admin_staff_routes
@@ -34,8 +35,8 @@ from .signaling.townhall import TownHallSignaling
 from .store.appointments import AppointmentStore, make_appointment_store
 from .store.audit import AuditStore, make_audit_store
 from .store.base import Store
-from .store.eventlog import EventLogStore, StatsRecorder, make_eventlog_store
 from .store.departments import DepartmentDirectory, DepartmentStore, make_department_store
+from .store.eventlog import EventLogStore, StatsRecorder, make_eventlog_store
 from .store.recordings import RecordingStore, make_recording_store
 from .store.townhall import TownHallStore, make_townhall_store
 from .tasks import stop_all, stopping
@@ -105,6 +106,11 @@ def create_app(settings: Settings, store: Store | None = None,
     signaling = Signaling(settings, room, auth)
     media = MediaSignaling(settings, room, auth, signaling.sio)
     signaling.media = media
+    cluster = make_cluster(settings)  # nodes on one Redis: heartbeats, pages counted across nodes, invitations
+    signaling.use_cluster(cluster)
+    media.cluster = cluster
+    media.use_nodes(cluster, settings)  # with Redis: media rooms claimed per node, other nodes relay to them
+    app[CLUSTER] = cluster
     recordings = RecordingService(
         settings,
         recording_store or make_recording_store(settings.redis_url, settings.redis_prefix, settings.data_dir),
@@ -169,9 +175,15 @@ def create_app(settings: Settings, store: Store | None = None,
         await directory.start(settings.departments)  # the TOML seeds the first start; then the store wins
         await ensure_demo_staff(settings, auth, announce)
         media.start()  # the SFU: its connections live on this process's event loop
+        await media.start_nodes()  # events relayed from other nodes to the rooms this one holds
+        try:
+            await cluster.start()  # registered before the first page can connect
+        except Exception as e:  # noqa: BLE001 - Redis down at the start: the heartbeat loop registers later
+            log.warning("joining the node registry failed: %s", type(e).__name__)
         tasks = [
             asyncio.create_task(signaling.broadcast_positions(), name="positions"),
             asyncio.create_task(signaling.renew_presence(), name="presence"),
+            asyncio.create_task(cluster.run(), name="cluster"),  # heartbeat; a dead node's pages start their grace
             asyncio.create_task(directory.watch(), name="departments"),  # other nodes' edits
             asyncio.create_task(_sweep(room), name="sweep"),
             asyncio.create_task(recordings.run_sweeps(), name="recording-retention"),
@@ -186,6 +198,7 @@ def create_app(settings: Settings, store: Store | None = None,
                  "redis" if settings.redis_url else "memory")
         yield
         await stop_all(tasks)
+        await cluster.stop()  # a clean stop is no death: leave the registry, drop what this node still counted
         await recordings.shutdown()  # ends live recordings while their media is still there
         await media.close()
         await recordings.close()
@@ -196,6 +209,7 @@ def create_app(settings: Settings, store: Store | None = None,
         if directory.store is not None:
             await directory.store.close()
         await store.close()
+        await cluster.close()
 
     async def disconnect_sockets(app: web.Application) -> None:
         # Before aiohttp waits for open connections: tell clients now (they reconnect elsewhere or

@@ -75,9 +75,17 @@ async def test_day_sums_match_the_reference(eventlog: EventLogStore) -> None:
             assert await eventlog.sums(departments, groups, False) == sum_counters(hourly, departments, groups, False)
         assert await eventlog.sums(departments, by_day(days), True) == sum_counters(
             hourly, departments, by_day(days), True)
+    # The town hall's total kept at write time is the sum of its departments.
+    for groups in (by_day(days), by_week(days)):
+        assert await eventlog.sums(["*"], groups, False) == await eventlog.sums(["buergerbuero", "bauamt"], groups,
+                                                                                False)
+        both, total = (await eventlog.duty(["buergerbuero", "bauamt"], groups, True),
+                       await eventlog.duty(["*"], groups, True))
+        assert (dict(both.per_period), both.total) == (dict(total.per_period), total.total)
     # Spot checks by hand: Monday, both departments.
     monday = (await eventlog.sums(["buergerbuero", "bauamt"], {DAY: 0}, False))[(0, -1)]
-    assert (monday["arr"], monday["srv"], monday["abd"], monday["nos"], monday["tin"], monday["tout"]) == (4, 1, 1, 1, 1, 1)
+    assert (monday["arr"], monday["srv"], monday["abd"], monday["nos"], monday["tin"], monday["tout"]) == (
+        4, 1, 1, 1, 1, 1)
     assert (monday["wn"], monday["wms"], monday["cn"], monday["cms"]) == (2, 2_100_000, 2, 1_200_000)
     assert (monday["l:de"], monday["l:en"], monday["l:tr"], monday["int"]) == (2, 1, 1, 1)
 

@@ -212,12 +212,18 @@ async def test_close_at_once_tells_waiting_pages_at_once_and_keeps_or_ends_their
         assert (refused.status, _code(await refused.json())) == (409, "department_closed")
 
         assert (await http.post(f"{API}/buergerbuero/reopen", json={}, headers=headers)).status == 200
-        await page.wait_for("queue", lambda u: u["open"] and u is not update, timeout=10)
+        await page.wait_for("queue", lambda u: u["open"] and u["t"] > update["t"], timeout=10)
         resp = await http.post(f"{API}/buergerbuero/close", json={"message": "Heute nicht mehr", "keep_places": False},
                                headers=headers)
         assert (await resp.json())["ended"] == 1
         ended = await page.wait_for("ticket", lambda t: t["state"] == "expired", timeout=10)
         assert (ended["ended_by"], ended["closed_message"]) == ("department_closed", "Heute nicht mehr")
+        # The closed department's update follows at once, without the ended place, and nothing before it
+        # told this page it keeps its place.
+        last = await page.wait_for("queue", lambda u: u["msg"] == "Heute nicht mehr", timeout=10)
+        assert (last["open"], last["w"]) == (False, [])
+        ticket_at = next(i for i, (name, data) in enumerate(page.events) if data is ended)
+        assert all(data.get("msg") != "Heute nicht mehr" for name, data in page.events[:ticket_at] if name == "queue")
         assert (await node.room.store.waiting_counts(["buergerbuero"])) == {"buergerbuero": 0}
         bad = await http.post(f"{API}/buergerbuero/close", json={"keep_places": "no"}, headers=headers)
         assert (bad.status, _code(await bad.json())) == (400, "invalid_input")

@@ -183,3 +183,27 @@ def test_dict_form_round_trips_and_is_json() -> None:
     for d in (FULL, PLAIN, NEVER):
         raw = json.loads(json.dumps(directory.department_to_dict(d)))
         assert directory.department_from_dict(raw) == d
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ({}, ("", True)),
+    ({"message": " Heute\tzu ", "keep_places": False}, ("Heute zu", False)),
+])
+def test_parse_close(body: Any, expected: tuple[str, bool]) -> None:
+    assert directory.parse_close(body) == expected
+
+
+@pytest.mark.parametrize("body", [{"keep_places": "no"}, {"message": 5}, {"message": "x" * 301}, {"why": "x"}, []])
+def test_parse_close_refuses(body: Any) -> None:
+    with pytest.raises(InvalidInput):
+        directory.parse_close(body)
+
+
+@pytest.mark.parametrize(("waiting", "active", "removable"), [(0, 0, True), (1, 0, False), (0, 1, False)])
+def test_check_removable(waiting: int, active: int, removable: bool) -> None:
+    if removable:
+        directory.check_removable(waiting, active)
+    else:
+        with pytest.raises(directory.DepartmentBusy):
+            directory.check_removable(waiting, active)
+

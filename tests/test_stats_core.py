@@ -108,11 +108,16 @@ def seeded() -> Log:
 
 def run(entries: list[LogEntry], params: dict[str, str], allowed: tuple[str, ...] = ("buergerbuero", "bauamt"),
         now: float | None = None) -> dict[str, Any]:
-    query = parse_query(params, now=now or at(3, 12), tz=TZ, allowed=list(allowed))
-    groups = query.day_groups()
-    sums = sum_counters(fold(entries, TZ), query.departments, groups, query.hourly)
-    duty = count_duty(duty_marks(entries, TZ), query.departments, groups, query.hourly)
-    return report(query, sums, duty)
+    """The report as a lead of ``allowed`` gets it; checked to be the same as an admin's (the ``*`` total)."""
+    results = []
+    for everything in (False, True):
+        query = parse_query(params, now=now or at(3, 12), tz=TZ, allowed=list(allowed), everything=everything)
+        groups = query.day_groups()
+        sums = sum_counters(fold(entries, TZ), query.sources, groups, query.hourly)
+        duty = count_duty(duty_marks(entries, TZ), query.sources, groups, query.hourly)
+        results.append(report(query, sums, duty))
+    assert results[0] == results[1]
+    return results[0]
 
 
 # -- log entries --
@@ -201,8 +206,10 @@ def test_fold_by_local_hour_and_day() -> None:
     hourly = fold(entries, TZ)
     day = MONDAY.toordinal()
     assert {k: v["arr"] for k, v in hourly.items()} == {
-        ("a", day, 9): 1, ("a", day, 10): 1, ("b", day, 10): 1, ("a", day, 23): 1, ("a", day + 1, 0): 1}
-    assert {k: v["arr"] for k, v in by_day(hourly).items()} == {("a", day): 3, ("b", day): 1, ("a", day + 1): 1}
+        ("a", day, 9): 1, ("a", day, 10): 1, ("b", day, 10): 1, ("a", day, 23): 1, ("a", day + 1, 0): 1,
+        ("*", day, 9): 1, ("*", day, 10): 2, ("*", day, 23): 1, ("*", day + 1, 0): 1}
+    assert {k: v["arr"] for k, v in by_day(hourly).items()} == {
+        ("a", day): 3, ("b", day): 1, ("a", day + 1): 1, ("*", day): 4, ("*", day + 1): 1}
 
 
 @pytest.mark.parametrize(("moment", "slot"), [
@@ -259,6 +266,7 @@ def test_nearest_rank(samples: list[float], q: float, rank_value: float | None) 
 
 
 # -- the query --
+BOTH = ("buergerbuero", "bauamt")
 NOW = at(3, 12)  # Thursday 2026-03-05
 
 
@@ -268,8 +276,8 @@ NOW = at(3, 12)  # Thursday 2026-03-05
     ({"granularity": "week", "from": "2026-03-04", "to": "2026-03-10"},
      ("all", ("buergerbuero", "bauamt"), "week", "2026-03-02", "2026-03-15")),
     ({"from": "2026-01-01"}, ("all", ("buergerbuero", "bauamt"), "day", "2026-01-01", "2026-01-30")),
-    ({"to": "2026-01-31", "granularity": "day"}, ("all", ("buergerbuero", "bauamt"), "day", "2026-01-02", "2026-01-31")),
-    ({"from": "2025-03-05", "to": "2026-03-05"}, ("all", ("buergerbuero", "bauamt"), "day", "2025-03-05", "2026-03-05")),
+    ({"to": "2026-01-31", "granularity": "day"}, ("all", BOTH, "day", "2026-01-02", "2026-01-31")),
+    ({"from": "2025-03-05", "to": "2026-03-05"}, ("all", BOTH, "day", "2025-03-05", "2026-03-05")),
     ({"granularity": "hour", "from": "2026-02-01", "to": "2026-03-03"},
      ("all", ("buergerbuero", "bauamt"), "hour", "2026-02-01", "2026-03-03")),
 ])
@@ -293,6 +301,13 @@ def test_bad_queries(params: dict[str, str]) -> None:
 def test_departments_outside_the_scope(department: str, allowed: list[str]) -> None:
     with pytest.raises(LookupError):
         parse_query({"department": department}, now=NOW, tz=TZ, allowed=allowed)
+
+
+@pytest.mark.parametrize(("params", "everything", "sources"), [
+    ({}, True, ("*",)), ({}, False, ("buergerbuero", "bauamt")), ({"department": "bauamt"}, True, ("bauamt",))])
+def test_what_the_store_is_asked_for(params: dict[str, str], everything: bool, sources: tuple[str, ...]) -> None:
+    query = parse_query(params, now=NOW, tz=TZ, allowed=list(BOTH), everything=everything)
+    assert query.sources == sources
 
 
 def test_periods_of_each_granularity() -> None:

@@ -14,7 +14,6 @@ from aiohttp import web
 
 from ..queue.errors import InvalidInput, NotAuthenticated
 from ..rooms import directory as edits
-from ..rooms.directory import DepartmentBusy
 from ..store.departments import Stored
 from .admin_access import AdminScope, admin_scope, scope_of
 from .api import json_body
@@ -125,10 +124,7 @@ async def delete_department(request: web.Request) -> web.Response:
     scope, department_id = await _scoped(request)
     scope.require_admin()
     revision = _revision(await json_body(request))
-    waiting, active = await _counts(request, department_id)
-    if waiting or active:
-        raise DepartmentBusy(f"{waiting} citizens are waiting and {active} in a consultation: close the "
-                             "department (they lose their place) and wait for the consultations to end")
+    edits.check_removable(*await _counts(request, department_id))
     await request.app[ROOM].directory.delete(department_id, revision)
     await _audit(request, scope, "department.removed", department_id)
     return web.json_response({"ok": True})
@@ -138,18 +134,17 @@ async def delete_department(request: web.Request) -> web.Response:
 async def close_department(request: web.Request) -> web.Response:
     """Close at once with a message; ``keep_places`` false ends every waiting ticket (their pages are told)."""
     scope, department_id = await _scoped(request)
-    body = await json_body(request)
-    unknown = set(body) - {"message", "keep_places"}
-    if unknown:
-        raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
-    keep = body.get("keep_places", True)
-    if not isinstance(keep, bool):
-        raise InvalidInput("keep_places must be true or false")
-    message = body.get("message", "")
+    message, keep = edits.parse_close(await json_body(request))  # bad input refused before anything changes
     room = request.app[ROOM]
-    edits.close_at_once(room.department(department_id), message)  # refuse bad input before anything changes
-    stored = await room.directory.modify(department_id, lambda d: edits.close_at_once(d, message))
-    ended = 0 if keep else await room.end_waiting(department_id)
+    # Closed first (no check-in gets in), then the places end, then the pages hear of both at once: a page
+    # never reads "closed, you keep your place" when it is about to lose it.
+    stored = await room.directory.modify(department_id, lambda d: edits.close_at_once(d, message), announce=keep)
+    ended = 0
+    if not keep:
+        try:
+            ended = await room.end_waiting(department_id)
+        finally:
+            await room.directory.announce(department_id)
     await _audit(request, scope, "department.closed", department_id, keep_places=keep, tickets_ended=ended)
     return await _answer(request, stored, ended=ended)
 

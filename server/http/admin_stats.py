@@ -29,7 +29,7 @@ def _query(request: web.Request, scope: AdminScope) -> Query:
     allowed = [d["id"] for d in _departments(request, scope)]
     try:
         return parse_query(request.query, now=request.app[ROOM].clock(), tz=request.app[SETTINGS].tz,
-                           allowed=allowed)
+                           allowed=allowed, everything=scope.is_admin)
     except LookupError:
         raise NotFoundForRole("not found") from None
 
@@ -39,8 +39,8 @@ async def _report(request: web.Request) -> dict[str, Any]:
     query = _query(request, scope)
     store = request.app[STATS].store
     groups = query.day_groups()
-    sums = await store.sums(query.departments, groups, query.hourly)
-    duty = await store.duty(query.departments, groups, query.hourly)
+    sums = await store.sums(query.sources, groups, query.hourly)
+    duty = await store.duty(query.sources, groups, query.hourly)
     result = report(query, sums, duty)
     result["department_names"] = {d["id"]: d["name"] for d in _departments(request, scope)}
     result["timezone"] = request.app[SETTINGS].timezone

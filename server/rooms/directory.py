@@ -194,3 +194,24 @@ def close_at_once(current: Department, message: Any) -> Department:
 def reopen(current: Department) -> Department:
     """Open again as the hours and closures say."""
     return department_from_dict({**department_to_dict(current), "closed_now": False, "closed_message": ""})
+
+
+def parse_close(body: Any) -> tuple[str, bool]:
+    """A close-at-once request: ``{"message": "...", "keep_places": true}`` -> (message, keep_places)."""
+    if not isinstance(body, dict):
+        raise InvalidInput("the request must be a JSON object")
+    unknown = set(body) - {"message", "keep_places"}
+    if unknown:
+        raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+    keep = body.get("keep_places", True)
+    if not isinstance(keep, bool):
+        raise InvalidInput("keep_places must be true or false")
+    return _text({"message": body.get("message", "")}, "message", MAX_MESSAGE), keep
+
+
+def check_removable(waiting: int, active: int) -> None:
+    """A department is removed only when nobody waits there and no consultation runs."""
+    if waiting or active:
+        raise DepartmentBusy(f"{waiting} citizens are waiting and {active} in a consultation: close the "
+                             "department (they lose their place) and wait for the consultations to end")
+

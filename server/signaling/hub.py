@@ -16,6 +16,7 @@ instead of a ``ticket`` event per page (a reconnect storm is two per waiting cit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import socketio
 
+from ..cluster import Cluster, MemoryCluster
 from ..errors import STORE_ERRORS, error_body, is_store_unavailable, store_unavailable
 from ..http.auth import SESSION_COOKIE, Auth
 from ..queue.errors import QueueError
@@ -92,6 +94,9 @@ class Signaling:
         """Town-hall events (server.signaling.townhall): audience sockets connect through it."""
         self.media: MediaSignaling | None = None
         """Video consultations (server.signaling.media); it registers its own events on ``sio``."""
+        self.cluster: Cluster = MemoryCluster()
+        """Pages and dashboards are counted across nodes here (server/cluster.py; the app sets its own)."""
+        self.use_cluster(self.cluster)
         self._register()
         room.on_events(self._on_events)
         room.on_presence(self._on_presence)
@@ -99,6 +104,11 @@ class Signaling:
 
     def attach(self, app: Any) -> None:
         self.sio.attach(app)
+
+    def use_cluster(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        cluster.on_connections_dropped(self._connections_dropped)
+        cluster.on_connections_restored(self._connections_restored)
 
     def socket_counts(self) -> dict[str, int]:
         """This process's connected sockets by kind, for /metrics: waiting ``page``s, staff ``dashboard``s,
@@ -154,11 +164,17 @@ class Signaling:
             await self.sio.save_session(sid, {"role": "citizen", "ticket": ticket.id})
             await self.sio.enter_room(sid, f"t:{ticket.id}")
             await self.sio.enter_room(sid, f"d:{ticket.department}")
+            await self.cluster.connected("ticket", ticket.id)  # pages are counted across nodes
             self._citizen_sockets[ticket.id] += 1
-            if ticket.disconnected_at is not None:
-                ticket = await self.room.citizen_connected(ticket.id)
-            await self.sio.emit("ticket", await self.room.citizen_view(ticket), to=sid)
-            await deliver(self.sio.manager, (await self._queue_update(ticket.department))[1], "/", sid)
+            try:
+                if ticket.disconnected_at is not None:
+                    ticket = await self.room.citizen_connected(ticket.id)
+                await self.sio.emit("ticket", await self.room.citizen_view(ticket), to=sid)
+                await deliver(self.sio.manager, (await self._queue_update(ticket.department))[1], "/", sid)
+            except BaseException:  # refused: the page does not count (socket.io runs no disconnect for it)
+                with contextlib.suppress(Exception):
+                    await self._page_closed(ticket.id)
+                raise
             return
         cookie = SimpleCookie(environ.get("HTTP_COOKIE", ""))
         morsel = cookie.get(SESSION_COOKIE)
@@ -171,10 +187,16 @@ class Signaling:
         for dep in clerk.departments:
             await self.sio.enter_room(sid, f"s:{dep}")
         await self.sio.enter_room(sid, f"u:{clerk.username}")  # invitations to a consultation
+        await self.cluster.connected("clerk", clerk.username)  # dashboards are counted across nodes
         self._clerk_sockets[clerk.username] += 1
         self._clerks[clerk.username] = clerk
-        await self.room.choose_presence(clerk, session.presence)  # busy instead while holding a ticket
-        await self.sio.emit("dashboard", await self.room.dashboard(clerk), to=sid)
+        try:
+            await self.room.choose_presence(clerk, session.presence)  # busy instead while holding a ticket
+            await self.sio.emit("dashboard", await self.room.dashboard(clerk), to=sid)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._dashboard_closed(clerk.username)
+            raise
 
     async def _disconnect(self, sid: str, *args: Any) -> None:
         if self.townhall is not None:
@@ -189,22 +211,52 @@ class Signaling:
                 log.exception("media disconnect failed")
         session = await self.sio.get_session(sid)
         if session.get("role") == "citizen":
-            ticket_id = session["ticket"]
-            self._citizen_sockets[ticket_id] -= 1
-            if self._citizen_sockets[ticket_id] <= 0:
-                del self._citizen_sockets[ticket_id]
-                try:
-                    await self.room.citizen_disconnected(ticket_id)
-                except QueueError:
-                    pass
+            await self._page_closed(session["ticket"])
         elif session.get("role") == "staff":
-            username = session["clerk"]
-            self._clerk_sockets[username] -= 1
-            if self._clerk_sockets[username] <= 0:
-                del self._clerk_sockets[username]
-                clerk = self._clerks.pop(username, None)
-                if clerk is not None:
-                    await self.room.set_presence(clerk, Presence.OFFLINE)
+            await self._dashboard_closed(session["clerk"])
+
+    async def _page_closed(self, ticket_id: str) -> None:
+        """A page of the ticket closed on this node; the grace period starts when no node holds one."""
+        self._citizen_sockets[ticket_id] -= 1
+        if self._citizen_sockets[ticket_id] <= 0:
+            del self._citizen_sockets[ticket_id]
+        if await self.cluster.disconnected("ticket", ticket_id) <= 0:
+            await self._no_page_left(ticket_id)
+
+    async def _no_page_left(self, ticket_id: str) -> None:
+        try:
+            await self.room.citizen_disconnected(ticket_id)
+            if await self.cluster.connections("ticket", ticket_id) > 0:  # a page came meanwhile, on another node
+                await self.room.citizen_connected(ticket_id)
+        except QueueError:
+            pass
+
+    async def _dashboard_closed(self, username: str) -> None:
+        """A dashboard closed on this node; the clerk goes offline when no node holds one."""
+        clerk = self._clerks.get(username)
+        self._clerk_sockets[username] -= 1
+        if self._clerk_sockets[username] <= 0:
+            del self._clerk_sockets[username]
+            self._clerks.pop(username, None)
+        if await self.cluster.disconnected("clerk", username) <= 0 and clerk is not None:
+            await self.room.set_presence(clerk, Presence.OFFLINE)
+
+    async def _connections_dropped(self, kind: str, ident: str) -> None:
+        """A dead (or stopping) node held the last page of a ticket, or the last dashboard of a clerk (this
+        runs on the one node that claimed the dead node: server/cluster.py)."""
+        if kind == "ticket":
+            await self._no_page_left(ident)
+        elif kind == "clerk":
+            account = await self.room.store.get_staff(ident)
+            if account is not None and await self.cluster.connections("clerk", ident) <= 0:
+                await self.room.set_presence(self.auth.clerk_from_account(account), Presence.OFFLINE)
+
+    async def _connections_restored(self, kind: str, ident: str) -> None:
+        """This node had been taken for dead and is back: its pages' tickets are connected again (its
+        clerks' presence comes back with ``renew_presence``)."""
+        if kind == "ticket" and self._citizen_sockets.get(ident):
+            with contextlib.suppress(QueueError):
+                await self.room.citizen_connected(ident)
 
     @staticmethod
     async def _invalid_payload(sid: str, *args: Any) -> dict[str, Any]:

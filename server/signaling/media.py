@@ -28,15 +28,18 @@ from typing import TYPE_CHECKING, Any
 import socketio
 from aiortc import RTCIceServer
 
+from ..cluster import Cluster, MemoryCluster
 from ..http.auth import Auth
 from ..locks import KeyedLocks
 from ..media import MediaError, MediaHub, UnsupportedOffer
+from ..media.registry import make_room_registry
 from ..queue import core
 from ..queue.errors import InvalidInput, NotAuthorised, NotYourTicket, QueueError, TicketNotFound
 from ..queue.model import Clerk, Presence, Ticket, TicketEvent, TicketState
 from ..settings import Settings
 from ..waitingroom import WaitingRoom
 from .guard import guard
+from .relay import MediaRouter
 
 if TYPE_CHECKING:
     from .recording import RecordingSignaling
@@ -145,10 +148,15 @@ class MediaSignaling:
         self.hub: MediaHub | None = None
         self._by_sid: dict[str, Member] = {}
         self._rooms: dict[str, dict[str, Member]] = {}
-        self._invited: dict[str, set[str]] = {}
+        self.cluster: Cluster = MemoryCluster()
+        """Invitations live here, shared by every node (server/cluster.py; the app sets its own)."""
         self._locks = KeyedLocks()
         self.recording: RecordingSignaling | None = None
         """Recording consent (server.signaling.recording): told who joins and leaves a consultation."""
+        self.handlers: dict[str, Handler] = {}
+        """Every media event's handler by name, as run where the ticket's rooms live (``routed``)."""
+        self.router: MediaRouter | None = None
+        """With several nodes (Redis): events for rooms on another node are relayed there (``use_nodes``)."""
         self._register()
 
     def start(self) -> MediaHub:
@@ -158,11 +166,26 @@ class MediaSignaling:
         )
         return self.hub
 
+    def use_nodes(self, cluster: Cluster, settings: Settings) -> None:
+        """With Redis: a ticket's rooms live on the node that claimed them; other nodes relay to it
+        (server/media/registry.py, server/signaling/relay.py). A dead node's rooms are dropped."""
+        if not settings.redis_url:
+            return
+        registry = make_room_registry(settings.redis_url, settings.redis_prefix, cluster.node_id)
+        self.router = MediaRouter(self, registry, settings.redis_url, settings.redis_prefix)
+        cluster.on_node_dead(self.router.node_dead)
+
+    async def start_nodes(self) -> None:
+        """Listen for events relayed from other nodes (before the first page can offer)."""
+        if self.router is not None:
+            await self.router.start()
+
     async def close(self) -> None:
+        if self.router is not None:
+            await self.router.close()
         hub, self.hub = self.hub, None
         self._by_sid.clear()
         self._rooms.clear()
-        self._invited.clear()
         if hub is not None:
             await hub.close()
 
@@ -177,7 +200,18 @@ class MediaSignaling:
             "chat": self._chat,
             "invite": self._invite,
         }.items():
-            self.sio.on(name, self._guard(handler))
+            self.sio.on(name, self._guard(self.routed(name, handler)))
+
+    def routed(self, name: str, handler: Handler) -> Handler:
+        """``handler`` run where the ticket's media lives: here, or on its node (``MediaRouter``)."""
+        self.handlers[name] = handler
+
+        async def route(sid: str, data: dict[str, Any]) -> dict[str, Any]:
+            if self.router is None:
+                return await handler(sid, data)
+            return await self.router.route(name, sid, data)
+
+        return route
 
     def _guard(self, handler: Handler) -> Callable[..., Awaitable[dict[str, Any]]]:
         return guard(self.sio, ("citizen", "staff"), handler)
@@ -265,7 +299,7 @@ class MediaSignaling:
     async def _staff_access(self, clerk: Clerk, ticket_id: str) -> tuple[Ticket, str]:
         """The ticket and the clerk's role in its consultation, or a refusal."""
         ticket = await self.room.store.get_ticket(ticket_id)
-        invited = clerk.username in self._invited.get(ticket_id, set())
+        invited = await self.cluster.is_invited(ticket_id, clerk.username)  # possibly made on another node
         if ticket is None or (ticket.department not in clerk.departments and not invited):
             raise TicketNotFound("ticket not found or expired")  # a foreign ticket looks like a missing one
         if not ticket.state.is_active:
@@ -400,7 +434,7 @@ class MediaSignaling:
             raise NotYourTicket("only the clerk holding the ticket can invite")
         if await self.room.store.get_staff(username) is None:
             raise InvalidInput("no such colleague")
-        self._invited.setdefault(ticket_id, set()).add(username)
+        await self.cluster.invite(ticket_id, username)
         log.info("ticket %s: a colleague was invited", ticket_id)
         await self.sio.emit(
             "invitation",
@@ -408,6 +442,13 @@ class MediaSignaling:
             room=f"u:{username}",
         )
         return {"ok": True}
+
+    def is_member(self, sid: str) -> bool:
+        return sid in self._by_sid
+
+    def holds(self, ticket_id: str) -> bool:
+        """Whether this process's hub has a room of the ticket."""
+        return consultation_room(ticket_id) in self._rooms or waiting_room(ticket_id) in self._rooms
 
     def tickets(self) -> set[str]:
         """Tickets with a media connection on this process (waiting-room checks and consultations)."""
@@ -456,13 +497,15 @@ class MediaSignaling:
         for e in events:
             try:
                 if e.kind == "called":
-                    await self._called(e.ticket.id)
+                    if self.router is None or not await self.router.follow(e.ticket.id, "called"):
+                        await self.called(e.ticket.id)
                 elif e.kind in ENDING:
-                    await self.end(e.ticket.id, e.kind)
+                    if self.router is None or not await self.router.follow(e.ticket.id, "end", e.kind):
+                        await self.end(e.ticket.id, e.kind)
             except Exception:  # noqa: BLE001 - the queue's command is committed; media must not undo it
                 log.exception("media: following ticket %s %s failed", e.ticket.id, e.kind)
 
-    async def _called(self, ticket_id: str) -> None:
+    async def called(self, ticket_id: str) -> None:
         """A pre-warmed citizen's connection moves into the consultation: forwarding on, self view off."""
         if self.hub is None:
             return
@@ -492,7 +535,10 @@ class MediaSignaling:
         if self.recording is not None:  # stopped before anyone's media goes
             await self.recording.ended(ticket_id)
         async with self._ticket_lock(ticket_id):
-            self._invited.pop(ticket_id, None)
+            try:
+                await self.cluster.clear_invitations(ticket_id)
+            except Exception:  # noqa: BLE001 - the media must still end; the invitations lapse on their own
+                log.warning("clearing the invitations of a ticket failed")
             for room_id in (consultation_room(ticket_id), waiting_room(ticket_id)):
                 for member in list(self._rooms.get(room_id, {}).values()):
                     self._forget(member)
@@ -504,12 +550,19 @@ class MediaSignaling:
                 if self.hub is not None:
                     for participant in self.hub.participants(room_id):  # connections no socket owns any more
                         await self.hub.leave(room_id, participant)
+            if self.router is not None:  # another node may hold its media next time
+                try:
+                    await self.router.released(ticket_id)
+                except Exception:  # noqa: BLE001 - the claim lapses, or is dropped with this node
+                    log.warning("releasing the media room of a ticket failed")
         log.info("media of ticket %s ended: %s", ticket_id, reason)
 
     async def disconnected(self, sid: str) -> None:
         """A socket went away: its connection goes too (a reloaded page offers again)."""
         member = self._by_sid.get(sid)
         if member is None:
+            if self.router is not None:  # its media may live on another node
+                await self.router.disconnected(sid)
             return
         async with self._ticket_lock(member.ticket):
             if self._by_sid.get(sid) is member:

@@ -42,7 +42,7 @@ class RecordingSignaling:
             "recording_withdraw": self._withdraw,
             "recording_stop": self._stop,
         }.items():
-            self.sio.on(name, self._guard(handler))
+            self.sio.on(name, self._guard(media.routed(name, handler)))  # where the consultation's media lives
 
     def _guard(self, handler: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]) -> Any:
         return guard(self.sio, ("citizen", "staff"), handler)

@@ -9,6 +9,10 @@ Counter fields (short: a year of them is read per query):
 ``l:<code>`` arrivals by language     ``wn``/``wms`` waits counted and their sum in ms; ``w:<i>`` wait histogram
 ``cn``/``cms``/``c:<i>`` the same for consultation lengths (``server.stats.buckets``)
 
+Every counter and mark is also kept for the department ``*`` (``TOTAL``): the whole town hall, so that an
+admin's "all departments" over a year reads one department's worth of counters. (Department ids are
+``[a-z0-9-]``: no department is called ``*``.)
+
 Clerks on duty are not counters but marks (department, day, hour, clerk pseudonym): distinct clerks per
 hour, day or week are counted at query time from them.
 
@@ -25,6 +29,7 @@ from datetime import datetime, tzinfo
 from . import buckets
 from .log import LogEntry
 
+TOTAL = "*"
 COUNTERS = ("arr", "srv", "abd", "nos", "tin", "tout", "ret", "rej", "cls", "int")
 
 
@@ -86,8 +91,10 @@ def fold(entries: Iterable[LogEntry], tz: tzinfo) -> dict[HourKey, Counter[str]]
         if not parts:
             continue
         day, hour = local_slot(e.at, tz)
+        total = out[(TOTAL, day, hour)]
         for department, field, value in parts:
             out[(department, day, hour)][field] += value
+            total[field] += value
     return dict(out)
 
 
@@ -106,4 +113,5 @@ def duty_marks(entries: Iterable[LogEntry], tz: tzinfo) -> set[tuple[str, int, i
         if e.kind == "on_duty":
             day, hour = local_slot(e.at, tz)
             marks.add((e.department, day, hour, e.subject))
+            marks.add((TOTAL, day, hour, e.subject))
     return marks

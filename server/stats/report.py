@@ -16,6 +16,7 @@ from typing import Any
 
 from ..queue.errors import InvalidInput
 from . import buckets
+from .aggregate import TOTAL
 
 GRANULARITIES = ("hour", "day", "week")
 MAX_DAYS = {"hour": 31, "day": 1100, "week": 1100}
@@ -44,6 +45,8 @@ class Query:
     granularity: str
     first: date
     last: date
+    sources: tuple[str, ...] = ()
+    """What the store is asked for: ``departments``, or ``*`` (the town hall's total kept at write time)."""
 
     @property
     def hourly(self) -> bool:
@@ -122,10 +125,13 @@ def _date(value: str | None) -> date | None:
         return None
 
 
-def parse_query(params: Mapping[str, str], *, now: float, tz: tzinfo, allowed: Sequence[str]) -> Query:
+def parse_query(params: Mapping[str, str], *, now: float, tz: tzinfo, allowed: Sequence[str],
+                everything: bool = False) -> Query:
     """Read ``department`` (an id or ``all``), ``granularity`` (hour, day, week), ``from`` and ``to``
     (local dates, YYYY-MM-DD; defaults: a range ending today). ``allowed`` are the departments the account
-    may see; a department outside them raises ``LookupError`` (the caller answers 404).
+    may see; a department outside them raises ``LookupError`` (the caller answers 404). ``everything``: the
+    account sees every department (an admin), so "all" reads the town hall's total (``*``), which also
+    holds departments removed since.
     Weeks run Monday to Sunday: the range widens to whole weeks."""
     department = params.get("department") or ALL
     if department == ALL:
@@ -155,7 +161,8 @@ def parse_query(params: Mapping[str, str], *, now: float, tz: tzinfo, allowed: S
         last += timedelta(days=6 - last.weekday())
     if (last - first).days + 1 > MAX_DAYS[granularity]:
         raise InvalidInput(f"at most {MAX_DAYS[granularity]} days with granularity {granularity}")
-    return Query(department, departments, granularity, first, last)
+    sources = (TOTAL,) if everything and department == ALL else departments
+    return Query(department, departments, granularity, first, last, sources)
 
 
 def _mean(total_ms: int, count: int) -> float | None:

@@ -57,7 +57,16 @@ class Tx(abc.ABC):
 
     @abc.abstractmethod
     async def waiting(self, department: str) -> list[tuple[int, str]]:
-        """Waiting tickets of a department as (seq, id), in arrival order. Watched."""
+        """Waiting tickets of a department as (seq, id), in arrival order. Watched. Reads the whole queue:
+        commands use :meth:`waiting_head` and :meth:`waiting_count` instead (O(log n) each)."""
+
+    @abc.abstractmethod
+    async def waiting_head(self, department: str, k: int) -> list[tuple[int, str]]:
+        """The first ``k`` waiting tickets of a department as (seq, id), in arrival order. Watched."""
+
+    @abc.abstractmethod
+    async def waiting_count(self, department: str) -> int:
+        """How many tickets wait in a department. Watched."""
 
     @abc.abstractmethod
     async def ticket(self, ticket_id: str) -> Ticket | None:

@@ -332,9 +332,14 @@ class DepartmentDirectory:
             except Exception:  # noqa: BLE001 - a listener never undoes or blocks a change
                 log.exception("department change listener failed")
 
-    async def _changed(self, department_id: str) -> None:
+    async def _changed(self, department_id: str, announce: bool = True) -> None:
         assert self.store is not None
         self._apply(await self.store.snapshot())
+        if announce:
+            await self.announce(department_id)
+
+    async def announce(self, department_id: str) -> None:
+        """Tell listeners that this process changed the department (they push it to pages at once)."""
         await self._notify({department_id}, local=True)
 
     def _require_store(self) -> DepartmentStore:
@@ -352,9 +357,11 @@ class DepartmentDirectory:
         await self._changed(department.id)
         return stored
 
-    async def modify(self, department_id: str, change: Callable[[Department], Department]) -> Stored:
+    async def modify(self, department_id: str, change: Callable[[Department], Department],
+                     announce: bool = True) -> Stored:
         """Apply ``change`` to the department as stored now (read, change, write if still at that revision;
-        again if another edit came first): for edits that do not depend on what a person saw (close, reopen)."""
+        again if another edit came first): for edits that do not depend on what a person saw (close, reopen).
+        ``announce`` False: the caller calls ``announce`` itself once it has done what belongs to the change."""
         store = self._require_store()
         for _ in range(MODIFY_ATTEMPTS):
             current = (await store.snapshot()).departments.get(department_id)
@@ -364,7 +371,7 @@ class DepartmentDirectory:
                 stored = await store.update(change(current.department), current.revision)
             except EditConflict:
                 continue
-            await self._changed(department_id)
+            await self._changed(department_id, announce)
             return stored
         raise EditConflict()
 

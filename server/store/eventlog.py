@@ -175,11 +175,11 @@ class SqliteEventLog(EventLogStore):
         if not departments or not day_groups:
             return out
         marks = ",".join("?" * len(departments))
-        select, group = ("day, hour", "day, hour") if hourly else ("day, -1", "day")
+        select, group_by = ("day, hour", "day, hour") if hourly else ("day, -1", "day")
         table = "agg_hour" if hourly else "agg_day"
         rows = self._conn().execute(
             f"SELECT {select}, field, SUM(value) FROM {table} WHERE department IN ({marks}) "  # noqa: S608
-            f"AND day BETWEEN ? AND ? GROUP BY {group}, field",
+            f"AND day BETWEEN ? AND ? GROUP BY {group_by}, field",
             (*departments, min(day_groups), max(day_groups)))
         for day, h, field, value in rows:
             group = day_groups.get(day)
@@ -229,6 +229,15 @@ class SqliteEventLog(EventLogStore):
 
 
 # -- Redis --
+_ADD = """
+for i, key in ipairs(KEYS) do
+  local f = nil
+  for word in string.gmatch(ARGV[i], '%S+') do
+    if f then redis.call('HINCRBY', key, f, word); f = nil else f = word end
+  end
+end
+return #KEYS
+"""
 _SUM = """
 local acc, order = {}, {}
 for i, key in ipairs(KEYS) do
@@ -288,9 +297,13 @@ def _unpack(text: str) -> LogEntry:
                     float(duration) if duration else None, language, interpreter == "1")
 
 
+RAW_PER_STREAM_ENTRY = 500
+"""Raw entries of a batch per stream entry: a flush (once a second) adds one stream entry per day it
+touches, a bulk load one per 500 entries; one command each instead of one per entry."""
+KEYS_PER_SCRIPT = 200
+"""Counter hashes per script call that adds a batch's counters (one call instead of a command per field)."""
 CHUNK_DAYS = 28
 """Days per script call: a year's query blocks Redis for a few milliseconds at a time, not at once."""
-PIPELINE_COMMANDS = 5000
 SOCKET_TIMEOUT = 5.0
 
 
@@ -307,8 +320,8 @@ def _chunks(day_groups: Mapping[int, int]) -> list[list[int]]:
 
 
 class RedisEventLog(EventLogStore):
-    """Keys, all under ``{prefix}stats:``: ``log:{day}`` stream of raw entries (one field ``e``: the values
-    joined by ``SEP``); ``d:{day}:{dept}`` hash of day
+    """Keys, all under ``{prefix}stats:``: ``log:{day}`` stream of raw entries (one field ``e``: the entries
+    of a batch, one a line, their values joined by ``SEP``); ``d:{day}:{dept}`` hash of day
     counters; ``h:{day}:{dept}`` hash ``HH|field`` of hour counters; ``duty:{day}:{dept}`` set ``HH|clerk``;
     ``keys:{day}`` set of that day's keys and ``days`` zset of days, for the retention sweep. Queries sum
     server-side (Lua, a few weeks per call), so a year's figures cross the network once, already summed."""
@@ -320,6 +333,7 @@ class RedisEventLog(EventLogStore):
             socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0))
         self._redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self._p = prefix + "stats:"
+        self._add = self._redis.register_script(_ADD)
         self._sum = self._redis.register_script(_SUM)
         self._duty = self._redis.register_script(_DUTY)
 
@@ -332,47 +346,52 @@ class RedisEventLog(EventLogStore):
             return
         p = self._p
         hourly = fold(entries, self.tz)
-        daily = by_day(hourly)
-        marks = duty_marks(entries, self.tz)
-        new_keys: dict[int, set[str]] = defaultdict(set)
-        commands: list[tuple[str, tuple[Any, ...]]] = []
-        for e in entries:
-            day = local_slot(e.at, self.tz)[0]
-            commands.append(("xadd", (f"{p}log:{day}", {"e": _pack(e)})))
-            new_keys[day].add(f"log:{day}")
+        increments: dict[str, list[str]] = defaultdict(list)
         for (dept, day, hour), counts in hourly.items():
-            key = f"h:{day}:{dept}"
-            new_keys[day].add(key)
+            fields = increments[f"h:{day}:{dept}"]
             for f, v in counts.items():
-                commands.append(("hincrby", (p + key, f"{hour:02d}|{f}", v)))
-        for (dept, day), counts in daily.items():
-            key = f"d:{day}:{dept}"
-            new_keys[day].add(key)
+                fields += (f"{hour:02d}|{f}", str(v))
+        for (dept, day), counts in by_day(hourly).items():
+            fields = increments[f"d:{day}:{dept}"]
             for f, v in counts.items():
-                commands.append(("hincrby", (p + key, f, v)))
-        for dept, day, hour, subject in marks:
-            key = f"duty:{day}:{dept}"
-            new_keys[day].add(key)
-            commands.append(("sadd", (p + key, f"{hour:02d}|{subject}")))
-        for day, keys in new_keys.items():
-            commands.append(("sadd", (f"{p}keys:{day}", *sorted(keys))))
-            commands.append(("zadd", (f"{p}days", {str(day): day})))
-        for start in range(0, len(commands), PIPELINE_COMMANDS):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for name, args in commands[start:start + PIPELINE_COMMANDS]:
-                    getattr(pipe, name)(*args)
-                await pipe.execute()
+                fields += (f, str(v))
+        marks: dict[str, list[str]] = defaultdict(list)
+        for dept, day, hour, subject in duty_marks(entries, self.tz):
+            marks[f"duty:{day}:{dept}"].append(f"{hour:02d}|{subject}")
+        raw: dict[int, list[str]] = defaultdict(list)
+        for e in entries:
+            raw[local_slot(e.at, self.tz)[0]].append(_pack(e))
+        new_keys: dict[int, set[str]] = defaultdict(set)
+        for key in (*increments, *marks):
+            new_keys[int(key.split(":")[1])].add(key)
+        for day in raw:
+            new_keys[day].add(f"log:{day}")
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for day, packed in raw.items():
+                for start in range(0, len(packed), RAW_PER_STREAM_ENTRY):
+                    pipe.xadd(f"{p}log:{day}", {"e": "\n".join(packed[start:start + RAW_PER_STREAM_ENTRY])})
+            keys = list(increments)
+            for start in range(0, len(keys), KEYS_PER_SCRIPT):
+                chunk = keys[start:start + KEYS_PER_SCRIPT]
+                await self._add(keys=[p + k for k in chunk], args=[" ".join(increments[k]) for k in chunk],
+                                   client=pipe)
+            for key, members in marks.items():
+                pipe.sadd(p + key, *members)
+            for day, day_keys in new_keys.items():
+                pipe.sadd(f"{p}keys:{day}", *sorted(day_keys))
+                pipe.zadd(f"{p}days", {str(day): day})
+            await pipe.execute()
 
     async def entries(self, first_day: int, last_day: int) -> list[LogEntry]:
-        out = []
-        days = await self._redis.zrangebyscore(f"{self._p}days", first_day, last_day)
+        out: list[LogEntry] = []
+        days = [str(d) for d in await self._redis.zrangebyscore(f"{self._p}days", first_day, last_day)]
         async with self._redis.pipeline(transaction=False) as pipe:
             for day in days:
                 pipe.xrange(f"{self._p}log:{day}")
             results = await pipe.execute()
         for stream in results:
             for _id, fields in stream:
-                out.append(_unpack(fields["e"]))
+                out += (_unpack(line) for line in fields["e"].split("\n"))
         out.sort(key=lambda e: e.at)
         return out
 

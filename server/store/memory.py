@@ -32,6 +32,12 @@ class _MemoryTx(Tx):
     async def waiting(self, department: str) -> list[tuple[int, str]]:
         return list(self._store._waiting.get(department, []))
 
+    async def waiting_head(self, department: str, k: int) -> list[tuple[int, str]]:
+        return self._store._waiting.get(department, [])[:max(0, k)]
+
+    async def waiting_count(self, department: str) -> int:
+        return len(self._store._waiting.get(department, []))
+
     async def ticket(self, ticket_id: str) -> Ticket | None:
         if ticket_id in self.writes:
             return self.writes[ticket_id]

@@ -173,9 +173,11 @@ function restore() {
   const form = $('stats-form');
   const query = new URLSearchParams(location.search);
   for (const name of ['department', 'granularity', 'from', 'to']) {
+    const field = form.elements[name];
     const v = query.get(name);
-    if (v && [...(form.elements[name].options ?? [])].every((o) => o.value !== v) && form.elements[name].tagName === 'SELECT') continue;
-    if (v) form.elements[name].value = v;
+    if (!v) continue;
+    if (field.tagName === 'SELECT' && ![...field.options].some((option) => option.value === v)) continue;
+    field.value = v;
   }
 }
 

@@ -196,6 +196,17 @@ function applyTicket(next) {
         else finish(next.ended_by === 'department_closed' ? 'closed' : next.state, finalText(next));
       }
   }
+  if (!previous) focusHeadingOnArrival();
+}
+
+/** The page just opened (after the check-in, a reload, a link): start at its heading, which says where the
+ * citizen stands, unless the focus is already somewhere (the call's button, the consultation's heading, a
+ * control the person chose). */
+function focusHeadingOnArrival() {
+  if (document.activeElement && document.activeElement !== document.body) return;
+  const heading = $('wait-heading');
+  heading.tabIndex = -1;
+  heading.focus();
 }
 
 function finalText(next) {
@@ -311,6 +322,7 @@ function unknownTicket() {
   $('wait-heading').textContent = t('final_title.unknown');
   field('final').textContent = t('unknown_ticket');
   connection.hidden = true;
+  focusHeadingOnArrival();
 }
 
 /** Send a citizen action over the socket, or over HTTP while the socket is down. */

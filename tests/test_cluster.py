@@ -1,0 +1,182 @@
+"""The node registry (server/cluster.py): connection counts across nodes, invitations and once-only claims on
+both implementations, and on Redis: heartbeats, a dead node claimed by exactly one survivor, its counts
+dropped, and a node taken for dead that comes back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import pytest_asyncio
+
+from server.cluster import Cluster, MemoryCluster, RedisCluster
+
+FAST = {"heartbeat": 0.05, "dead_after": 0.4}
+
+
+@pytest_asyncio.fixture
+async def make_node(redis_url: str, redis_prefix: str) -> AsyncIterator[Callable[..., RedisCluster]]:
+    made: list[RedisCluster] = []
+
+    def factory(node_id: str | None = None, **timing: float) -> RedisCluster:
+        node = RedisCluster(redis_url, prefix=redis_prefix, node_id=node_id, **{**FAST, **timing})
+        made.append(node)
+        return node
+
+    yield factory
+    for node in made:
+        await node.close()
+
+
+@pytest_asyncio.fixture(params=[pytest.param("memory"), pytest.param("redis", marks=pytest.mark.redis)])
+async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
+    c: Cluster
+    if request.param == "memory":
+        c = MemoryCluster()
+    else:
+        c = RedisCluster(request.getfixturevalue("redis_url"), prefix=request.getfixturevalue("redis_prefix"))
+    await c.start()
+    try:
+        yield c
+    finally:
+        await c.stop()
+        await c.close()
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.02)  # polling the state of background heartbeats
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+# -- both implementations --
+async def test_connections_are_counted(cluster: Cluster) -> None:
+    assert await cluster.connected("ticket", "t1") == 1
+    assert await cluster.connected("ticket", "t1") == 2
+    assert await cluster.connected("clerk", "t1") == 1  # kinds are apart
+    assert await cluster.disconnected("ticket", "t1") == 1
+    assert await cluster.connections("ticket", "t1") == 1
+    assert cluster.local_connections("ticket", "t1") == 1
+    assert await cluster.disconnected("ticket", "t1") == 0
+    assert await cluster.connections("ticket", "t1") == 0
+    assert await cluster.disconnected("ticket", "t1") == 0  # one more disconnect than connects: still 0
+
+
+async def test_invitations(cluster: Cluster) -> None:
+    assert not await cluster.is_invited("t1", "bob")
+    await cluster.invite("t1", "bob")
+    await cluster.invite("t1", "carla")
+    assert await cluster.is_invited("t1", "bob") and await cluster.is_invited("t1", "carla")
+    assert not await cluster.is_invited("t2", "bob")
+    await cluster.clear_invitations("t1")
+    assert not await cluster.is_invited("t1", "bob")
+
+
+async def test_a_claim_is_granted_once(cluster: Cluster) -> None:
+    results = await asyncio.gather(*(cluster.claim("expire:t1", 10) for _ in range(5)))
+    assert results.count(True) == 1
+    assert await cluster.claim("expire:t2", 10)
+
+
+async def test_the_node_itself_is_live(cluster: Cluster) -> None:
+    assert cluster.node_id in await cluster.live_nodes()
+    assert await cluster.is_live(cluster.node_id)
+
+
+# -- several nodes on Redis --
+
+
+@pytest.mark.redis
+async def test_counts_and_invitations_are_shared_by_nodes(make_node) -> None:
+    a, b = make_node("a"), make_node("b")
+    await a.start()
+    await b.start()
+    assert await a.connected("ticket", "t1") == 1
+    assert await b.connected("ticket", "t1") == 2  # a page on each node
+    assert await a.disconnected("ticket", "t1") == 1  # the page on a closes: b still holds one
+    assert await b.connections("ticket", "t1") == 1
+    await a.invite("t1", "bob")
+    assert await b.is_invited("t1", "bob")  # made on a, accepted on b
+    assert set(await a.live_nodes()) == {"a", "b"}
+    await b.stop()  # a clean stop leaves the registry at once
+    assert set(await a.live_nodes()) == {"a"}
+
+
+@pytest.mark.redis
+async def test_a_dead_node_is_claimed_by_exactly_one_survivor_and_its_counts_dropped(make_node) -> None:
+    dead, b, c = make_node("dead"), make_node("b"), make_node("c")
+    seen: dict[str, list[object]] = {"b": [], "c": []}
+    for name, node in (("b", b), ("c", c)):
+        node.on_node_dead(lambda n, name=name: _note(seen[name], ("dead", n)))
+        node.on_connections_dropped(lambda k, i, name=name: _note(seen[name], (k, i)))
+    for node in (dead, b, c):
+        await node.start()
+    await dead.connected("ticket", "only-on-dead")
+    await dead.connected("ticket", "shared")
+    await b.connected("ticket", "shared")
+    await dead.connected("clerk", "anna")
+    # the dead node never beats again (as after SIGKILL); b and c beat and look for dead nodes
+    runs = [asyncio.create_task(b.run()), asyncio.create_task(c.run())]
+    try:
+        await wait_until(lambda: len(seen["b"]) + len(seen["c"]) >= 3)
+        assert set(await b.live_nodes()) == {"b", "c"}
+        await asyncio.sleep(3 * FAST["heartbeat"])  # a few more rounds: nothing is claimed twice
+        events = seen["b"] + seen["c"]
+        assert sorted(events, key=str) == sorted([("dead", "dead"), ("ticket", "only-on-dead"), ("clerk", "anna")],
+                                                 key=str)
+        assert not (seen["b"] and seen["c"])  # one survivor did it all
+        assert await b.connections("ticket", "shared") == 1
+        assert await b.connections("ticket", "only-on-dead") == 0
+    finally:
+        for run in runs:
+            run.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+
+
+@pytest.mark.redis
+async def test_a_node_taken_for_dead_that_comes_back_counts_its_connections_again(make_node) -> None:
+    a, b = make_node("a"), make_node("b")
+    restored: list[tuple[str, str]] = []
+    a.on_connections_restored(lambda k, i: _note(restored, (k, i)))
+    await a.start()
+    await b.start()
+    await a.connected("ticket", "t1")
+    await b.connected("ticket", "t2")
+    await asyncio.sleep(FAST["dead_after"] * 1.5)  # a stalls (no heartbeat) ...
+    await b.beat()
+    assert await b.reap() == ["a"]  # ... and is taken for dead: its counts dropped
+    assert await b.connections("ticket", "t1") == 0
+    await a.beat()  # a's loop runs again
+    assert restored == [("ticket", "t1")]
+    assert await b.connections("ticket", "t1") == 1
+    assert "a" in await b.live_nodes()
+
+
+@pytest.mark.redis
+async def test_no_node_is_declared_dead_until_this_one_has_beaten_for_a_while(make_node) -> None:
+    """After a Redis outage (or a stall of its own), a node first beats ``dead_after`` long again: the others'
+    heartbeats missed during the outage do not make them dead."""
+    a, b = make_node("a"), make_node("b")
+    await a.start()
+    await b.start()
+    await asyncio.sleep(FAST["dead_after"] * 1.5)  # nobody beat: as after an outage
+    dead: list[str] = []
+    a.on_node_dead(lambda n: _note(dead, n))
+    run_a = asyncio.create_task(a.run())
+    try:
+        await b.beat()  # b beats again within dead_after of a's first good beat
+        await asyncio.sleep(FAST["dead_after"] / 2)
+        await b.beat()
+        await asyncio.sleep(FAST["dead_after"] / 2)
+        await b.beat()
+        assert dead == []
+    finally:
+        run_a.cancel()
+        await asyncio.gather(run_a, return_exceptions=True)
+
+
+async def _note(into: list[object], item: object) -> None:
+    into.append(item)

@@ -1,0 +1,196 @@
+"""Several real ``sprechstunde serve`` processes on one real Redis: a citizen's pages on two nodes count as
+one citizen, and a node killed with SIGKILL is noticed by a survivor, which starts the grace period of the
+tickets whose only page was on it (they expire after it, as after any disconnect), while a clerk on the
+surviving node sees the citizen's connectivity change."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from server.cluster import DEAD_AFTER_SECONDS
+from server.http.auth import Auth
+from server.store.redis import RedisStore
+
+from .app_fixtures import free_port, make_settings, wait_until_healthy
+from .socket_clients import Recorder, citizen_socket, join, staff_socket
+
+pytestmark = pytest.mark.redis
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "correct horse battery"
+GRACE = 4
+NOTICED_WITHIN = DEAD_AFTER_SECONDS + 10.0
+"""Seconds until a survivor starts the grace period of a dead node's tickets (generous: a loaded machine)."""
+ALWAYS_OPEN = ", ".join(f'{day} = "00:00-24:00"' for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun"))
+CONFIG = """
+[server]
+data_dir = "{data}"
+host = "127.0.0.1"
+port = {port}
+redis_url = "{redis_url}"
+redis_prefix = "{prefix}"
+joins_per_address = 1000
+grace_seconds = {grace}
+position_interval = 0.2
+shutdown_seconds = 4
+trust_forwarded_for = true
+trusted_proxies = ["127.0.0.1"]
+
+[[departments]]
+id = "buergerbuero"
+name = "Bürgerbüro"
+hours = {{ {hours} }}
+"""
+
+
+class Node:
+    """One ``sprechstunde serve`` process."""
+
+    def __init__(self, directory: Path, redis_url: str, prefix: str, grace: float = GRACE) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = directory / "node.toml"
+        config.write_text(CONFIG.format(data=directory / "var", port=self.port, redis_url=redis_url, prefix=prefix,
+                                        grace=grace, hours=ALWAYS_OPEN), "utf-8")
+        self.log = directory / "node.log"
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "--config", str(config), "serve"],
+                                         cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                         env={**os.environ, "REDIS_URL": redis_url})
+
+    def output(self) -> str:
+        return self.log.read_text("utf-8", "replace")[-4000:]
+
+    def wait_healthy(self) -> Node:
+        wait_until_healthy(self.proc, self.port, self.output)
+        return self
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def start_nodes(tmp_path: Path, redis_url: str, redis_prefix: str) -> Iterator[Any]:
+    started: list[Node] = []
+
+    def start(count: int) -> list[Node]:
+        nodes = [Node(tmp_path / f"node{len(started) + i}", redis_url, redis_prefix) for i in range(count)]
+        started.extend(nodes)
+        return [n.wait_healthy() for n in nodes]  # they start side by side
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+@pytest.fixture
+async def shared(redis_url: str, redis_prefix: str, tmp_path: Path) -> Any:
+    """The test's own view of the shared Redis: staff accounts, tickets, connection counts."""
+    store = RedisStore(redis_url, prefix=redis_prefix)
+    settings = make_settings(tmp_path, redis_url=redis_url, redis_prefix=redis_prefix)
+    auth = Auth(settings, store)
+    auth.departments = lambda: settings.departments
+    raw = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield store, auth, raw
+    await raw.aclose()
+    await store.close()
+
+
+def pid_of(node_id: str) -> int:
+    """Node ids are ``<host>-<pid>-<random>`` (server/cluster.py)."""
+    return int(node_id.rsplit("-", 2)[1])
+
+
+async def counted_on(raw: Any, prefix: str, ticket_id: str) -> dict[int, int]:
+    """Pages of the ticket per node process (pid), as counted in Redis."""
+    return {pid_of(node): int(count) for node, count in (await raw.hgetall(f"{prefix}conn:ticket:{ticket_id}")).items()}
+
+
+async def wait_for_counts(raw: Any, prefix: str, ticket_id: str, expected: dict[int, int]) -> None:
+    import asyncio
+
+    async def poll() -> None:
+        while await counted_on(raw, prefix, ticket_id) != expected:
+            await asyncio.sleep(0.05)  # the nodes count in their own processes: polled
+
+    await asyncio.wait_for(poll(), 15)
+
+
+async def test_a_page_closing_on_one_node_leaves_the_citizen_connected_while_another_node_holds_one(
+        start_nodes, shared, redis_prefix):
+    store, auth, raw = shared
+    a, b = start_nodes(2)
+    await auth.add_staff("anna", "Anna", PASSWORD, ["buergerbuero"])
+    mine = await join(a.url)
+    ticket_id = mine["ticket"]["id"]
+    clerk = await staff_socket(b.url, "anna", PASSWORD)
+    page_a = await citizen_socket(a.url, mine["token"])
+    page_b = await citizen_socket(b.url, mine["token"])
+    try:
+        await wait_for_counts(raw, redis_prefix, ticket_id, {a.proc.pid: 1, b.proc.pid: 1})
+        await page_a.close()
+        await wait_for_counts(raw, redis_prefix, ticket_id, {b.proc.pid: 1})
+        ticket = await store.get_ticket(ticket_id)
+        assert ticket is not None and ticket.disconnected_at is None  # still connected: b holds a page
+        await page_b.close()  # the last page: now the grace period starts, and the clerk sees it
+        update = await clerk.wait_for("connectivity", lambda m: (m["tickets"].get(ticket_id) or 0) > 0)
+        assert update["department"] == "buergerbuero"
+        ticket = await store.get_ticket(ticket_id)
+        assert ticket is not None and ticket.disconnected_at is not None
+        events = [m for name, m in clerk.events if name == "connectivity" and ticket_id in m["tickets"]]
+        assert len(events) == 1, events  # told once, when the last page closed
+    finally:
+        for socket in (page_a, page_b, clerk):
+            await socket.close()
+
+
+async def test_a_killed_node_s_citizens_start_their_grace_period_on_a_survivor(start_nodes, shared, redis_prefix):
+    store, auth, raw = shared
+    a, b = start_nodes(2)
+    await auth.add_staff("anna", "Anna", PASSWORD, ["buergerbuero"])
+    only_on_a, on_both = await join(a.url), await join(b.url)
+    clerk = await staff_socket(b.url, "anna", PASSWORD)
+    pages: list[Recorder] = []
+    try:
+        pages.append(await citizen_socket(a.url, only_on_a["token"]))
+        pages.append(await citizen_socket(a.url, on_both["token"]))
+        pages.append(await citizen_socket(b.url, on_both["token"]))
+        await wait_for_counts(raw, redis_prefix, on_both["ticket"]["id"], {a.proc.pid: 1, b.proc.pid: 1})
+        lonely = only_on_a["ticket"]["id"]
+        await wait_for_counts(raw, redis_prefix, lonely, {a.proc.pid: 1})
+
+        a.kill()  # no goodbye: only the missing heartbeat tells
+        update = await clerk.wait_for("connectivity", lambda m: (m["tickets"].get(lonely) or 0) > 0,
+                                      timeout=NOTICED_WITHIN)
+        assert update["department"] == "buergerbuero"
+        ticket = await store.get_ticket(lonely)
+        assert ticket is not None and ticket.disconnected_at is not None and ticket.state.value == "waiting"
+        both = await store.get_ticket(on_both["ticket"]["id"])
+        assert both is not None and both.disconnected_at is None  # its page on b still counts
+        assert await counted_on(raw, redis_prefix, on_both["ticket"]["id"]) == {b.proc.pid: 1}
+
+        # the grace period runs out as after any disconnect: the ticket expires, the clerk is told
+        expired = await clerk.wait_for("ticket", lambda m: m["ticket"]["id"] == lonely and m["kind"] == "expired",
+                                       timeout=GRACE + 15)
+        assert expired["ticket"]["state"] == "expired"
+        assert b.proc.poll() is None
+        assert "stopped heartbeating" in b.output()
+    finally:
+        for socket in (*pages, clerk):
+            await socket.close()

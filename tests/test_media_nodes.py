@@ -1,0 +1,280 @@
+"""Media routed to its node: the room registry, the relay between nodes, and a consultation whose two
+participants' sockets sit on different ``sprechstunde serve`` processes on one real Redis (real aiortc peers).
+Then the node holding the media is killed with SIGKILL and the consultation resumes on the survivor when
+the pages offer again."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.media.registry import LocalRoomRegistry, RedisRoomRegistry, RoomRegistry
+from server.signaling.relay import MediaUnavailable, NodeGone, Relay
+
+from .app_fixtures import free_port, wait_until_healthy
+from .media.peers import Client, consecutive, wait_for
+from .socket_clients import Recorder, citizen_socket, join, staff_socket
+
+pytestmark = pytest.mark.redis
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "a long password"
+CONFIG = """
+[server]
+data_dir = "{data}"
+port = {port}
+joins_per_address = 1000
+shutdown_seconds = 4
+redis_prefix = "{prefix}"
+
+[[departments]]
+id = "buergerbuero"
+name = "Bürgerbüro"
+hours = {{ {hours} }}
+"""
+ALWAYS_OPEN = ", ".join(f'{day} = "00:00-24:00"' for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun"))
+
+
+# -- the registry: one contract for both implementations --
+
+@pytest.fixture(params=["memory", "redis"])
+async def registry(request, redis_url, redis_prefix):
+    if request.param == "memory":
+        reg: RoomRegistry = LocalRoomRegistry("node-a")
+    else:
+        reg = RedisRoomRegistry(redis_url, redis_prefix, "node-a")
+    yield reg
+    await reg.close()
+
+
+async def test_a_claimed_room_is_owned_by_its_node_until_released(registry):
+    assert await registry.claim("t1") == "node-a"
+    assert await registry.claim("t1") == "node-a"  # claiming again confirms
+    assert await registry.owner("t1") == "node-a"
+    assert await registry.release("t1")
+    assert await registry.claim("t2") == "node-a"
+
+
+async def test_two_nodes_claiming_at_once_agree_on_one_owner(redis_url, redis_prefix):
+    nodes = [RedisRoomRegistry(redis_url, redis_prefix, f"node-{i}") for i in range(4)]
+    try:
+        owners = await asyncio.gather(*(n.claim("t1") for n in nodes))
+        assert len(set(owners)) == 1 and owners[0] in {n.node_id for n in nodes}
+        a = next(n for n in nodes if n.node_id == owners[0])
+        b = next(n for n in nodes if n is not a)
+        assert await b.owner("t1") == a.node_id
+        assert not await b.release("t1")  # only the owner releases
+        assert await b.owner("t1") == a.node_id
+        assert await b.claim("t1", replacing="someone-else") == a.node_id  # not the owner it means to replace
+        assert await b.claim("t1", replacing=a.node_id) == b.node_id  # the owner was found gone: taken over
+        assert await a.drop_node(a.node_id) == []  # its claims are gone already
+        assert await a.owner("t1") == b.node_id
+    finally:
+        for n in nodes:
+            await n.close()
+
+
+async def test_a_dead_nodes_rooms_are_dropped_and_nobody_elses(redis_url, redis_prefix):
+    a = RedisRoomRegistry(redis_url, redis_prefix, "node-a")
+    b = RedisRoomRegistry(redis_url, redis_prefix, "node-b")
+    try:
+        for ticket in ("t1", "t2"):
+            await a.claim(ticket)
+        await b.claim("t3")
+        assert sorted(await b.drop_node("node-a")) == ["t1", "t2"]
+        assert (await b.owner("t1"), await b.owner("t2"), await b.owner("t3")) == (None, None, "node-b")
+        assert await b.claim("t1") == "node-b"  # a page offering again re-creates the room here
+    finally:
+        await a.close()
+        await b.close()
+
+
+# -- the relay --
+
+async def test_the_relay_answers_reports_a_gone_node_at_once_and_a_hung_one_as_media_error(redis_url, redis_prefix):
+    seen: list[tuple[str, dict[str, Any]]] = []
+    hang = asyncio.Event()
+
+    async def handle_b(op: str, payload: dict[str, Any]) -> dict[str, Any]:
+        seen.append((op, payload))
+        if op == "hang":
+            await hang.wait()
+        if op == "refuse":
+            raise MediaUnavailable("refused")
+        return {"ok": True, "echo": payload}
+
+    async def handle_a(op: str, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True}
+
+    a = Relay(redis_url, redis_prefix, "node-a", handle_a, timeout=0.5)
+    b = Relay(redis_url, redis_prefix, "node-b", handle_b)
+    await a.start()
+    await b.start()
+    try:
+        assert await a.call("node-b", "event", {"x": [1, "ü"]}) == {"ok": True, "echo": {"x": [1, "ü"]}}
+        refused = await a.call("node-b", "refuse", {})
+        assert refused["error"]["code"] == "media_error"  # a refusal comes back as the acknowledgement
+        with pytest.raises(NodeGone):
+            await a.call("node-c", "event", {})  # nobody listens there
+        with pytest.raises(MediaUnavailable):
+            await a.call("node-b", "hang", {})  # within the timeout, not forever
+        await a.tell("node-b", "told", {"sid": "s1"})
+        await wait_for(lambda: ("told", {"sid": "s1"}) in seen, what="the told operation")
+    finally:
+        hang.set()
+        await a.close()
+        await b.close()
+
+
+# -- two real server processes on one Redis --
+
+class Node:
+    def __init__(self, tmp_path: Path, name: str, redis_url: str, prefix: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = tmp_path / f"{name}.toml"
+        self.config.write_text(CONFIG.format(data=tmp_path / name, port=self.port, hours=ALWAYS_OPEN,
+                                             prefix=prefix), "utf-8")
+        self.log = tmp_path / f"{name}.log"
+        self.env = {**os.environ, "REDIS_URL": redis_url}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "--config", str(self.config), "serve"],
+                                         cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+
+    def wait_healthy(self) -> None:
+        assert self.proc is not None
+        wait_until_healthy(self.proc, self.port, self.output)
+
+    def output(self) -> str:
+        return self.log.read_text("utf-8")[-4000:]
+
+    def add_staff(self, username: str) -> None:
+        added = subprocess.run([sys.executable, "-m", "server.cli", "--config", str(self.config), "staff", "add",
+                                username, "--password-stdin"], input=PASSWORD + "\n", capture_output=True,
+                               text=True, timeout=60, cwd=ROOT, env=self.env)
+        assert added.returncode == 0, added.stderr
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+
+
+@pytest.fixture
+def two_nodes(tmp_path, redis_url):
+    prefix = f"sps-test-{uuid.uuid4().hex}:"
+    a, b = Node(tmp_path, "a", redis_url, prefix), Node(tmp_path, "b", redis_url, prefix)
+    for node in (a, b):
+        node.start()
+    try:
+        a.add_staff("anna")  # while they start; staff live in Redis: both nodes know her
+        for node in (a, b):
+            node.wait_healthy()
+        yield a, b
+    finally:
+        for node in (a, b):
+            node.stop()
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        try:
+            keys = list(client.scan_iter(match=prefix + "*", count=500))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
+
+
+async def offer(socket: Recorder, peer: Client, **extra: Any) -> dict[str, Any]:
+    ack = await socket.call("media_offer", {"sdp": await peer.offer(), **extra})
+    assert ack.get("ok"), ack
+    await peer.accept(ack["sdp"])
+    return ack
+
+
+def mid_showing(layout: dict[str, Any], participant: str) -> str:
+    return str(next(s for s in layout["slots"] if s["participant"] == participant)["video_mid"])
+
+
+async def layout_showing(socket: Recorder, participant: str, since: int) -> str:
+    """The video mid in which the page shows ``participant``, from a layout that came after event ``since``."""
+    def found() -> dict[str, Any] | None:
+        return next((d for e, d in reversed(socket.events[since:])
+                     if e == "media_layout" and any(s["participant"] == participant for s in d["slots"])), None)
+
+    await wait_for(found, what=f"a layout showing {participant}")
+    layout = found()
+    assert layout is not None
+    return mid_showing(layout, participant)
+
+
+async def see_each_other(citizen: Recorder, clerk: Recorder, citizen_peer: Client, clerk_peer: Client,
+                         ticket: str, since: tuple[int, int] = (0, 0)) -> None:
+    """Both pages learn where the other is shown, and each receives the other's camera, in order."""
+    citizen_sees = await layout_showing(citizen, "staff:anna", since[0])
+    clerk_sees = await layout_showing(clerk, f"citizen:{ticket}", since[1])
+    await wait_for(lambda: len(clerk_peer.frames_from(clerk_sees)) >= 20, what="the clerk sees the citizen")
+    await wait_for(lambda: len(citizen_peer.frames_from(citizen_sees)) >= 20, what="the citizen sees the clerk")
+    assert consecutive([n for n, _ in clerk_peer.frames_from(clerk_sees)[-10:]])
+    assert consecutive([n for n, _ in citizen_peer.frames_from(citizen_sees)[-10:]])
+
+
+async def test_a_consultation_across_two_nodes_and_resumed_after_the_media_node_is_killed(two_nodes, clients, peers):
+    """The citizen's page is on node A (their pre-warmed connection claims the ticket's rooms for A), Anna's
+    dashboard on node B: B relays her call and her offer to A. Then A is killed: the citizen's page
+    reconnects to B, both pages offer again and B takes the rooms over."""
+    a, b = two_nodes
+    clerk = await staff_socket(b.url, "anna", PASSWORD)
+    clients.append(clerk)
+    await clerk.wait_for("dashboard")
+    joined = await join(a.url)
+    ticket = joined["ticket"]["id"]
+    citizen = await citizen_socket(a.url, joined["token"])
+    clients.append(citizen)
+    await citizen.wait_for("ticket")
+    citizen_peer, clerk_peer = Client("citizen"), Client("clerk")
+    peers += [citizen_peer, clerk_peer]
+
+    # Anna (available, on B) counts for the head of the queue: the citizen's connection opens while waiting, on A
+    assert (await offer(citizen, citizen_peer))["room"] == "waiting"
+    assert (await clerk.call("call_next", {"department": "buergerbuero"}))["ok"]  # on B; A moves the connection
+    await citizen.wait_for("media_layout", lambda m: m["room"] == "consultation")
+    assert (await offer(clerk, clerk_peer, ticket=ticket))["room"] == "consultation"  # relayed B -> A
+    await see_each_other(citizen, clerk, citizen_peer, clerk_peer, ticket)
+    stats = await clerk.call("media_stats")  # an event of B's socket, answered by A's hub
+    assert stats["ok"] and stats["stats"]["room_id"] == f"c:{ticket}", stats
+    assert (await clerk.call("chat", {"text": "Guten Tag"}))["ok"]
+    said = await citizen.wait_for("chat")  # the socket.io room of the consultation spans both nodes
+    assert (said["role"], said["text"]) == ("clerk", "Guten Tag")
+
+    # A (the media node, holding the citizen's page too) dies
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait(timeout=15)
+    await citizen.close()
+    citizen = await citizen_socket(b.url, joined["token"])  # the page reconnects, to the survivor
+    clients.append(citizen)
+    assert (await citizen.wait_for("ticket"))["state"] in ("called", "in_consultation")
+    citizen_peer, clerk_peer = Client("citizen again"), Client("clerk again")
+    peers += [citizen_peer, clerk_peer]
+    since = (len(citizen.events), len(clerk.events))
+    assert (await offer(clerk, clerk_peer, ticket=ticket))["room"] == "consultation"  # B takes the room over
+    assert (await offer(citizen, citizen_peer))["room"] == "consultation"
+    await see_each_other(citizen, clerk, citizen_peer, clerk_peer, ticket, since)
+    assert (await clerk.call("finish", {"ticket": ticket}))["ok"]
+    assert (await citizen.wait_for("media_end"))["reason"] == "finished"
+
