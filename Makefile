@@ -8,9 +8,9 @@ VENDOR := web/static/vendor/socket.io.min.js
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench assets oidc-provider chromium coturn ffmpeg nginx clean
+.PHONY: run test lint bench assets locale oidc-provider chromium coturn ffmpeg nginx clean
 
-run: $(STAMP_RUN) assets ffmpeg
+run: $(STAMP_RUN) assets locale ffmpeg
 	$(VENV)/bin/sprechstunde serve $(ARGS)
 
 test: $(STAMP_TEST) assets oidc-provider chromium coturn ffmpeg nginx
@@ -38,6 +38,14 @@ $(STAMP_RUN): pyproject.toml | $(VENV)/bin/python
 $(STAMP_TEST): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@ $(STAMP_RUN)
+
+# The message catalogs (gettext .po, edited by translators) compiled to .mo; server/i18n.py loads them.
+PO_FILES := $(wildcard server/locale/*/LC_MESSAGES/messages.po)
+MO_FILES := $(PO_FILES:.po=.mo)
+locale: $(MO_FILES)
+
+server/locale/%/LC_MESSAGES/messages.mo: server/locale/%/LC_MESSAGES/messages.po $(STAMP_RUN)
+	$(VENV)/bin/pybabel compile --statistics -D messages -i $< -o $@
 
 # Browser assets come from npm at build time and are served by our server: no CDN.
 assets: $(VENDOR)

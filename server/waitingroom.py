@@ -221,8 +221,7 @@ class WaitingRoom:
         """The citizen's live ticket. Unknown, malformed and expired tokens get the same answer."""
         if not isinstance(token, str) or not (16 <= len(token) <= 128):
             raise TicketNotFound("ticket not found or expired")
-        ticket_id = await self.store.ticket_id_for_token(hash_token(token))
-        ticket = await self.store.get_ticket(ticket_id) if ticket_id else None
+        ticket = await self.store.ticket_for_token(hash_token(token))
         if ticket is None or not secrets.compare_digest(ticket.token_hash, hash_token(token)):
             raise TicketNotFound("ticket not found or expired")
         if ticket.state is TicketState.EXPIRED:
@@ -343,10 +342,14 @@ class WaitingRoom:
         core.validate_join(d, request)  # refuse bad input before taking a sequence number
         seq = await self.store.next_seq()
 
+        # The queue's length matters to the core only for a cap (never for an appointment); not reading it
+        # otherwise keeps check-ins to one department from conflicting with each other on Redis.
+        counted = d.queue_cap is not None and appointment_at is None
+
         async def attempt(tx: Tx) -> tuple[Ticket, list[TicketEvent]]:
-            waiting = await tx.waiting(d.id)
+            waiting_count = await tx.waiting_count(d.id) if counted else 0
             ticket, events = core.join(
-                d, is_open=is_open, waiting_count=len(waiting), request=request,
+                d, is_open=is_open, waiting_count=waiting_count, request=request,
                 ticket_id=ticket_id, token_hash=hash_token(token), seq=seq, now=now,
                 appointment_at=appointment_at,
             )
@@ -468,7 +471,15 @@ class WaitingRoom:
         due, every, since = await self.appointments.due(d.id, now) if self.appointments else ([], 1, 0)
 
         async def attempt(tx: Tx) -> tuple[Ticket, list[TicketEvent]]:
-            ticket_id = core.pick_next(await tx.waiting(d.id), due, every=every, walkins_since=since)
+            # Not the whole queue: its head (the earliest walk-in is among the first len(due) + 1) and the due
+            # appointment tickets still waiting here, wherever they are in it. The core decides on those.
+            waiting = await tx.waiting_head(d.id, len(due) + 1)
+            head = {i for _, i in waiting}
+            for _, due_id in due:
+                t = await tx.ticket(due_id) if due_id not in head else None
+                if t is not None and t.state is TicketState.WAITING and t.department == d.id:
+                    waiting.append((t.seq, t.id))
+            ticket_id = core.pick_next(sorted(waiting), due, every=every, walkins_since=since)
             ticket = await tx.ticket(ticket_id)
             if ticket is None:  # index and ticket out of step: never expected, refuse loudly
                 raise TicketNotFound(f"ticket {ticket_id} vanished")

@@ -22,15 +22,19 @@ AXE_FILE = Path(__file__).resolve().parents[1] / "web" / "node_modules" / "axe-c
 AXE_PATH = "/__axe__/axe.min.js"
 WCAG_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 
-_RUN = """async (tags) => {
+REVIEW = bool(os.environ.get("AXE_REVIEW"))
+"""Set AXE_REVIEW=1 to also print what axe could not decide ("needs review", e.g. contrast over an image)."""
+
+_RUN = """async ([tags, review]) => {
   const result = await window.axe.run(document, {
     runOnly: { type: 'tag', values: tags },
-    resultTypes: ['violations'],
+    resultTypes: review ? ['violations', 'incomplete'] : ['violations'],
   });
-  return result.violations.map((v) => ({
+  const plain = (list) => list.map((v) => ({
     id: v.id, impact: v.impact, help: v.help, helpUrl: v.helpUrl,
     nodes: v.nodes.map((n) => ({ target: n.target.join(' '), summary: n.failureSummary || '' })),
   }));
+  return { violations: plain(result.violations), incomplete: review ? plain(result.incomplete) : [] };
 }"""
 
 
@@ -57,7 +61,7 @@ async def inject_axe(page: Page) -> None:
 
 
 def describe(violations: list[dict], context_label: str) -> str:
-    lines = [f"{context_label}: {len(violations)} WCAG 2.1 A/AA violation(s) ({page_hint(violations)})"]
+    lines = [f"{context_label}: {len(violations)} WCAG 2.1 A/AA finding(s) ({page_hint(violations)})"]
     for v in violations:
         lines.append(f"- {v['id']} [{v['impact']}]: {v['help']} ({v['helpUrl']})")
         for node in v["nodes"]:
@@ -71,8 +75,12 @@ def page_hint(violations: list[dict]) -> str:
 
 
 async def axe_violations(page: Page) -> list[dict]:
+    """The WCAG 2.1 A/AA violations axe finds in the page as it is now."""
     await inject_axe(page)
-    return await page.evaluate(_RUN, WCAG_TAGS)
+    result = await page.evaluate(_RUN, [WCAG_TAGS, REVIEW])
+    if result["incomplete"]:
+        print(describe(result["incomplete"], f"needs review on {page.url}"))
+    return result["violations"]
 
 
 async def assert_accessible(page: Page, context_label: str) -> None:

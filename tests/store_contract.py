@@ -82,7 +82,7 @@ async def call_next(
     async def fn(tx: Tx) -> Ticket:
         nonlocal attempt
         attempt += 1
-        ticket_id = core.pick_next(await tx.waiting(department))
+        ticket_id = core.pick_next(await tx.waiting_head(department, 1))  # the head only, as the service
         ticket = await tx.ticket(ticket_id)
         assert ticket is not None
         if on_read is not None:
@@ -203,6 +203,19 @@ class StoreContract:
         await put(store, make_ticket("t1", 1))
         assert await store.ticket_id_for_token("hash-t1") == "t1"
         assert await store.ticket_id_for_token("hash-unknown") is None
+        assert await store.ticket_for_token("hash-t1") == await store.get_ticket("t1")
+        assert await store.ticket_for_token("hash-unknown") is None
+
+    async def test_head_and_count_of_a_queue_in_a_transaction(self, store: Store) -> None:
+        await put(store, *(make_ticket(f"t{seq}", seq, d) for seq, d in [(5, "a"), (2, "a"), (9, "b"), (1, "a")]))
+
+        async def fn(tx: Tx) -> tuple[Any, ...]:
+            return (await tx.waiting_head("a", 2), await tx.waiting_head("a", 10), await tx.waiting_head("a", 0),
+                    await tx.waiting_head("empty", 1), await tx.waiting_count("a"), await tx.waiting_count("b"),
+                    await tx.waiting_count("empty"))
+
+        assert await store.transaction(fn) == ([(1, "t1"), (2, "t2")], [(1, "t1"), (2, "t2"), (5, "t5")], [], [],
+                                               3, 1, 0)
 
     async def test_waiting_in_seq_order_per_department(self, store: Store) -> None:
         await put(store, *(make_ticket(f"t{seq}", seq, d) for seq, d in [(5, "a"), (2, "a"), (9, "b"), (1, "a")]))

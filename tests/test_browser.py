@@ -25,6 +25,8 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    # Pages follow Accept-Language: the tests read German unless a context asks for another locale.
+    "--accept-lang=de-DE",
 ]
 PASSWORD = "correct horse battery"
 

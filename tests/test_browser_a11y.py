@@ -272,8 +272,11 @@ async def test_wait_page_in_every_state(browser: Browser, site: Site, lang: str)
     await expect(page.locator("#consultation-view")).to_be_visible()
     await expect(page.locator("#consultation-heading")).not_to_be_empty()
     await scan(page, f"[{lang}] wait: in consultation")
+    await page.locator("#consultation-view button").first.focus()
     await room.finish(CLARA, ticket)
     await expect(page.locator("#final-view")).to_be_visible()
+    # The focused control went away with the video: the focus is on the heading that says what happened.
+    await expect(page.locator("#wait-heading")).to_be_focused()
     await scan(page, f"[{lang}] wait: finished")
 
     # Left on their own (first a look at the start page, which leads back to the place instead of a new one).
@@ -287,6 +290,7 @@ async def test_wait_page_in_every_state(browser: Browser, site: Site, lang: str)
     await page.locator("#leave").click()
     await page.locator("#leave-yes").click()
     await expect(page.locator("#final-view")).to_be_visible()
+    await expect(page.locator("#wait-heading")).to_be_focused()  # not the page body: the leave button is gone
     await scan(page, f"[{lang}] wait: left")
 
     # Called and did not answer: first the old place on offer, then (no rejoin time left) the plain end.

@@ -6,18 +6,21 @@ the pages offer again."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+import socketio
 
 from server.media.registry import LocalRoomRegistry, RedisRoomRegistry, RoomRegistry
-from server.signaling.relay import MediaUnavailable, NodeGone, Relay
+from server.signaling.relay import RELAY_TIMEOUT, MediaUnavailable, NodeGone, Relay
 
 from .app_fixtures import free_port, wait_until_healthy
 from .media.peers import Client, consecutive, wait_for
@@ -133,6 +136,15 @@ async def test_the_relay_answers_reports_a_gone_node_at_once_and_a_hung_one_as_m
         await b.close()
 
 
+def test_the_redis_manager_publishes_room_changes_of_sockets_on_other_nodes():
+    """The owner of a room adds a socket of another node to the consultation's socket.io room (chat,
+    ``media_left``): python-socketio's pub/sub manager publishes ``enter_room``/``leave_room`` for a socket it
+    does not hold. Fails loudly if an upgrade drops that."""
+    source = inspect.getsource(socketio.async_pubsub_manager.AsyncPubSubManager)
+    assert "'method': 'enter_room'" in source and "'method': 'leave_room'" in source
+    assert "_handle_enter_room" in source and "_handle_leave_room" in source
+
+
 # -- two real server processes on one Redis --
 
 class Node:
@@ -144,6 +156,7 @@ class Node:
                                              prefix=prefix), "utf-8")
         self.log = tmp_path / f"{name}.log"
         self.env = {**os.environ, "REDIS_URL": redis_url}
+        self.prefix = prefix
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -206,6 +219,14 @@ async def offer(socket: Recorder, peer: Client, **extra: Any) -> dict[str, Any]:
     return ack
 
 
+async def owner_of(node: Node, ticket: str) -> str:
+    registry = RedisRoomRegistry(node.env["REDIS_URL"], node.prefix, "test")
+    try:
+        return await registry.owner(ticket) or ""
+    finally:
+        await registry.close()
+
+
 def mid_showing(layout: dict[str, Any], participant: str) -> str:
     return str(next(s for s in layout["slots"] if s["participant"] == participant)["video_mid"])
 
@@ -216,7 +237,7 @@ async def layout_showing(socket: Recorder, participant: str, since: int) -> str:
         return next((d for e, d in reversed(socket.events[since:])
                      if e == "media_layout" and any(s["participant"] == participant for s in d["slots"])), None)
 
-    await wait_for(found, what=f"a layout showing {participant}")
+    await wait_for(lambda: found() is not None, what=f"a layout showing {participant}")
     layout = found()
     assert layout is not None
     return mid_showing(layout, participant)
@@ -260,9 +281,24 @@ async def test_a_consultation_across_two_nodes_and_resumed_after_the_media_node_
     assert (await clerk.call("chat", {"text": "Guten Tag"}))["ok"]
     said = await citizen.wait_for("chat")  # the socket.io room of the consultation spans both nodes
     assert (said["role"], said["text"]) == ("clerk", "Guten Tag")
+    assert a.proc is not None and b.proc is not None
+    assert f"-{a.proc.pid}-" in await owner_of(b, ticket)  # the rooms live on A
+    second = await join(a.url)  # another citizen checks their camera on A: a room A holds
+    checking = await citizen_socket(a.url, second["token"])
+    clients.append(checking)
+    check_peer = Client("checking")
+    peers.append(check_peer)
+    assert (await offer(checking, check_peer, check=True))["room"] == "waiting"
+    assert f"-{a.proc.pid}-" in await owner_of(b, second["ticket"]["id"])
+
+    # A hangs: B's page gets a clear error within the relay's timeout, not a hanging acknowledgement
+    a.proc.send_signal(signal.SIGSTOP)
+    started = time.monotonic()
+    hung = await clerk.call("media_stats")
+    assert hung["error"]["code"] == "media_error", hung
+    assert time.monotonic() - started < RELAY_TIMEOUT + 3
 
     # A (the media node, holding the citizen's page too) dies
-    assert a.proc is not None
     a.proc.send_signal(signal.SIGKILL)
     a.proc.wait(timeout=15)
     await citizen.close()
@@ -275,6 +311,10 @@ async def test_a_consultation_across_two_nodes_and_resumed_after_the_media_node_
     assert (await offer(clerk, clerk_peer, ticket=ticket))["room"] == "consultation"  # B takes the room over
     assert (await offer(citizen, citizen_peer))["room"] == "consultation"
     await see_each_other(citizen, clerk, citizen_peer, clerk_peer, ticket, since)
+    assert f"-{b.proc.pid}-" in await owner_of(b, ticket)
+    async with asyncio.timeout(20):  # B's cluster takes A for dead (no heartbeat for 5 s) and drops its rooms
+        while await owner_of(b, second["ticket"]["id"]):  # noqa: ASYNC110 - polling Redis, no event to wait on
+            await asyncio.sleep(0.2)
     assert (await clerk.call("finish", {"ticket": ticket}))["ok"]
     assert (await citizen.wait_for("media_end"))["reason"] == "finished"
 

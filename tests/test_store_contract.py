@@ -15,7 +15,7 @@ from server.store.base import TERMINAL_RETENTION_SECONDS, StaffAccount, Tx
 from server.store.memory import MemoryStore
 from server.store.redis import RedisStore
 
-from .store_contract import CALL, FINISH, START, StoreContract, clerk, eventually, make_ticket, put, update
+from .store_contract import CALL, DISCONNECT, FINISH, RECONNECT, START, StoreContract, clerk, eventually, make_ticket, put, update
 
 
 class TestStoreContract(StoreContract):
@@ -176,6 +176,39 @@ async def test_redis_refusal_based_on_a_torn_read_is_rerun(
         await rival.close()
     assert runs == 2
     assert sorted(await redis_store.active("a")) == ["t1", "t2"]
+
+
+@pytest.mark.redis
+async def test_redis_connectivity_of_a_page_does_not_make_call_next_rerun(
+    redis_store: RedisStore, redis_url: str, redis_prefix: str
+) -> None:
+    """A waiting page connecting or going away rewrites its ticket, not its department's queue: a clerk's
+    "call next" WATCHing the queue meanwhile commits at its first attempt (in a reconnect storm every page
+    did this, and every call next of the department ran again)."""
+    await put(redis_store, make_ticket("t1", 1), make_ticket("t2", 2, disconnected_at=5.0))
+    rival = RedisStore(redis_url, prefix=redis_prefix)
+    runs = 0
+
+    async def fn(tx: Tx) -> str:
+        nonlocal runs
+        runs += 1
+        head = core.pick_next(await tx.waiting_head("a", 1))
+        assert await tx.waiting_count("a") == 2
+        if runs == 1:
+            await update(rival, "t2", RECONNECT)
+            await update(rival, "t2", DISCONNECT)
+        ticket = await tx.ticket(head)
+        assert ticket is not None
+        tx.put(core.call(ticket, clerk("bert"), 0.0)[0])
+        return ticket.id
+
+    try:
+        assert await redis_store.transaction(fn) == "t1"
+    finally:
+        await rival.close()
+    assert runs == 1
+    assert await redis_store.waiting("a") == [(2, "t2")]
+    assert await redis_store.disconnected_before(float("inf")) == ["t2"]
 
 
 @pytest.mark.redis

@@ -24,6 +24,8 @@ from ..i18n import (
     estimate_text,
     gettext,
     negotiate,
+    negotiate_accept_language,
+    ngettext,
     opening_text,
     script_messages,
 )
@@ -62,6 +64,9 @@ def setup_pages(app: web.Application) -> None:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        # ``_()`` in the templates is the i18n extension's alias for the ``gettext`` of the render context
+        # (the page's language, server/i18n.py); ``{% trans %}`` blocks would use it too.
+        extensions=["jinja2.ext.i18n"],
     )
     env.globals.update(language_names=LANGUAGE_NAMES, rtl_languages=RTL_LANGUAGES, days=_DAYS)
     app[TEMPLATES] = env
@@ -86,11 +91,14 @@ async def _static_headers(request: web.Request, response: web.StreamResponse) ->
 
 
 def page_language(request: web.Request) -> tuple[str, bool]:
-    """The page language and whether the request chose it explicitly (``?lang=``)."""
+    """The page language and whether the request chose it explicitly (``?lang=``): what the citizen chose
+    (now, or earlier: the cookie), else the browser's ``Accept-Language``, else German."""
     chosen = negotiate(request.query.get("lang"))
     if chosen:
         return chosen, True
-    return negotiate(request.cookies.get(LANG_COOKIE)) or DEFAULT_LANGUAGE, False
+    return (negotiate(request.cookies.get(LANG_COOKIE))
+            or negotiate_accept_language(request.headers.get("Accept-Language"))
+            or DEFAULT_LANGUAGE), False
 
 
 def render(request: web.Request, template: str, *, status: int = 200, **context: Any) -> web.Response:
@@ -100,7 +108,8 @@ def render(request: web.Request, template: str, *, status: int = 200, **context:
     env = request.app[TEMPLATES]
     html = env.get_template(template).render(
         lang=lang,
-        _=translate,
+        gettext=translate,
+        ngettext=ngettext(lang),
         path=request.path,
         other_languages=[code for code in PAGE_LANGUAGES if code != lang],
         script_messages=script_messages(lang),
@@ -109,6 +118,7 @@ def render(request: web.Request, template: str, *, status: int = 200, **context:
     )
     response = web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
     response.headers.update(PAGE_HEADERS)
+    response.headers["Vary"] = "Accept-Language, Cookie"
     if chosen:
         response.set_cookie(
             LANG_COOKIE, lang, max_age=LANG_COOKIE_MAX_AGE, path="/", samesite="Lax", httponly=True,

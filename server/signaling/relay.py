@@ -24,7 +24,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import error_payload
+from ..errors import STORE_ERRORS, error_payload
 from ..queue.errors import QueueError
 
 if TYPE_CHECKING:
@@ -215,6 +215,8 @@ class MediaRouter:
         self.relay = Relay(url, prefix, registry.node_id, self.serve, timeout=timeout)
         self._remote: dict[str, str] = {}
         """Sockets of this node whose media lives on another node: sid -> ticket."""
+        self._claimed: set[str] = set()
+        """Tickets this node claimed (released when their media ends here)."""
 
     async def start(self) -> None:
         await self.relay.start()
@@ -227,6 +229,7 @@ class MediaRouter:
             log.warning("releasing this node's media rooms failed: %s", type(e).__name__)
         await self.registry.close()
         self._remote.clear()
+        self._claimed.clear()
 
     async def node_dead(self, node_id: str) -> None:
         """The cluster's dead-node listener (on one surviving node): the dead node's rooms are dropped, so
@@ -242,6 +245,8 @@ class MediaRouter:
     async def _owner(self, ticket_id: str, claim: bool) -> str | None:
         """The node holding the ticket's media; None: this one (or nobody, for ``claim=False``)."""
         owner = await (self.registry.claim(ticket_id) if claim else self.registry.owner(ticket_id))
+        if owner == self.node_id:
+            self._claimed.add(ticket_id)
         return None if owner is None or owner == self.node_id else owner
 
     # -- events from this node's sockets --
@@ -286,6 +291,8 @@ class MediaRouter:
             except NodeGone:  # the owner died or stopped: the room is re-created by whoever claims it now
                 log.warning("media of ticket %s: node %s is gone; taking the room over", ticket_id, node)
                 owner = await self.registry.claim(ticket_id, replacing=node)
+                if owner == self.node_id:
+                    self._claimed.add(ticket_id)
                 node = None if owner == self.node_id else owner
                 continue
             if result.get("ok"):
@@ -301,17 +308,24 @@ class MediaRouter:
         ticket_id = self._remote.pop(sid, None)
         if ticket_id is None:
             return
-        node = await self._owner(ticket_id, claim=False)
-        if node is not None:
-            with contextlib.suppress(NodeGone):
+        try:
+            node = await self._owner(ticket_id, claim=False)
+            if node is not None:
                 await self.relay.tell(node, "disconnected", {"sid": sid})
+        except NodeGone:
+            pass
+        except STORE_ERRORS as e:  # the owner's connection fails on its own (ICE consent) when the page is gone
+            log.warning("media relay: a disconnect could not be passed on (%s)", type(e).__name__)
 
     async def follow(self, ticket_id: str, op: str, reason: str = "") -> bool:
         """A queue event of the ticket happened on this node: True if its media lives on another node (told
         there), False if it is to be followed here."""
         if self.media.holds(ticket_id):
             return False
-        node = await self._owner(ticket_id, claim=False)
+        try:
+            node = await self._owner(ticket_id, claim=False)
+        except STORE_ERRORS:  # Redis does not answer: follow here (what this node holds)
+            return False
         if node is None:
             return False
         try:
@@ -322,7 +336,9 @@ class MediaRouter:
 
     async def released(self, ticket_id: str) -> None:
         """The ticket's media ended here: another node may claim it next time."""
-        await self.registry.release(ticket_id)
+        if ticket_id in self._claimed:
+            self._claimed.discard(ticket_id)
+            await self.registry.release(ticket_id)
 
     # -- asked by another node --
     async def serve(self, op: str, payload: dict[str, Any]) -> dict[str, Any]:

@@ -100,6 +100,10 @@ class Store(abc.ABC):
     async def ticket_id_for_token(self, token_hash: str) -> str | None: ...
 
     @abc.abstractmethod
+    async def ticket_for_token(self, token_hash: str) -> Ticket | None:
+        """The ticket a token hash belongs to, in one look-up (each page's connect asks it)."""
+
+    @abc.abstractmethod
     async def waiting(self, department: str) -> list[tuple[int, str]]:
         """(seq, id) of waiting tickets, in arrival order."""
 

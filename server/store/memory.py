@@ -130,6 +130,10 @@ class MemoryStore(Store):
             return None
         return ticket_id
 
+    async def ticket_for_token(self, token_hash: str) -> Ticket | None:
+        ticket_id = self._tokens.get(token_hash)
+        return self._live_ticket(ticket_id) if ticket_id is not None else None
+
     async def waiting(self, department: str) -> list[tuple[int, str]]:
         return list(self._waiting.get(department, []))
 

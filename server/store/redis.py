@@ -105,6 +105,15 @@ class _Keys:
         return f"{self.prefix}rl:{key}"
 
 
+_TICKET_BY_TOKEN = """
+local id = redis.call('GET', KEYS[1])
+if not id then return false end
+return redis.call('GET', ARGV[1] .. id)
+"""
+"""A ticket by its token hash in one round trip (a reconnect storm asks it once per page). The ticket's key
+is built from the prefix in ARGV: fine on a single Redis (not a cluster), as everywhere in this store."""
+
+
 class _RedisTx(Tx):
     """One attempt: reads go through a WATCHing pipeline, writes wait for the commit."""
 
@@ -114,12 +123,28 @@ class _RedisTx(Tx):
         self.read: dict[str, Ticket | None] = {}
         """Tickets as stored when this attempt read them (None: did not exist)."""
         self.writes: dict[str, Ticket] = {}
+        self._watched: set[str] = set()
+
+    async def _watch(self, key: str) -> None:
+        if key not in self._watched:
+            await self._pipe.watch(key)
+            self._watched.add(key)
 
     async def waiting(self, department: str) -> list[tuple[int, str]]:
+        return await self.waiting_head(department, -1)
+
+    async def waiting_head(self, department: str, k: int) -> list[tuple[int, str]]:
+        if k == 0:
+            return []
         key = self._keys.queue(department)
-        await self._pipe.watch(key)
-        entries = await self._pipe.zrange(key, 0, -1, withscores=True)
+        await self._watch(key)
+        entries = await self._pipe.zrange(key, 0, k - 1 if k > 0 else -1, withscores=True)
         return [(int(score), ticket_id) for ticket_id, score in entries]
+
+    async def waiting_count(self, department: str) -> int:
+        key = self._keys.queue(department)
+        await self._watch(key)
+        return int(await self._pipe.zcard(key))
 
     async def ticket(self, ticket_id: str) -> Ticket | None:
         if ticket_id in self.writes:
@@ -213,6 +238,7 @@ class RedisStore(Store):
     def __init__(self, url: str, prefix: str = "sps:") -> None:
         self._redis: aioredis.Redis = aioredis.Redis.from_pool(connection_pool(url))
         self._keys = _Keys(prefix)
+        self._ticket_by_token = self._redis.register_script(_TICKET_BY_TOKEN)
 
     @property
     def prefix(self) -> str:
@@ -253,35 +279,45 @@ class RedisStore(Store):
         raise Conflict()
 
     def _queue_write(self, pipe: Any, old: Ticket | None, new: Ticket) -> None:
-        """Buffer the write of ``new`` over ``old`` with every index kept in step."""
+        """Buffer the write of ``new`` over ``old`` with every index kept in step, touching an index only
+        when the ticket's place in it changes: a page connecting rewrites its ticket and the ``disc`` index,
+        not its department's queue (so it does not conflict with a clerk's "call next" WATCHing it)."""
         k = self._keys
+        waiting, active = TicketState.WAITING, new.state.is_active
+        was_waiting = old is not None and old.state is waiting
+        was_active = old is not None and old.state.is_active
+        same_department = old is not None and old.department == new.department
+        if was_waiting and not (new.state is waiting and same_department and old.seq == new.seq):  # type: ignore[union-attr]
+            pipe.zrem(k.queue(old.department), old.id)  # type: ignore[union-attr]
+        if was_active and not (active and same_department):
+            pipe.srem(k.active(old.department), old.id)  # type: ignore[union-attr]
         if old is not None:
-            if old.state is TicketState.WAITING:
-                pipe.zrem(k.queue(old.department), old.id)
-            elif old.state.is_active:
-                pipe.srem(k.active(old.department), old.id)
             if old.token_hash != new.token_hash:
                 pipe.delete(k.token(old.token_hash))
             if old.state is not new.state or old.department != new.department:
                 log.debug(
                     "ticket %s %s/%s -> %s/%s", new.id, old.department, old.state.value, new.department, new.state.value
                 )
+        old_disc = old is not None and not old.state.is_final and old.disconnected_at is not None
         body = _dumps(new.to_dict())
         if new.state.is_final:
             ttl = TERMINAL_RETENTION_SECONDS
             pipe.set(k.ticket(new.id), body, ex=ttl)
             pipe.set(k.token(new.token_hash), new.id, ex=ttl)
-            pipe.zrem(k.disc, new.id)
+            if old_disc or old is None:
+                pipe.zrem(k.disc, new.id)
             return
-        pipe.set(k.ticket(new.id), body)
-        pipe.set(k.token(new.token_hash), new.id)
-        if new.state is TicketState.WAITING:
+        pipe.set(k.ticket(new.id), body)  # without EX: a ticket live again (rejoined) is kept
+        if old is None or old.token_hash != new.token_hash or old.state.is_final:
+            pipe.set(k.token(new.token_hash), new.id)
+        if new.state is waiting and not (was_waiting and same_department and old.seq == new.seq):  # type: ignore[union-attr]
             pipe.zadd(k.queue(new.department), {new.id: new.seq})
-        elif new.state.is_active:
+        elif active and not (was_active and same_department):
             pipe.sadd(k.active(new.department), new.id)
         if new.disconnected_at is not None:
-            pipe.zadd(k.disc, {new.id: new.disconnected_at})
-        else:
+            if not old_disc or old.disconnected_at != new.disconnected_at:  # type: ignore[union-attr]
+                pipe.zadd(k.disc, {new.id: new.disconnected_at})
+        elif old_disc:
             pipe.zrem(k.disc, new.id)
 
     async def next_seq(self) -> int:
@@ -302,6 +338,10 @@ class RedisStore(Store):
         if ticket_id is None or not await self._redis.exists(self._keys.ticket(ticket_id)):
             return None
         return ticket_id
+
+    async def ticket_for_token(self, token_hash: str) -> Ticket | None:
+        raw = await self._ticket_by_token(keys=[self._keys.token(token_hash)], args=[self._keys.ticket("")])
+        return Ticket.from_dict(json.loads(raw)) if raw is not None else None
 
     async def waiting(self, department: str) -> list[tuple[int, str]]:
         entries = await self._redis.zrange(self._keys.queue(department), 0, -1, withscores=True)

@@ -9,9 +9,13 @@ export function t(key, params = {}) {
   return text.replace(/\{(\w+)\}/g, (match, name) => (name in params ? String(params[name]) : match));
 }
 
-/** A translated plural message: `<key>.zero` (if there is one), `<key>.one` or `<key>.other`. */
+const pluralRules = new Intl.PluralRules(document.documentElement.lang || 'de');
+
+/** A translated plural message: `<key>.zero` for 0 (if there is one), else `<key>.<CLDR category>` of the
+ * page's language (`one`, `other`, and `few`/`many` where a language has them), else `<key>.other`. */
 export function tn(key, n, params = {}) {
-  let id = n === 1 ? `${key}.one` : `${key}.other`;
+  let id = `${key}.${pluralRules.select(n)}`;
+  if (!(id in messages)) id = `${key}.other`;
   if (n === 0 && `${key}.zero` in messages) id = `${key}.zero`;
   return t(id, { ...params, n });
 }
@@ -257,4 +261,18 @@ export function h(tag, attributes = {}, ...children) {
 export function say(element, text) {
   element.textContent = text || '';
   element.hidden = !text;
+}
+
+/** A stopping server (SIGTERM) sends `server_stopping` {retry_after} and then disconnects every socket. socket.io
+ * does not reconnect after a disconnect by the server on its own: the page does, after the hint plus up to as much
+ * again at random (so that a node's pages do not all come back at once), to another node behind the proxy or
+ * the restarted one. */
+export function reconnectAfterStop(socket) {
+  let wait = 5;
+  socket.on('server_stopping', (data) => {
+    if (typeof data?.retry_after === 'number' && data.retry_after > 0) wait = Math.min(data.retry_after, 60);
+  });
+  socket.on('disconnect', (reason) => {
+    if (reason === 'io server disconnect') setTimeout(() => socket.connect(), (wait + Math.random() * wait) * 1000);
+  });
 }

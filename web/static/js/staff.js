@@ -7,6 +7,7 @@ import {
   h,
   notify,
   pageData,
+  reconnectAfterStop,
   request,
   say,
   t,
@@ -141,6 +142,7 @@ function connect() {
   socket?.disconnect();
   setConnection('connecting');
   socket = window.io({ reconnectionDelayMax: 10000 });
+  reconnectAfterStop(socket);
   socket.on('connect', () => {
     setConnection('connected');
     if (call.session) reconnectVideo(); // a new socket: offer again, the server re-enters us

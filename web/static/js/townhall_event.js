@@ -2,7 +2,7 @@
 // localStorage), sends questions (their link is kept too), lists the published questions with votes,
 // and, live, the raised hand, the question being answered, the invitation on stage and the stage's video
 // (a viewer; a publisher while on stage). Afterwards: the published recording with its chapter menu.
-import { errorMessage, h, pageData, request, t, tn } from './common.js';
+import { errorMessage, h, pageData, reconnectAfterStop, request, t, tn } from './common.js';
 import { openLocalMedia, play, stopStream } from './media.js';
 import { StageConnection, createStageView, stageProblem } from './stage.js';
 import { connectionLine, emit, fillTimes, questionBody, sorted, when } from './townhall_common.js';
@@ -586,6 +586,7 @@ async function join() {
 function connect() {
   setConnection('connecting');
   socket = window.io({ auth: { townhall: token }, reconnectionDelayMax: 10000 });
+  reconnectAfterStop(socket);
   stage?.dispose(); // a socket of its own (joined afresh): a stage connection of its own
   setupStage();
   socket.on('connect', () => setConnection('connected'));

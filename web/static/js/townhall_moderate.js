@@ -1,7 +1,7 @@
 // /townhall/{event}/moderate: the moderators' page. The staff socket (cookie) watches the event; every
 // moderator's action comes back to all of them as `th_moderation` / `th_staff_event`, so several can work
 // at once. Items that did not change keep their DOM (an edit in progress or the focus survive updates).
-import { errorMessage, h, pageData, request, t, tn } from './common.js';
+import { errorMessage, h, pageData, reconnectAfterStop, request, t, tn } from './common.js';
 import { createStaffStage } from './stage.js';
 import { connectionLine, emit, fillTimes, when } from './townhall_common.js';
 
@@ -294,6 +294,7 @@ async function act(name, payload, label, button = null) {
 
 function connect() {
   socket = window.io({ reconnectionDelayMax: 10000 });
+  reconnectAfterStop(socket);
   video = createStaffStage(socket, event.id, {
     button: $('camera'), status: $('video-status'), container: $('stage-video'), soundButton: $('sound-on'), hint: $('video-hint'), panel: $('video-panel'), errorMessage,
   });

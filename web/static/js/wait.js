@@ -8,6 +8,7 @@ import {
   forgetToken,
   notify,
   pageData,
+  reconnectAfterStop,
   request,
   say,
   storeToken,
@@ -196,14 +197,16 @@ function applyTicket(next) {
         else finish(next.ended_by === 'department_closed' ? 'closed' : next.state, finalText(next));
       }
   }
-  if (!previous) focusHeadingOnArrival();
+  if (!previous || previous.state !== next.state) focusHeadingIfLost();
 }
 
-/** The page just opened (after the check-in, a reload, a link): start at its heading, which says where the
- * citizen stands, unless the focus is already somewhere (the call's button, the consultation's heading, a
- * control the person chose). */
-function focusHeadingOnArrival() {
-  if (document.activeElement && document.activeElement !== document.body) return;
+/** The page just opened (after the check-in, a reload, a link), or the state changed and took the focused
+ * control away (the leave button after leaving, the call's button after a return, the video after the end):
+ * the focus goes to the heading, which says where the citizen stands. A focus that is still somewhere
+ * visible (the call's button, the consultation's heading, a control the person chose) stays. */
+function focusHeadingIfLost() {
+  const active = document.activeElement;
+  if (active && active !== document.body && active.checkVisibility?.() !== false) return;
   const heading = $('wait-heading');
   heading.tabIndex = -1;
   heading.focus();
@@ -322,7 +325,7 @@ function unknownTicket() {
   $('wait-heading').textContent = t('final_title.unknown');
   field('final').textContent = t('unknown_ticket');
   connection.hidden = true;
-  focusHeadingOnArrival();
+  focusHeadingIfLost();
 }
 
 /** Send a citizen action over the socket, or over HTTP while the socket is down. */
@@ -682,6 +685,7 @@ const leaveTexts = {
 function connect() {
   setConnection('connecting');
   socket = window.io({ auth: { token }, reconnectionDelayMax: 10000 });
+  reconnectAfterStop(socket);
   socket.on('connect', () => {
     setConnection('connected');
     // A new socket: a consultation's media is offered again (the server re-enters us into it).
