@@ -86,12 +86,13 @@ def _flatten(lang: str, catalog: Catalog) -> dict[str, str]:
     for message in catalog:
         if not message.id:
             continue
-        if message.pluralizable:
-            base = message.id[0].rsplit(".", 1)[0]
-            for n in range(200):
-                out.setdefault(f"{base}.{locale.plural_form(n)}", message.string[form_of(n)])
+        if isinstance(message.id, str):
+            out[message.id] = str(message.string)
         else:
-            out[message.id] = message.string
+            base = message.id[0].rsplit(".", 1)[0]
+            forms = tuple(message.string or ())
+            for n in range(200):
+                out.setdefault(f"{base}.{locale.plural_form(n)}", forms[form_of(n)])
     return out
 
 
@@ -136,7 +137,8 @@ def negotiate_accept_language(header: str | None) -> str | None:
         if tag and quality > 0:
             preferred.append((-quality, index, tag.strip().replace("_", "-")))
     tags = [tag for _, _, tag in sorted(preferred)]
-    return negotiate_locale(tags, list(PAGE_LANGUAGES), sep="-")
+    # Babel matches case-insensitively but returns the browser's spelling ("EN"): normalise it to our code.
+    return negotiate(negotiate_locale(tags, list(PAGE_LANGUAGES), sep="-"))
 
 
 def gettext(lang: str) -> Translate:
