@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics_config(config, grace_seconds=max(3600.0, args.timeout))
     server = ServerProcess(config, free_port(), run_dir / "server.log", "none")
     citizens = CitizenProcesses()
+    citizens.reply_timeout = args.timeout  # joining 10,000 on a loaded host can take longer than queue_load's bound
     started = time.monotonic()
     code = 0
     try:

@@ -27,7 +27,7 @@ from .http.metrics import setup_metrics
 from .http.oidc import setup_oidc
 from .mail import Mailer
 from .recordings import RecordingService
-from .settings import Settings
+from .settings import DEFAULT_CONFIG, Settings
 from .signaling import Signaling
 from .signaling.media import MediaSignaling
 from .signaling.recording import RecordingSignaling
@@ -60,7 +60,7 @@ def make_store(settings: Settings) -> Store:
 
 
 DEMO_HINT = ("Demo clerks exist (user name = the department id, e.g. '{example}'); their passwords were printed at "
-             "the first start. New passwords for all of them: sprechstunde staff reset-demo")
+             "the first start. New passwords for all of them: {command}")
 
 
 async def ensure_demo_staff(settings: Settings, auth: Auth, announce: Callable[[str], None]) -> None:
@@ -71,7 +71,11 @@ async def ensure_demo_staff(settings: Settings, auth: Auth, announce: Callable[[
     if await auth.store.list_staff():
         example = next((d.id for d in auth.departments()), None)
         if example is not None:
-            announce(DEMO_HINT.format(example=example))
+            # The command must reach the same configuration (and so the same staff store) as this start.
+            command = "sprechstunde staff reset-demo"
+            if settings.config_path is not None and settings.config_path.resolve() != DEFAULT_CONFIG:
+                command += f" --config {settings.config_path}"
+            announce(DEMO_HINT.format(example=example, command=command))
         return
     announce(await create_demo_staff(auth, "Demo clerks created (shown once; manage staff with 'sprechstunde staff'):"))
 
@@ -219,6 +223,10 @@ def create_app(settings: Settings, store: Store | None = None,
             await asyncio.wait_for(signaling.shutdown(), min(5.0, settings.shutdown_seconds * 0.3))
         except Exception:  # noqa: BLE001 - the stop goes on regardless
             log.exception("telling the sockets at shutdown failed")
+        try:  # leave the node registry now (not a death): the cleanup below may be cut off by the deadline
+            await asyncio.wait_for(cluster.stop(), 2.0)
+        except Exception:  # noqa: BLE001 - then the other nodes take this one for dead in a few seconds
+            log.exception("leaving the node registry at shutdown failed")
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(disconnect_sockets)

@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .tasks import stopping
+
 if TYPE_CHECKING:
     from .settings import Settings
 
@@ -249,6 +251,7 @@ class RedisCluster(Cluster):
         self._drop = self._redis.register_script(_DROP)
         self._restore = self._redis.register_script(_RESTORE)
         self._registered = False
+        self._stopped = False
         self._healthy_since: float | None = None
         """When this node's heartbeats started succeeding without a break (monotonic)."""
 
@@ -278,10 +281,9 @@ class RedisCluster(Cluster):
     async def resync(self) -> None:
         """Write this node's counts again from its own (the truth): after it was taken for dead, or after
         changes failed to reach Redis. Ids it no longer holds are dropped (listeners told when none is left)."""
-        held = {f"{kind}:{ident}" for kind, ident in self._local}
         for member in await self._redis.smembers(self._mine):
-            if member not in held:
-                kind, _, ident = member.partition(":")
+            kind, _, ident = member.partition(":")
+            if self._local.get((kind, ident), 0) <= 0:  # looked up now: a page may have come meanwhile
                 left = await self._drop(keys=[self._conn(kind, ident)], args=[self.node_id])
                 await self._redis.srem(self._mine, member)
                 if left == 0:
@@ -293,7 +295,7 @@ class RedisCluster(Cluster):
                                     args=[self.node_id, f"{kind}:{ident}", count])
 
     async def run(self) -> None:
-        while True:
+        while not self._stopped:
             try:
                 await self.beat()
                 now = time.monotonic()
@@ -304,6 +306,8 @@ class RedisCluster(Cluster):
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - Redis down: try again at the next beat
+                if stopping():  # a cancellation redis-py turned into an error (server/tasks.py)
+                    raise asyncio.CancelledError from None
                 if self._healthy_since is not None:
                     log.warning("heartbeat failed: %s", type(e).__name__)
                 self._healthy_since = None
@@ -328,6 +332,9 @@ class RedisCluster(Cluster):
         await self._redis.delete(node_set)
 
     async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True  # no heartbeat after this: it would register the node again
         try:
             await self._redis.zrem(self._nodes, self.node_id)
             await self._drop_node(self.node_id)

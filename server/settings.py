@@ -254,6 +254,9 @@ def settings_from_dict(raw: dict[str, Any], env: dict[str, str] | None = None,
         video = Path(server["sign_language_video"])
         server["sign_language_video"] = (config_path.parent / video) if config_path and not video.is_absolute() \
             else video
+        if not server["sign_language_video"].is_file():
+            # Else the start page would offer a video player that plays nothing.
+            raise ConfigError(f"[server]: sign_language_video: no such file: {server['sign_language_video']}")
     else:
         server["sign_language_video"] = None
     if "cors_origins" in server:

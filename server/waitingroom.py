@@ -203,7 +203,7 @@ class WaitingRoom:
         gaps); a page finds its own seq in it. No ids, names or counts per person are sent.
         """
         load = await self.load(department_id)
-        seqs = [seq for seq, _ in await self.store.waiting(department_id)]
+        seqs = await self.store.waiting_seqs(department_id)
         deltas = [seqs[0]] + [b - a for a, b in zip(seqs, seqs[1:], strict=False)] if seqs else []
         return {
             "d": department_id,
@@ -248,6 +248,9 @@ class WaitingRoom:
             "called_at": ticket.called_at,
             "transferred_from": ticket.transferred_from,
             "language": ticket.language,
+            # A booked appointment's ticket is called from this time on, ahead of walk-ins: the walk-in
+            # estimate does not apply to it (the page says so).
+            "appointment_at": ticket.appointment_at,
             **self.fairness_view(ticket),
         }
 

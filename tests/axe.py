@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.async_api import Page, Route
+from playwright.async_api import BrowserContext, Page, Route
 
 AXE_FILE = Path(__file__).resolve().parents[1] / "web" / "node_modules" / "axe-core" / "axe.min.js"
 AXE_PATH = "/__axe__/axe.min.js"
@@ -47,6 +48,9 @@ def axe_source() -> str:
     return AXE_FILE.read_text(encoding="utf-8")
 
 
+_routed: weakref.WeakKeyDictionary[BrowserContext, set[str]] = weakref.WeakKeyDictionary()
+
+
 async def _serve_axe(route: Route) -> None:
     await route.fulfill(status=200, content_type="text/javascript; charset=utf-8", body=axe_source())
 
@@ -56,7 +60,10 @@ async def inject_axe(page: Page) -> None:
     if await page.evaluate("() => Boolean(window.axe)"):
         return
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(page.url))
-    await page.context.route(f"{origin}{AXE_PATH}", _serve_axe)
+    routed = _routed.setdefault(page.context, set())
+    if origin not in routed:  # once per context and origin
+        await page.context.route(f"{origin}{AXE_PATH}", _serve_axe)
+        routed.add(origin)
     await page.add_script_tag(url=f"{origin}{AXE_PATH}")
 
 

@@ -222,6 +222,7 @@ class StoreContract:
         assert await store.waiting("a") == [(1, "t1"), (2, "t2"), (5, "t5")]
         assert await store.waiting("b") == [(9, "t9")]
         assert await store.waiting("empty") == []
+        assert await store.waiting_seqs("a") == [1, 2, 5] and await store.waiting_seqs("empty") == []
         assert await store.waiting_counts(["a", "b", "empty"]) == {"a": 3, "b": 1, "empty": 0}
         assert await store.waiting_counts([]) == {}
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from server.i18n import DE, EN
+from server.settings import ConfigError, settings_from_dict
 
 
 async def test_every_page_links_easy_language_and_the_statement(client):
@@ -51,6 +54,15 @@ async def test_sign_language_video_is_served_locally_with_ranges(aiohttp_client,
     resp = await client.get("/media/sign-language-video", headers={"Range": "bytes=256-511"})
     assert resp.status == 206
     assert await resp.read() == bytes(range(256))
+
+
+def test_a_missing_video_file_stops_the_start(tmp_path: Path):
+    raw = {"server": {"sign_language_video": str(tmp_path / "missing.webm")},
+           "departments": [{"id": "buergerbuero", "name": "Bürgerbüro"}]}
+    with pytest.raises(ConfigError, match="sign_language_video"):
+        settings_from_dict(raw)
+    with pytest.raises(ConfigError, match="sign_language_video"):  # a directory is no video either
+        settings_from_dict({**raw, "server": {"sign_language_video": str(tmp_path)}})
 
 
 async def test_no_video_configured_means_no_section_and_a_json_404(client):

@@ -117,9 +117,22 @@ async def test_book_read_and_the_ics(client: Any) -> None:
     assert event.decoded("dtstart").timestamp() == SLOT and event.decoded("dtend").timestamp() == SLOT + 1800
     assert "Bürgerbüro" in str(event["summary"])
     assert str(event["url"]).endswith(f"/appointment/{a['id']}#{token}")
+    # the TZID the times name is defined in the file (RFC 5545 3.2.19)
+    assert event["dtstart"].params["TZID"] == "Europe/Berlin"
+    assert [str(tz["tzid"]) for tz in calendar.walk("VTIMEZONE")] == ["Europe/Berlin"]
     # the token is stored as a hash only
     stored = await client.app[APPOINTMENTS].store.get(a["id"])
     assert token not in repr(stored)
+
+
+async def test_without_smtp_an_email_address_is_not_kept(client: Any) -> None:
+    status, body = await book(client, {**BOOK, "email": "ada@example.org"})
+    assert status == 201, body
+    assert (body["appointment"]["email"], body["email_sent"]) == (False, False)
+    stored = await client.app[APPOINTMENTS].store.get(body["appointment"]["id"])
+    assert stored is not None and stored.email == ""
+    status, body = await book(client, {**BOOK, "start": SLOT + 1800, "email": "not an address"})
+    assert (status, body["error"]["code"]) == (400, "invalid_input")  # still checked: the same rules everywhere
 
 
 async def test_double_booking_of_a_slot_is_refused(client: Any) -> None:
@@ -141,6 +154,17 @@ async def test_cancel_frees_the_slot_and_move_takes_another(client: Any) -> None
     moved = (await resp.json())["appointment"]
     assert resp.status == 200 and (moved["day"], moved["time"]) == ("2026-03-03", "09:00")
     assert await slot_free(client, SLOT) == 1 and await slot_free(client, at(3, 9)) == 0
+
+    # The calendar files: a moved one replaces the first (a higher SEQUENCE), a cancelled one says so.
+    async def ics_event(token: str) -> Any:
+        resp = await client.get("/api/appointments/me/ics", headers=bearer(token))
+        return next(iter(icalendar.Calendar.from_ical(await resp.read()).walk("VEVENT")))
+
+    event = await ics_event(second["token"])
+    assert (event["sequence"], str(event["status"])) == (1, "CONFIRMED")
+    assert event.decoded("dtstart").timestamp() == at(3, 9)
+    event = await ics_event(first["token"])
+    assert (event["sequence"], str(event["status"])) == (1, "CANCELLED")
 
 
 async def test_deadline_refuses_cancel_and_move_and_changes_nothing(client: Any, clock: Clock) -> None:

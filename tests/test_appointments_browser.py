@@ -16,6 +16,7 @@ from playwright.async_api import Browser, expect
 from server.app import create_app
 from server.appointments.core import day_slots
 from server.http.appointments import APPOINTMENTS
+from server.http.keys import ROOM
 from server.settings import settings_from_dict
 from server.store.memory import MemoryStore
 from tests.app_fixtures import ALWAYS, add_staff, free_port
@@ -95,6 +96,29 @@ async def test_book_with_the_keyboard_and_get_link_and_ics(browser: Browser, ser
     assert problems == []
 
 
+async def test_the_booking_limit_says_what_helps(browser: Browser, server_url: tuple[str, Any]) -> None:
+    """Refused for the per-address limit of a day, the page says to choose another day or try in an hour (not
+    "wait a few minutes", which would not help); nothing is booked."""
+    url, app = server_url
+    problems = Problems()
+    _, page = await new_page(browser, problems, url)
+    await page.goto("/book/buergerbuero")
+    slot = page.locator("#slots input").first
+    await expect(slot).to_be_visible()
+    day = await page.locator("#day").input_value()
+    for _ in range(3):  # the default per_address_day: this address has booked three on that day already
+        await app[ROOM].store.hit(f"book-day:buergerbuero:{day}:127.0.0.1", 3600)
+    await slot.check()
+    await page.locator("#consent").check()
+    await page.get_by_role("button", name="Termin verbindlich buchen").click()
+    await expect(page.locator("#form-error")).to_have_text(
+        "Von diesem Anschluss wurden schon viele Termine gebucht. Bitte wählen Sie einen anderen Tag oder "
+        "versuchen Sie es in einer Stunde noch einmal.")
+    start = float(await slot.get_attribute("value") or 0)
+    assert await app[APPOINTMENTS].store.starting_between(start, start + 1) == []
+    assert problems == []
+
+
 async def test_check_in_at_the_time_and_the_clerk_sees_the_appointment(browser: Browser,
                                                                        server_url: tuple[str, Any]) -> None:
     """The link lets the citizen into the waiting room near the slot; the clerk sees "Termin HH:MM" on the ticket
@@ -126,4 +150,13 @@ async def test_check_in_at_the_time_and_the_clerk_sees_the_appointment(browser: 
     panel = clerk.locator(".panel[data-department='buergerbuero']")
     await expect(panel.locator(".ticket--waiting")).to_contain_text(f"Termin {slot.time}")
     await expect(panel.locator(".appointments")).to_contain_text(f"{slot.time} Ada")
+
+    # The citizen's page says the appointment's time, and gives no walk-in estimate (a clerk is on duty now:
+    # a walk-in at this place would read one).
+    hour, minute = slot.time.split(":")
+    await expect(citizen.locator("[data-field='appointment']")).to_have_text(
+        re.compile(rf"^Sie haben einen Termin um 0?{int(hour)}:{minute} Uhr\. Ab dann werden Sie bevorzugt aufgerufen"))
+    await expect(citizen.locator("[data-field='clerks']")).to_have_text("1 Mitarbeiterin oder Mitarbeiter im Dienst")
+    await expect(citizen.locator("[data-field='estimate']")).to_have_text("–")
+    await assert_accessible(citizen, "waiting page of an appointment")
     assert problems == []

@@ -13,13 +13,16 @@ from collections.abc import AsyncIterator
 import pytest
 from playwright.async_api import Browser, Page, expect
 
+from server.i18n import gettext
 from server.queue.model import Clerk, Presence
+from tests.axe import assert_accessible
 from tests.test_browser import Problems, launched
 from tests.test_browser_media import MEDIA_ARGS
 
 pytestmark = pytest.mark.browser
 
 CLARA = Clerk("clara", "Clara Schulz", frozenset({"buergerbuero"}))
+_ = gettext("de")
 MAX_TABS = 30
 
 FOCUSED = """() => {
@@ -87,7 +90,7 @@ async def test_keyboard_only_from_landing_page_to_the_call(browser: Browser, liv
     await page.keyboard.press("Tab")
     await expect(page.locator("#consent-link")).to_be_focused()
     await page.keyboard.press("Tab")
-    submit = page.get_by_role("button", name="Jetzt anstellen")
+    submit = page.get_by_role("button", name=_("join.submit"))
     await expect(submit).to_be_focused()
 
     # Sent without consent: the error is announced and the focus goes to the field to fix.
@@ -117,12 +120,12 @@ async def test_keyboard_only_from_landing_page_to_the_call(browser: Browser, liv
 
     # The leave dialog from the keyboard: its safe answer has the focus; Enter on it keeps the place and the
     # focus returns to the button that opened it.
-    leave = page.get_by_role("button", name="Warteschlange verlassen")
+    leave = page.get_by_role("button", name=_("wait.leave"))
     await tab_to(page, "#leave")
     await page.keyboard.press("Enter")
     dialog = page.locator("#leave-dialog")
     await expect(dialog).to_be_visible()
-    await expect(dialog.get_by_role("button", name="Nein, weiter warten")).to_be_focused()
+    await expect(dialog.get_by_role("button", name=_("wait.leave_no"))).to_be_focused()
     await page.keyboard.press("Enter")
     await expect(dialog).to_be_hidden()
     await expect(leave).to_be_focused()
@@ -135,14 +138,16 @@ async def test_keyboard_only_from_landing_page_to_the_call(browser: Browser, liv
     await live_server.room.call(CLARA, ticket_id)
     alert = page.locator("#alert")
     await expect(alert).to_have_attribute("role", "alert")
-    await expect(alert).to_contain_text("Sie sind an der Reihe!")
-    await expect(alert).to_contain_text("Clara Schulz ruft Sie auf.")
-    answer = page.get_by_role("button", name="Jetzt eintreten")
+    await expect(alert).to_contain_text(_("js.called_title"))
+    await expect(alert).to_contain_text(_("js.called_by", clerk="Clara Schulz"))
+    answer = page.get_by_role("button", name=_("wait.join_now"))
     await expect(answer).to_be_focused()
-    await expect(page).to_have_title(re.compile("Sie sind dran"))
+    await expect(page).to_have_title(_("js.document_called"))
+    await assert_accessible(page, "called, reached with the keyboard")
 
     # Enter answers: the consultation's heading takes the focus.
     await page.keyboard.press("Enter")
     await expect(page.locator("#consultation-heading")).to_be_focused()
-    await expect(page.locator("#consultation-heading")).to_have_text("Ihr Gespräch mit Clara Schulz hat begonnen.")
+    await expect(page.locator("#consultation-heading")).to_have_text(
+        _("js.in_consultation", clerk="Clara Schulz"))
     assert problems == []

@@ -163,8 +163,12 @@ async def test_demo_logins_are_printed_once_then_a_hint(tmp_path) -> None:
     await ensure_demo_staff(settings, auth, said.append)
     assert "user amt" in said[0] and "password" in said[0]
     await ensure_demo_staff(settings, auth, said.append)
-    assert said[1] == DEMO_HINT.format(example="amt")
+    assert said[1] == DEMO_HINT.format(example="amt", command="sprechstunde staff reset-demo")
     assert "reset-demo" in said[1]
+    # Started with another configuration file: the hint names it, else the reset would reach another store.
+    town = settings_from_dict(raw, config_path=tmp_path / "town.toml")
+    await ensure_demo_staff(town, auth, said.append)
+    assert said[2].endswith(f"sprechstunde staff reset-demo --config {tmp_path / 'town.toml'}")
 
 
 def test_reset_demo_prints_new_logins(tmp_path: Path) -> None:

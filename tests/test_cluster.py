@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -46,7 +47,7 @@ async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
 
 async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109
     async def poll() -> None:
-        while not condition():
+        while not condition():  # noqa: ASYNC110 - background heartbeats: polled
             await asyncio.sleep(0.02)  # polling the state of background heartbeats
 
     await asyncio.wait_for(poll(), timeout)
@@ -156,6 +157,22 @@ async def test_a_node_taken_for_dead_that_comes_back_counts_its_connections_agai
 
 
 @pytest.mark.redis
+async def test_a_disconnect_lost_in_a_redis_outage_is_set_right_at_the_next_heartbeat(make_node) -> None:
+    a = make_node("a")
+    dropped: list[tuple[str, str]] = []
+    a.on_connections_dropped(lambda k, i: _note(dropped, (k, i)))
+    await a.start()
+    await a.connected("ticket", "gone")
+    await a.connected("ticket", "kept")
+    a._count("ticket", "gone", -1)  # the page closed while Redis did not answer: only this node knows
+    a._healthy_since = None  # as the failed command leaves it
+    await a.beat()  # Redis answers again
+    assert dropped == [("ticket", "gone")]  # its grace period starts now
+    assert await a.connections("ticket", "gone") == 0
+    assert await a.connections("ticket", "kept") == 1
+
+
+@pytest.mark.redis
 async def test_no_node_is_declared_dead_until_this_one_has_beaten_for_a_while(make_node) -> None:
     """After a Redis outage (or a stall of its own), a node first beats ``dead_after`` long again: the others'
     heartbeats missed during the outage do not make them dead."""
@@ -178,5 +195,5 @@ async def test_no_node_is_declared_dead_until_this_one_has_beaten_for_a_while(ma
         await asyncio.gather(run_a, return_exceptions=True)
 
 
-async def _note(into: list[object], item: object) -> None:
+async def _note(into: list[Any], item: Any) -> None:
     into.append(item)

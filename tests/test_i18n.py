@@ -92,6 +92,8 @@ def test_a_missing_message_falls_back_to_german_then_to_its_id() -> None:
     ("tr, ar", None),
     ("", None),
     ("en;q=garbage, de", "de"),
+    ("EN", "en"),  # tags are case-insensitive: our code comes back, not the browser's spelling
+    ("EN-us, de;q=0.5", "en"),
 ])
 def test_accept_language_negotiation(header: str, expected: str | None) -> None:
     assert negotiate_accept_language(header) == expected

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import socketio
 
+from server.app import MEDIA
 from server.media.registry import LocalRoomRegistry, RedisRoomRegistry, RoomRegistry
 from server.signaling.relay import RELAY_TIMEOUT, MediaUnavailable, NodeGone, Relay
 
@@ -143,6 +144,100 @@ def test_the_redis_manager_publishes_room_changes_of_sockets_on_other_nodes():
     source = inspect.getsource(socketio.async_pubsub_manager.AsyncPubSubManager)
     assert "'method': 'enter_room'" in source and "'method': 'leave_room'" in source
     assert "_handle_enter_room" in source and "_handle_leave_room" in source
+
+
+# -- two apps on one Redis, in this process (fast) --
+
+@pytest.fixture
+async def reader(redis_url, redis_prefix):
+    """The room registry as any node reads it (this test's prefix)."""
+    registry = RedisRoomRegistry(redis_url, redis_prefix, "test")
+    yield registry
+    await registry.close()
+
+
+async def test_a_call_and_the_end_on_one_node_reach_the_media_on_another(make_live_server, redis_url, redis_prefix,
+                                                                        reader, clients, peers):
+    """The citizen's pre-warmed connection is on node A; Anna's dashboard on B calls, connects (relayed to A),
+    and finishes: A moves the connection into the consultation and ends it, and its claim is released."""
+    a = await make_live_server(None, redis_url=redis_url, redis_prefix=redis_prefix)
+    b = await make_live_server(None, redis_url=redis_url, redis_prefix=redis_prefix)
+    await a.add_staff("anna", PASSWORD, ["buergerbuero"], "Anna Amt")
+    clerk = await staff_socket(b.url, "anna", PASSWORD)
+    clients.append(clerk)
+    await clerk.wait_for("dashboard")
+    joined = await join(a.url)
+    ticket = joined["ticket"]["id"]
+    citizen = await citizen_socket(a.url, joined["token"])
+    clients.append(citizen)
+    citizen_peer, clerk_peer = Client("citizen"), Client("clerk")
+    peers += [citizen_peer, clerk_peer]
+    too_early = await clerk.call("media_offer", {"sdp": await clerk_peer.offer(), "ticket": ticket})
+    assert too_early["error"]["code"] == "not_in_consultation"
+    assert await reader.owner(ticket) is None  # a refused offer claims nothing
+    assert (await offer(citizen, citizen_peer))["room"] == "waiting"
+    assert (await clerk.call("call_next", {"department": "buergerbuero"}))["ok"]
+    await citizen.wait_for("media_layout", lambda m: m["room"] == "consultation")
+    assert (await offer(clerk, clerk_peer, ticket=ticket))["room"] == "consultation"
+    await see_each_other(citizen, clerk, citizen_peer, clerk_peer, ticket)
+    hub_a, hub_b = (node.app[MEDIA].hub for node in (a, b))
+    assert hub_a is not None and hub_b is not None
+    assert sorted(hub_a.participants(f"c:{ticket}")) == [f"citizen:{ticket}", "staff:anna"]
+    assert hub_b.participants(f"c:{ticket}") == []
+    assert await reader.owner(ticket) == a.app[MEDIA].cluster.node_id
+
+    assert (await clerk.call("finish", {"ticket": ticket}))["ok"]  # on B
+    assert (await citizen.wait_for("media_end"))["reason"] == "finished"
+    assert (await clerk.wait_for("media_end"))["reason"] == "finished"  # from A, through Redis
+    await wait_for(lambda: hub_a.participants(f"c:{ticket}") == [], what="A's room emptied")
+    async with asyncio.timeout(10):
+        while await reader.owner(ticket) is not None:  # noqa: ASYNC110 - polling Redis, no event
+            await asyncio.sleep(0.05)
+
+
+async def test_a_stopping_media_node_hands_pages_on_other_nodes_over(make_live_server, redis_url, redis_prefix,
+                                                                    clients, peers):
+    """SIGTERM (the app's shutdown) on node A, which holds the consultation's media, while Anna's dashboard
+    is on B: her page is not told that the video ended but, like a page of a stopping node, gets
+    ``server_stopping`` (a short retry) and is disconnected by B; it reconnects and offers again, and B takes
+    the room over."""
+    a = await make_live_server(None, redis_url=redis_url, redis_prefix=redis_prefix)
+    b = await make_live_server(None, redis_url=redis_url, redis_prefix=redis_prefix)
+    await a.add_staff("anna", PASSWORD, ["buergerbuero"], "Anna Amt")
+    clerk = await staff_socket(b.url, "anna", PASSWORD)
+    clients.append(clerk)
+    await clerk.wait_for("dashboard")
+    joined = await join(a.url)
+    ticket = joined["ticket"]["id"]
+    citizen = await citizen_socket(a.url, joined["token"])
+    clients.append(citizen)
+    citizen_peer, clerk_peer = Client("citizen"), Client("clerk")
+    peers += [citizen_peer, clerk_peer]
+    assert (await offer(citizen, citizen_peer))["room"] == "waiting"
+    assert (await clerk.call("call_next", {"department": "buergerbuero"}))["ok"]
+    await citizen.wait_for("media_layout", lambda m: m["room"] == "consultation")
+    assert (await offer(clerk, clerk_peer, ticket=ticket))["room"] == "consultation"
+    await see_each_other(citizen, clerk, citizen_peer, clerk_peer, ticket)
+
+    await a.stop()
+    told = await clerk.wait_for("server_stopping")
+    assert 0 < told["retry_after"] <= 1
+    async with asyncio.timeout(5):  # disconnected by its own node, B
+        while clerk.client.connected:  # noqa: ASYNC110 - no event for it
+            await asyncio.sleep(0.02)
+    assert "media_end" not in [name for name, _ in clerk.events]  # its video is not over: it offers again
+    assert citizen.last("media_end") == {"ticket": ticket, "reason": "server_stopping"}  # a page of A, as before
+
+    clerk = await staff_socket(b.url, "anna", PASSWORD)  # both pages reconnect, to B
+    citizen = await citizen_socket(b.url, joined["token"])
+    clients += [clerk, citizen]
+    citizen_peer, clerk_peer = Client("citizen again"), Client("clerk again")
+    peers += [citizen_peer, clerk_peer]
+    assert (await offer(clerk, clerk_peer, ticket=ticket))["room"] == "consultation"
+    assert (await offer(citizen, citizen_peer))["room"] == "consultation"
+    await see_each_other(citizen, clerk, citizen_peer, clerk_peer, ticket)
+    hub_b = b.app[MEDIA].hub
+    assert hub_b is not None and sorted(hub_b.participants(f"c:{ticket}")) == [f"citizen:{ticket}", "staff:anna"]
 
 
 # -- two real server processes on one Redis --

@@ -14,10 +14,14 @@ from typing import Any
 import pytest
 import socketio
 
+from . import test_cluster_nodes as cluster_nodes
 from .app_fixtures import free_port
 from .socket_clients import join
-from .test_cluster_nodes import counted_on, shared, start_nodes, wait_for_counts  # noqa: F401 - fixtures below
+from .test_cluster_nodes import counted_on, wait_for_counts
 from .test_deploy import Nginx, _nginx_conf, _self_signed, _site
+
+start_nodes = cluster_nodes.start_nodes  # the fixtures: real nodes, and the test's own view of Redis
+shared = cluster_nodes.shared
 
 pytestmark = pytest.mark.redis
 
@@ -92,6 +96,9 @@ def _proxy(tmp_path: Path, upstreams: list[int]) -> Nginx:
     assert site.count(first) == 1, "the shipped upstream line changed: adapt this test"
     site = site.replace(first, "\n    ".join(f"server 127.0.0.1:{port} max_fails=1 fail_timeout=10s;"
                                              for port in upstreams))
+    # Behind a port other than 443 the app's same-origin checks need the port in Host (as the site's comment says)
+    assert site.count("proxy_set_header Host $host;") == 2
+    site = site.replace("proxy_set_header Host $host;", f"proxy_set_header Host $host:{https};")
     proxy = Nginx(tmp_path, _nginx_conf(tmp_path, site, foreground=True), http, https)
     proxy.wait_listening()
     return proxy
@@ -114,7 +121,7 @@ def nginx(tmp_path: Path) -> Any:
 
 async def _page_on_a_node(start_nodes: Any, nginx: Any, raw: Any, prefix: str) -> tuple[Any, Any, Page, str]:
     """Two nodes, nginx in front, a citizen's page through nginx; (its node, the other, the page, ticket id)."""
-    nodes = start_nodes(2)
+    nodes = start_nodes(2, grace=60)  # the pages of a stopping node come back after retry_after: well within
     proxy = nginx([n.port for n in nodes])
     url = f"https://127.0.0.1:{proxy.https}"
     joined = await join(nodes[0].url)
@@ -126,7 +133,7 @@ async def _page_on_a_node(start_nodes: Any, nginx: Any, raw: Any, prefix: str) -
 
     async def counted() -> None:
         nonlocal counts
-        while not counts:
+        while not counts:  # noqa: ASYNC110 - another process counts
             counts = await counted_on(raw, prefix, ticket_id)
             await asyncio.sleep(0.05)  # the node counts the page in its own process: polled
 
@@ -178,3 +185,43 @@ async def test_sigterm_behind_nginx_tells_pages_at_once_and_they_come_back_on_th
         assert ticket is not None and ticket.disconnected_at is None and ticket.state.value == "waiting"
     finally:
         await page.close()
+
+
+async def test_a_waiting_page_in_chromium_comes_back_on_the_other_node_after_sigterm(start_nodes, nginx, shared,
+                                                                                       redis_prefix, tmp_path):
+    """The real waiting page (web/static/js/wait.js): after ``server_stopping`` and the server's disconnect it
+    reconnects by itself (socket.io would not), through nginx, to the node that still runs."""
+    from playwright.async_api import expect
+
+    from .test_browser import CHROMIUM_ARGS, Problems, check_in, launched
+
+    store, _, raw = shared
+    nodes = start_nodes(2, grace=60)
+    proxy = nginx([n.port for n in nodes])
+    problems = Problems()
+    async with launched(CHROMIUM_ARGS) as browser:
+        context = await browser.new_context(base_url=f"https://127.0.0.1:{proxy.https}", locale="de-DE",
+                                            ignore_https_errors=True)
+        page = problems.watch(await context.new_page())
+        await check_in(page, "Alex")
+        ticket_id = page.url.split("/wait/", 1)[1].split("#", 1)[0]
+        connection = page.locator("#connection")
+        await expect(connection).to_have_attribute("data-state", "connected")
+        counts: dict[int, int] = {}
+        while not counts:  # noqa: ASYNC110 - another process counts the page
+            counts = await counted_on(raw, redis_prefix, ticket_id)
+            await asyncio.sleep(0.05)
+        (pid,) = counts
+        here = next(n for n in nodes if n.proc.pid == pid)
+        other = next(n for n in nodes if n is not here)
+
+        here.proc.send_signal(signal.SIGTERM)
+        await expect(connection).to_have_attribute("data-state", "reconnecting", timeout=TOLD_WITHIN * 1000)
+        # retry_after (5 s) plus up to as much again at random, then the connect through nginx
+        await expect(connection).to_have_attribute("data-state", "connected", timeout=25_000)
+        await wait_for_counts(raw, redis_prefix, ticket_id, {other.proc.pid: 1})
+        await expect(page.locator("[data-field='position-number']")).to_have_text("1")
+        ticket = await store.get_ticket(ticket_id)
+        assert ticket is not None and ticket.state.value == "waiting" and ticket.disconnected_at is None
+        await context.close()
+    assert not problems, problems

@@ -55,7 +55,7 @@ async def test_the_stats_page_draws_charts_with_tables_and_passes_axe(browser: B
     await page.goto("/admin/stats")
 
     await expect(page.locator("#stats-charts canvas")).to_have_count(CHARTS)
-    tables = page.locator("#stats-charts .stats__table table")
+    tables = page.locator("#stats-charts .admin-stats__table table")
     await expect(tables).to_have_count(CHARTS)
     await expect(page.locator("#stats-status")).to_contain_text("Statistik für alle Abteilungen")
     first = tables.first

@@ -249,6 +249,8 @@ def test_quantiles_stay_within_the_bound(seed: int) -> None:
         estimate, exact = buckets.quantile(hist, q), buckets.exact_quantile(samples, q)
         assert estimate is not None and exact is not None
         assert buckets.within_bound(estimate, exact), (q, estimate, exact)
+    assert buckets.quantiles(hist, (0.5, 0.9)) == [buckets.quantile(hist, 0.5), buckets.quantile(hist, 0.9)]
+    assert buckets.quantiles({}, (0.5, 0.9)) == [None, None]
 
 
 @pytest.mark.parametrize(("samples", "q", "rank_value"), [

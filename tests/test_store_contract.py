@@ -15,7 +15,19 @@ from server.store.base import TERMINAL_RETENTION_SECONDS, StaffAccount, Tx
 from server.store.memory import MemoryStore
 from server.store.redis import RedisStore
 
-from .store_contract import CALL, DISCONNECT, FINISH, RECONNECT, START, StoreContract, clerk, eventually, make_ticket, put, update
+from .store_contract import (
+    CALL,
+    DISCONNECT,
+    FINISH,
+    RECONNECT,
+    START,
+    StoreContract,
+    clerk,
+    eventually,
+    make_ticket,
+    put,
+    update,
+)
 
 
 class TestStoreContract(StoreContract):

@@ -7,6 +7,7 @@ is logged: ids, departments and transitions only.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from collections.abc import Callable
@@ -104,6 +105,9 @@ class AppointmentService:
         request = BookingRequest(**fields)
         now = self.clock()
         core.validate_booking(request)
+        if self.mailer is None and request.email:
+            # Without [smtp] nothing is ever sent: an address would only be stored, never used.
+            request = dataclasses.replace(request, email="")
         if await self.room.store.count(f"book:{address}") >= RATE_PER_ADDRESS:
             raise RateLimited("too many bookings from this address; please try again in an hour")
         slot = core.find_slot(config, d, request.start, now, self.tz)
@@ -225,12 +229,21 @@ class AppointmentService:
         event.add("description", _("appt.ics.description", link=link))
         event.add("url", link)
         event.add("location", link)
+        # A moved or cancelled appointment's file replaces the first one in a calendar (same UID): only with a
+        # higher SEQUENCE (RFC 5545 3.8.7.4), and a cancelled one says so instead of showing as booked.
+        cancelled = a.state is AppointmentState.CANCELLED
+        event.add("sequence", a.moves + (1 if cancelled else 0))
+        event.add("status", "CANCELLED" if cancelled else "CONFIRMED")
         alarm = Alarm()
         alarm.add("action", "DISPLAY")
         alarm.add("description", _("appt.ics.summary", department=name))
         alarm.add("trigger", timedelta(minutes=-15))
         event.add_component(alarm)
         cal.add_component(event)
+        # RFC 5545 3.2.19: every TZID used needs its VTIMEZONE (Outlook and others misplace the event without);
+        # only the transitions around the appointment, not decades of them.
+        day = datetime.fromtimestamp(a.start, self.tz).date()
+        cal.add_missing_timezones(first_date=day - timedelta(days=366), last_date=day + timedelta(days=2))
         return cal.to_ical()
 
     def _when(self, a: Appointment, translate: Callable[..., str]) -> str:

@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sprechstunde.signaling")
 
+FRESH_SECONDS = 0.1
+"""How old a department's update may be for a page connecting while the department changes: at most ten
+computations a second per department, whatever the number of pages connecting (``_queue_update``)."""
 RETRY_AFTER = 5.0
 """Seconds a page told ``server_stopping`` waits (plus its own jitter) before reconnecting: a restart or
 another node behind the proxy is ready by then."""
@@ -359,10 +362,16 @@ class Signaling:
         """The department's latest update and its encoded ``queue`` event, for a (re)connecting page: the
         one just broadcast when it is younger than ``position_interval`` and nothing changed since (a
         reconnect storm of thousands of pages then costs one computation and one encoding per
-        department, not one per page), else a fresh one."""
+        department, not one per page), else a fresh one. While the department changes (check-ins, calls),
+        pages connecting within ``FRESH_SECONDS`` of a fresh one share it: the update reads the whole queue,
+        and the queue's next broadcast follows within one interval anyway (until then a page whose seq it
+        does not list shows the position of its ``ticket`` event, taken by rank)."""
         now = asyncio.get_running_loop().time()
         cached = self._updates.get(department)
-        if cached and department not in self._dirty and now - cached[0] < self.settings.position_interval:
+        fresh_for = self.settings.position_interval
+        if department in self._dirty:
+            fresh_for = min(fresh_for, FRESH_SECONDS)
+        if cached and now - cached[0] < fresh_for:
             return cached[1], cached[2]
         update = await self.room.queue_update(department)
         return self._remember_update(department, update)

@@ -172,7 +172,7 @@ class MediaSignaling:
         if not settings.redis_url:
             return
         registry = make_room_registry(settings.redis_url, settings.redis_prefix, cluster.node_id)
-        self.router = MediaRouter(self, registry, settings.redis_url, settings.redis_prefix)
+        self.router = MediaRouter(self, registry, settings.redis_url, settings.redis_prefix, cluster=cluster)
         cluster.on_node_dead(self.router.node_dead)
 
     async def start_nodes(self) -> None:
@@ -545,7 +545,10 @@ class MediaSignaling:
                     await self.sio.leave_room(member.sid, room_id)
                     if self.hub is not None:
                         await self.hub.leave(room_id, member.participant)
-                    await self.sio.emit("media_end", {"ticket": ticket_id, "reason": reason}, to=member.sid)
+                    if reason == "server_stopping" and self.router is not None and self.router.elsewhere(member.sid):
+                        await self.router.hand_off(member.sid)  # its page offers again, to a surviving node
+                    else:
+                        await self.sio.emit("media_end", {"ticket": ticket_id, "reason": reason}, to=member.sid)
                     await self._guest_done(member)
                 if self.hub is not None:
                     for participant in self.hub.participants(room_id):  # connections no socket owns any more

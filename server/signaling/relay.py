@@ -28,6 +28,7 @@ from ..errors import STORE_ERRORS, error_payload
 from ..queue.errors import QueueError
 
 if TYPE_CHECKING:
+    from ..cluster import Cluster
     from ..media.registry import RoomRegistry
     from .media import MediaSignaling
 
@@ -35,6 +36,15 @@ log = logging.getLogger("sprechstunde.relay")
 
 RELAY_TIMEOUT = 6.0
 """Seconds a relayed event waits for the owner's answer (an offer there gathers ICE candidates first)."""
+
+RESUBSCRIBE_GRACE = 0.5
+"""Seconds a node waits before taking over the room of a node that still heartbeats but did not receive the
+request (its relay listener may be subscribing again): a second silence means it is gone."""
+RESUBSCRIBE_DELAY = 0.1
+"""Seconds between two attempts of a relay listener to subscribe again after Redis went away."""
+
+HAND_OFF_RETRY_AFTER = 0.5
+"""``retry_after`` for a page on another node whose media node stops: it reconnects after 0.5-1 s."""
 
 Handle = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 """``handle(op, payload) -> result`` on the owning node."""
@@ -115,7 +125,7 @@ class Relay:
             except Exception as e:  # noqa: BLE001 - Redis went away: subscribe again
                 log.warning("media relay: listening failed (%s); subscribing again", type(e).__name__)
                 await self._unsubscribe()
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(RESUBSCRIBE_DELAY)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -208,9 +218,11 @@ class MediaRouter:
     BY_TICKET = frozenset({"media_offer"})
 
     def __init__(self, media: MediaSignaling, registry: RoomRegistry, url: str, prefix: str, *,
-                 timeout: float = RELAY_TIMEOUT) -> None:
+                 cluster: Cluster | None = None, timeout: float = RELAY_TIMEOUT) -> None:
         self.media = media
         self.registry = registry
+        self.cluster = cluster
+        """Whether a node whose channel nobody listens on still heartbeats (its listener reconnecting)."""
         self.node_id = registry.node_id
         self.relay = Relay(url, prefix, registry.node_id, self.serve, timeout=timeout)
         self._remote: dict[str, str] = {}
@@ -237,9 +249,6 @@ class MediaRouter:
         dropped = await self.registry.drop_node(node_id)
         if dropped:
             log.warning("node %s is dead: its %d media rooms were dropped", node_id, len(dropped))
-
-    def remote_tickets(self) -> set[str]:
-        return set(self._remote.values())
 
     # -- where --
     async def _owner(self, ticket_id: str, claim: bool) -> str | None:
@@ -281,7 +290,8 @@ class MediaRouter:
         if previous is not None and previous != ticket_id:  # this socket's media moves to another ticket
             await self.disconnected(sid)
         node = await self._owner(ticket_id, claim=True)
-        for _ in range(3):
+        patient = True
+        for _ in range(4):
             if node is None:
                 break
             if self.media.is_member(sid):  # its connection here goes: one media participant per socket
@@ -289,6 +299,10 @@ class MediaRouter:
             try:
                 result = await self.relay.call(node, "event", {"name": name, "sid": sid, "data": data})
             except NodeGone:  # the owner died or stopped: the room is re-created by whoever claims it now
+                if patient and self.cluster is not None and await self.cluster.is_live(node):
+                    patient = False  # it still heartbeats: its listener may be subscribing again after a
+                    await asyncio.sleep(RESUBSCRIBE_GRACE)  # Redis hiccup; a killed node stays silent
+                    continue
                 log.warning("media of ticket %s: node %s is gone; taking the room over", ticket_id, node)
                 owner = await self.registry.claim(ticket_id, replacing=node)
                 if owner == self.node_id:
@@ -297,11 +311,19 @@ class MediaRouter:
                 continue
             if result.get("ok"):
                 self._remote[sid] = ticket_id
+                if not self.media.sio.manager.is_connected(sid, "/"):  # it went away while the owner answered
+                    await self.disconnected(sid)
             return result
         else:
             raise MediaUnavailable("the video server did not answer; please try again in a moment")
         self._remote.pop(sid, None)
-        return await handler(sid, data)
+        try:
+            return await handler(sid, data)
+        except Exception:  # refused (not near the head, not this clerk's ticket, ...): claim nothing for it
+            if not self.media.holds(ticket_id):
+                with contextlib.suppress(*STORE_ERRORS):
+                    await self.released(ticket_id)
+            raise
 
     async def disconnected(self, sid: str) -> None:
         """A socket of this node whose media lives elsewhere went away (or moves to another ticket)."""
@@ -333,6 +355,19 @@ class MediaRouter:
         except NodeGone:
             log.info("media of ticket %s: node %s is gone", ticket_id, node)
         return True
+
+    def elsewhere(self, sid: str) -> bool:
+        """Whether the socket is connected to another node (this one holds its media only)."""
+        return not self.media.sio.manager.is_connected(sid, "/")
+
+    async def hand_off(self, sid: str) -> None:
+        """This node stops (SIGTERM) while holding the media of a socket on another node. Instead of
+        ``media_end`` (after which a page would consider its video ended), the socket gets what a socket of a
+        stopping node gets: ``server_stopping`` (with a short ``retry_after``) and a disconnect, made by its
+        own node through the Redis manager. The page reconnects and offers again, as after any stop, and
+        the node it reaches takes the room over (this one released its claim)."""
+        await self.media.sio.emit("server_stopping", {"retry_after": HAND_OFF_RETRY_AFTER}, to=sid)
+        await self.media.sio.disconnect(sid)
 
     async def released(self, ticket_id: str) -> None:
         """The ticket's media ended here: another node may claim it next time."""

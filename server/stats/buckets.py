@@ -9,7 +9,7 @@ Counts per bucket add up across hours, days and departments, which is what makes
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 LINEAR_LIMIT = 60.0
 LINEAR_WIDTH = 5.0
@@ -66,6 +66,23 @@ def quantile(counts: Mapping[int, int], q: float) -> float | None:
         if seen >= rank:
             return midpoint(i)
     return midpoint(max(counts))  # pragma: no cover - rank <= total
+
+
+def quantiles(counts: Mapping[int, int], qs: Sequence[float]) -> list[float | None]:
+    """Several quantiles of one histogram in one pass (``qs`` ascending); the same values as ``quantile``."""
+    total = sum(counts.values())
+    if total <= 0:
+        return [None] * len(qs)
+    ranks = [max(1, math.ceil(q * total - 1e-9)) for q in qs]
+    out: list[float | None] = []
+    seen = 0
+    for i in sorted(counts):
+        seen += counts[i]
+        while len(out) < len(ranks) and seen >= ranks[len(out)]:
+            out.append(midpoint(i))
+        if len(out) == len(ranks):
+            break
+    return out
 
 
 def exact_quantile(samples: Iterable[float], q: float) -> float | None:

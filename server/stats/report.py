@@ -8,7 +8,7 @@ period and for the whole range.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
@@ -169,8 +169,7 @@ def _mean(total_ms: int, count: int) -> float | None:
     return round(total_ms / count / 1000, 1) if count else None
 
 
-def _q(hist: Mapping[int, int], q: float) -> float | None:
-    value = buckets.quantile(hist, q)
+def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
@@ -180,12 +179,16 @@ def figures(c: Mapping[str, int], clerks: int) -> dict[str, Any]:
     lengths: dict[int, int] = {}
     languages: dict[str, int] = {}
     for field, value in c.items():
-        if field.startswith("w:"):
-            waits[int(field[2:])] = value
-        elif field.startswith("c:"):
-            lengths[int(field[2:])] = value
-        elif field.startswith("l:"):
-            languages[field[2:]] = value
+        if field[1:2] == ":":
+            kind = field[0]
+            if kind == "w":
+                waits[int(field[2:])] = value
+            elif kind == "c":
+                lengths[int(field[2:])] = value
+            elif kind == "l":
+                languages[field[2:]] = value
+    wait_median, wait_p90 = buckets.quantiles(waits, (0.5, 0.9))
+    length_median, length_p90 = buckets.quantiles(lengths, (0.5, 0.9))
     return {
         "arrivals": c.get("arr", 0),
         "served": c.get("srv", 0),
@@ -198,12 +201,12 @@ def figures(c: Mapping[str, int], clerks: int) -> dict[str, Any]:
         "closed_out": c.get("cls", 0),
         "calls": c.get("wn", 0),
         "wait_mean_s": _mean(c.get("wms", 0), c.get("wn", 0)),
-        "wait_median_s": _q(waits, 0.5),
-        "wait_p90_s": _q(waits, 0.9),
+        "wait_median_s": _rounded(wait_median),
+        "wait_p90_s": _rounded(wait_p90),
         "consultations": c.get("cn", 0),
         "consultation_mean_s": _mean(c.get("cms", 0), c.get("cn", 0)),
-        "consultation_median_s": _q(lengths, 0.5),
-        "consultation_p90_s": _q(lengths, 0.9),
+        "consultation_median_s": _rounded(length_median),
+        "consultation_p90_s": _rounded(length_p90),
         "clerks_on_duty": clerks,
         "interpreter": c.get("int", 0),
         "languages": dict(sorted(languages.items(), key=lambda kv: (-kv[1], kv[0]))),
@@ -212,9 +215,10 @@ def figures(c: Mapping[str, int], clerks: int) -> dict[str, Any]:
 
 def report(query: Query, sums: Sums, duty: DutyCounts) -> dict[str, Any]:
     """Figures per period (every period of the range, empty ones included) and for the whole range."""
-    total: Counter[str] = Counter()
+    total: dict[str, int] = {}
     for counts in sums.values():
-        total.update(counts)
+        for field, value in counts.items():
+            total[field] = total.get(field, 0) + value
     periods = []
     for index, hour, label, start in query.periods():
         row = {"period": label, "start": start}

@@ -108,6 +108,11 @@ class Store(abc.ABC):
         """(seq, id) of waiting tickets, in arrival order."""
 
     @abc.abstractmethod
+    async def waiting_seqs(self, department: str) -> list[int]:
+        """The arrival seqs of a department's waiting tickets, ascending: the ``queue`` update's content, read
+        once per department and broadcast interval (in Redis as one compact reply, not as id/score pairs)."""
+
+    @abc.abstractmethod
     async def waiting_counts(self, departments: list[str]) -> dict[str, int]: ...
 
     @abc.abstractmethod

@@ -8,7 +8,7 @@ store, shared by every node) keep the same three things:
 - counters per department and local day, and per department and local hour (``server.stats.aggregate``),
   added at write time, so that a query over a year reads one small set of counters per department and
   day instead of two million entries;
-- marks of clerks on duty (department, day, hour, clerk pseudonym).
+- marks of clerks on duty (department, day, hour, clerk pseudonym), and per day (department, day, clerk).
 
 Everything older than the retention (``stats_retention_days``, default 400) is swept by local day.
 
@@ -106,6 +106,9 @@ CREATE TABLE IF NOT EXISTS agg_hour (
 CREATE TABLE IF NOT EXISTS duty (
     department TEXT NOT NULL, day INTEGER NOT NULL, hour INTEGER NOT NULL, subject TEXT NOT NULL,
     PRIMARY KEY (department, day, hour, subject)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS duty_day (
+    department TEXT NOT NULL, day INTEGER NOT NULL, subject TEXT NOT NULL,
+    PRIMARY KEY (department, day, subject)) WITHOUT ROWID;
 """
 
 
@@ -125,6 +128,8 @@ class SqliteEventLog(EventLogStore):
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA cache_size=-32768")  # 32 MiB of pages: a year's day counters stay in memory
+            db.execute("PRAGMA mmap_size=268435456")
             db.executescript(_SCHEMA)
             self._db = db
         return self._db
@@ -152,6 +157,7 @@ class SqliteEventLog(EventLogStore):
                 "INSERT INTO agg_day VALUES (?,?,?,?) ON CONFLICT DO UPDATE SET value = value + excluded.value",
                 ((d, day, f, v) for (d, day), c in daily.items() for f, v in c.items()))
             db.executemany("INSERT OR IGNORE INTO duty VALUES (?,?,?,?)", marks)
+            db.executemany("INSERT OR IGNORE INTO duty_day VALUES (?,?,?)", {(d, day, c) for d, day, _h, c in marks})
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -177,18 +183,21 @@ class SqliteEventLog(EventLogStore):
         marks = ",".join("?" * len(departments))
         select, group_by = ("day, hour", "day, hour") if hourly else ("day, -1", "day")
         table = "agg_hour" if hourly else "agg_day"
-        rows = self._conn().execute(
-            f"SELECT {select}, field, SUM(value) FROM {table} WHERE department IN ({marks}) "  # noqa: S608
-            f"AND day BETWEEN ? AND ? GROUP BY {group_by}, field",
-            (*departments, min(day_groups), max(day_groups)))
-        for day, h, field, value in rows:
-            group = day_groups.get(day)
-            if group is None:
-                continue
-            counts = out.get((group, h))
-            if counts is None:
-                counts = out[(group, h)] = {}
-            counts[field] = counts.get(field, 0) + value
+        if len(departments) == 1:  # one department (or the total): its rows as they are, in key order
+            sql = f"SELECT {select}, field, value FROM {table} WHERE department = ? AND day BETWEEN ? AND ?"  # noqa: S608
+        else:
+            sql = (f"SELECT {select}, field, SUM(value) FROM {table} WHERE department IN ({marks}) "  # noqa: S608
+                   f"AND day BETWEEN ? AND ? GROUP BY {group_by}, field")
+        rows = self._conn().execute(sql, (*departments, min(day_groups), max(day_groups))).fetchall()
+        slot: tuple[int, int] | None = None
+        counts: dict[str, int] | None = None
+        for day, h, field, value in rows:  # rows of one (day, hour) come together: look its group up once
+            if (day, h) != slot:
+                slot = (day, h)
+                group = day_groups.get(day)
+                counts = None if group is None else out.setdefault((group, h), {})
+            if counts is not None:
+                counts[field] = counts.get(field, 0) + value
         return out
 
     async def duty(self, departments: Sequence[str], day_groups: Mapping[int, int], hourly: bool) -> DutyCounts:
@@ -198,10 +207,11 @@ class SqliteEventLog(EventLogStore):
         if not departments or not day_groups:
             return DutyCounts({}, 0)
         marks = ",".join("?" * len(departments))
-        hour = "hour" if hourly else "-1"
+        # Days and weeks read the day marks (one per clerk and day), hours the hour marks.
+        select = "department, day, hour, subject FROM duty" if hourly else "department, day, -1, subject FROM duty_day"
         rows = self._conn().execute(
-            f"SELECT DISTINCT department, day, {hour}, subject FROM duty WHERE department IN ({marks}) "  # noqa: S608
-            "AND day BETWEEN ? AND ?", (*departments, min(day_groups), max(day_groups)))
+            f"SELECT {select} WHERE department IN ({marks}) AND day BETWEEN ? AND ?",  # noqa: S608
+            (*departments, min(day_groups), max(day_groups)))
         return count_duty(rows, departments, day_groups, hourly)
 
     async def sweep(self, before_day: int) -> None:
@@ -211,7 +221,7 @@ class SqliteEventLog(EventLogStore):
         db = self._conn()
         db.execute("BEGIN")
         try:
-            for table in ("log", "agg_day", "agg_hour", "duty"):
+            for table in ("log", "agg_day", "agg_hour", "duty", "duty_day"):
                 db.execute(f"DELETE FROM {table} WHERE day < ?", (before_day,))  # noqa: S608
             db.execute("COMMIT")
         except BaseException:
@@ -264,7 +274,7 @@ local seen, counts, order, everyone = {}, {}, {}, {}
 for i, key in ipairs(KEYS) do
   local g = ARGV[i + 1]
   for _, m in ipairs(redis.call('SMEMBERS', key)) do
-    local subject = string.sub(m, 4)
+    local subject = hourly and string.sub(m, 4) or m
     local pk = hourly and (g .. '|' .. tonumber(string.sub(m, 1, 2))) or (g .. '|-1')
     local sk = pk .. '|' .. subject
     if not seen[sk] then
@@ -322,7 +332,8 @@ def _chunks(day_groups: Mapping[int, int]) -> list[list[int]]:
 class RedisEventLog(EventLogStore):
     """Keys, all under ``{prefix}stats:``: ``log:{day}`` stream of raw entries (one field ``e``: the entries
     of a batch, one a line, their values joined by ``SEP``); ``d:{day}:{dept}`` hash of day
-    counters; ``h:{day}:{dept}`` hash ``HH|field`` of hour counters; ``duty:{day}:{dept}`` set ``HH|clerk``;
+    counters; ``h:{day}:{dept}`` hash ``HH|field`` of hour counters; ``duty:{day}:{dept}`` set ``HH|clerk`` and
+    ``dutyd:{day}:{dept}`` set of clerks on duty that day;
     ``keys:{day}`` set of that day's keys and ``days`` zset of days, for the retention sweep. Queries sum
     server-side (Lua, a few weeks per call), so a year's figures cross the network once, already summed."""
 
@@ -355,9 +366,10 @@ class RedisEventLog(EventLogStore):
             fields = increments[f"d:{day}:{dept}"]
             for f, v in counts.items():
                 fields += (f, str(v))
-        marks: dict[str, list[str]] = defaultdict(list)
+        marks: dict[str, set[str]] = defaultdict(set)
         for dept, day, hour, subject in duty_marks(entries, self.tz):
-            marks[f"duty:{day}:{dept}"].append(f"{hour:02d}|{subject}")
+            marks[f"duty:{day}:{dept}"].add(f"{hour:02d}|{subject}")
+            marks[f"dutyd:{day}:{dept}"].add(subject)
         raw: dict[int, list[str]] = defaultdict(list)
         for e in entries:
             raw[local_slot(e.at, self.tz)[0]].append(_pack(e))
@@ -376,7 +388,7 @@ class RedisEventLog(EventLogStore):
                 await self._add(keys=[p + k for k in chunk], args=[" ".join(increments[k]) for k in chunk],
                                    client=pipe)
             for key, members in marks.items():
-                pipe.sadd(p + key, *members)
+                pipe.sadd(p + key, *sorted(members))
             for day, day_keys in new_keys.items():
                 pipe.sadd(f"{p}keys:{day}", *sorted(day_keys))
                 pipe.zadd(f"{p}days", {str(day): day})
@@ -424,7 +436,8 @@ class RedisEventLog(EventLogStore):
         per: dict[tuple[int, int], int] = {}
         everyone: set[str] = set()
         for chunk in _chunks(day_groups):
-            keys = [f"{self._p}duty:{day}:{dept}" for day in chunk for dept in departments]
+            kind = "duty" if hourly else "dutyd"
+            keys = [f"{self._p}{kind}:{day}:{dept}" for day in chunk for dept in departments]
             if not keys:
                 continue
             groups = [str(day_groups[day]) for day in chunk for _ in departments]

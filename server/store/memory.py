@@ -137,6 +137,9 @@ class MemoryStore(Store):
     async def waiting(self, department: str) -> list[tuple[int, str]]:
         return list(self._waiting.get(department, []))
 
+    async def waiting_seqs(self, department: str) -> list[int]:
+        return [seq for seq, _ in self._waiting.get(department, [])]
+
     async def waiting_counts(self, departments: list[str]) -> dict[str, int]:
         return {d: len(self._waiting.get(d, [])) for d in departments}
 

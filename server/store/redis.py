@@ -83,6 +83,9 @@ class _Keys:
     def queue(self, department: str) -> str:
         return f"{self.prefix}q:{department}"
 
+    def queue_version(self, department: str) -> str:
+        return f"{self.prefix}qv:{department}"
+
     def active(self, department: str) -> str:
         return f"{self.prefix}a:{department}"
 
@@ -114,21 +117,100 @@ return redis.call('GET', ARGV[1] .. id)
 is built from the prefix in ARGV: fine on a single Redis (not a cluster), as everywhere in this store."""
 
 
-class _RedisTx(Tx):
-    """One attempt: reads go through a WATCHing pipeline, writes wait for the commit."""
+_COMMIT = """
+local checks = tonumber(ARGV[1])
+for i = 1, checks do
+  local want = ARGV[1 + i]
+  local have = redis.call('GET', KEYS[i])
+  if have then
+    if want ~= '=' .. have then return 0 end
+  elseif want ~= '-' then
+    return 0
+  end
+end
+local i = checks + 2
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return 1
+"""
+"""Compare and commit, atomically: KEYS[i] must still hold what the attempt read (ARGV[1 + i]: ``=`` and the
+value, or ``-`` for a key that did not exist), else nothing is written and the answer is 0; then the
+commands follow in ARGV, each as its length and its words. The keys the commands write are built in Python
+from the prefix: fine on a single Redis (not a cluster), as everywhere in this store."""
 
-    def __init__(self, keys: _Keys, pipe: Any) -> None:
+
+_WAITING_SEQS = """
+local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local seqs = {}
+for i = 2, #entries, 2 do seqs[#seqs + 1] = string.format('%d', entries[i]) end
+return table.concat(seqs, ',')
+"""
+"""A queue's seqs as one string ``1,2,5``: parsing 500 id/score pairs in redis-py took about 14 ms of CPU."""
+
+
+class _Ops:
+    """Commands buffered for the commit script, written like a pipeline's."""
+
+    def __init__(self) -> None:
+        self.args: list[str | int | float] = []
+
+    def _add(self, *words: str | int | float) -> None:
+        self.args.append(len(words))
+        self.args.extend(words)
+
+    def set(self, key: str, value: str, ex: int | None = None) -> None:
+        self._add(*(("SET", key, value) if ex is None else ("SET", key, value, "EX", ex)))
+
+    def delete(self, key: str) -> None:
+        self._add("DEL", key)
+
+    def incr(self, key: str) -> None:
+        self._add("INCR", key)
+
+    def zadd(self, key: str, mapping: dict[str, float]) -> None:
+        for member, score in mapping.items():
+            self._add("ZADD", key, repr(float(score)), member)
+
+    def zrem(self, key: str, member: str) -> None:
+        self._add("ZREM", key, member)
+
+    def sadd(self, key: str, member: str) -> None:
+        self._add("SADD", key, member)
+
+    def srem(self, key: str, member: str) -> None:
+        self._add("SREM", key, member)
+
+
+class _RedisTx(Tx):
+    """One attempt: reads are plain (no WATCH, no connection held), each remembering what it saw; the commit
+    script writes only if all of it is still so. A queue is watched through its version key (``qv:{dept}``,
+    raised by every commit that changes the queue), read with the queue in one MULTI."""
+
+    def __init__(self, keys: _Keys, redis: aioredis.Redis) -> None:
         self._keys = keys
-        self._pipe = pipe
+        self._redis = redis
         self.read: dict[str, Ticket | None] = {}
         """Tickets as stored when this attempt read them (None: did not exist)."""
         self.writes: dict[str, Ticket] = {}
-        self._watched: set[str] = set()
+        self.seen: dict[str, str] = {}
+        """Key -> what the commit script must still find there (``=value`` or ``-``)."""
 
-    async def _watch(self, key: str) -> None:
-        if key not in self._watched:
-            await self._pipe.watch(key)
-            self._watched.add(key)
+    def _saw(self, key: str, raw: str | None) -> None:
+        self.seen.setdefault(key, "-" if raw is None else "=" + raw)
+
+    async def _queue(self, department: str, read: Callable[[Any, str], Any]) -> Any:
+        key, version = self._keys.queue(department), self._keys.queue_version(department)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(version)
+            read(pipe, key)
+            raw_version, result = await pipe.execute()
+        if version in self.seen and self.seen[version] != ("-" if raw_version is None else "=" + raw_version):
+            raise WatchError("the queue changed within the attempt")  # two reads, two states: run again
+        self._saw(version, raw_version)
+        return result
 
     async def waiting(self, department: str) -> list[tuple[int, str]]:
         return await self.waiting_head(department, -1)
@@ -136,15 +218,12 @@ class _RedisTx(Tx):
     async def waiting_head(self, department: str, k: int) -> list[tuple[int, str]]:
         if k == 0:
             return []
-        key = self._keys.queue(department)
-        await self._watch(key)
-        entries = await self._pipe.zrange(key, 0, k - 1 if k > 0 else -1, withscores=True)
+        entries = await self._queue(department, lambda pipe, key: pipe.zrange(key, 0, k - 1 if k > 0 else -1,
+                                                                              withscores=True))
         return [(int(score), ticket_id) for ticket_id, score in entries]
 
     async def waiting_count(self, department: str) -> int:
-        key = self._keys.queue(department)
-        await self._watch(key)
-        return int(await self._pipe.zcard(key))
+        return int(await self._queue(department, lambda pipe, key: pipe.zcard(key)))
 
     async def ticket(self, ticket_id: str) -> Ticket | None:
         if ticket_id in self.writes:
@@ -152,19 +231,19 @@ class _RedisTx(Tx):
         return await self.stored(ticket_id)
 
     async def stored(self, ticket_id: str) -> Ticket | None:
-        """The ticket as stored, watched from now on (read once per attempt)."""
+        """The ticket as stored, checked at the commit from now on (read once per attempt)."""
         await self.load([ticket_id])
         return self.read[ticket_id]
 
     async def load(self, ticket_ids: list[str]) -> None:
-        """Watch and read the tickets not read yet in this attempt: one WATCH, one MGET."""
+        """Read the tickets not read yet in this attempt: one MGET."""
         missing = [i for i in dict.fromkeys(ticket_ids) if i not in self.read]
         if not missing:
             return
         keys = [self._keys.ticket(i) for i in missing]
-        await self._pipe.watch(*keys)
-        raws = await self._pipe.mget(keys)
-        for ticket_id, raw in zip(missing, raws, strict=True):
+        raws = cast("list[str | None]", await self._redis.mget(keys))
+        for ticket_id, key, raw in zip(missing, keys, raws, strict=True):
+            self._saw(key, raw)
             self.read[ticket_id] = Ticket.from_dict(json.loads(raw)) if raw is not None else None
 
     def put(self, ticket: Ticket) -> None:
@@ -239,6 +318,8 @@ class RedisStore(Store):
         self._redis: aioredis.Redis = aioredis.Redis.from_pool(connection_pool(url))
         self._keys = _Keys(prefix)
         self._ticket_by_token = self._redis.register_script(_TICKET_BY_TOKEN)
+        self._commit_script = self._redis.register_script(_COMMIT)
+        self._waiting_seqs = self._redis.register_script(_WAITING_SEQS)
 
     @property
     def prefix(self) -> str:
@@ -247,38 +328,45 @@ class RedisStore(Store):
     # -- tickets and queues --
     async def transaction(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                tx = _RedisTx(self._keys, pipe)
+            tx = _RedisTx(self._keys, self._redis)
+            try:
                 try:
-                    try:
-                        result = await fn(tx)
-                    except WatchError:
-                        raise
-                    except Exception:
-                        # Reads within an attempt are not a snapshot: fn may have seen a ticket
-                        # that another commit changed after it read the queue, and refused
-                        # (IllegalTransition, QueueEmpty, ...) because of that torn view. If
-                        # anything it read changed, rerun it; otherwise its error stands.
-                        pipe.multi()
-                        await pipe.execute()  # raises WatchError if a watched key changed
-                        raise
-                    # Writes of tickets fn did not read still need their stored version (to
-                    # leave the old indexes), read and watched like any other.
-                    await tx.load(list(tx.writes))
-                    pipe.multi()
-                    for ticket in tx.writes.values():
-                        self._queue_write(pipe, tx.read[ticket.id], ticket)
-                    # Also when nothing was put: EXEC fails if what fn read changed, so its
-                    # result never rests on an inconsistent view.
-                    await pipe.execute()
-                    return result
+                    result = await fn(tx)
                 except WatchError:
-                    pass
+                    raise
+                except Exception:
+                    # Reads within an attempt are not a snapshot: fn may have seen a ticket that another
+                    # commit changed after it read the queue, and refused (IllegalTransition, QueueEmpty, ...)
+                    # because of that torn view. If anything it read changed, rerun it; otherwise its error
+                    # stands.
+                    if not await self._commit(tx, _Ops()):
+                        raise WatchError("read changed") from None
+                    raise
+                # Writes of tickets fn did not read still need their stored version (to leave the old
+                # indexes), read and checked like any other.
+                await tx.load(list(tx.writes))
+                ops = _Ops()
+                for ticket in tx.writes.values():
+                    self._queue_write(ops, tx.read[ticket.id], ticket)
+                # Also when nothing was put: the script refuses if what fn read changed, so its result
+                # never rests on an inconsistent view.
+                if await self._commit(tx, ops):
+                    return result
+            except WatchError:
+                pass
             await asyncio.sleep(random.uniform(0, BACKOFF_SECONDS * min(attempt, 10)))
         log.warning("transaction gave up after %d conflicting attempts", MAX_ATTEMPTS)
         raise Conflict()
 
-    def _queue_write(self, pipe: Any, old: Ticket | None, new: Ticket) -> None:
+    async def _commit(self, tx: _RedisTx, ops: _Ops) -> bool:
+        """Run the commit script: True when written (or, without commands, when nothing read changed)."""
+        if not tx.seen and not ops.args:
+            return True
+        keys = list(tx.seen)
+        args = [len(keys), *(tx.seen[k] for k in keys), *ops.args]
+        return bool(await self._commit_script(keys=keys, args=args))
+
+    def _queue_write(self, pipe: _Ops, old: Ticket | None, new: Ticket) -> None:
         """Buffer the write of ``new`` over ``old`` with every index kept in step, touching an index only
         when the ticket's place in it changes: a page connecting rewrites its ticket and the ``disc`` index,
         not its department's queue (so it does not conflict with a clerk's "call next" WATCHing it)."""
@@ -289,6 +377,7 @@ class RedisStore(Store):
         same_department = old is not None and old.department == new.department
         if was_waiting and not (new.state is waiting and same_department and old.seq == new.seq):  # type: ignore[union-attr]
             pipe.zrem(k.queue(old.department), old.id)  # type: ignore[union-attr]
+            pipe.incr(k.queue_version(old.department))  # type: ignore[union-attr]
         if was_active and not (active and same_department):
             pipe.srem(k.active(old.department), old.id)  # type: ignore[union-attr]
         if old is not None:
@@ -312,6 +401,7 @@ class RedisStore(Store):
             pipe.set(k.token(new.token_hash), new.id)
         if new.state is waiting and not (was_waiting and same_department and old.seq == new.seq):  # type: ignore[union-attr]
             pipe.zadd(k.queue(new.department), {new.id: new.seq})
+            pipe.incr(k.queue_version(new.department))
         elif active and not (was_active and same_department):
             pipe.sadd(k.active(new.department), new.id)
         if new.disconnected_at is not None:
@@ -346,6 +436,10 @@ class RedisStore(Store):
     async def waiting(self, department: str) -> list[tuple[int, str]]:
         entries = await self._redis.zrange(self._keys.queue(department), 0, -1, withscores=True)
         return [(int(score), ticket_id) for ticket_id, score in cast("list[tuple[str, float]]", entries)]
+
+    async def waiting_seqs(self, department: str) -> list[int]:
+        raw = cast("str", await self._waiting_seqs(keys=[self._keys.queue(department)]))
+        return [int(seq) for seq in raw.split(",")] if raw else []
 
     async def position(self, department: str, ticket_id: str, seq: int) -> int | None:
         rank = await self._redis.zrank(self._keys.queue(department), ticket_id)

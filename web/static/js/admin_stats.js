@@ -66,7 +66,7 @@ function table(chart, result, captionId) {
   const caption = h('caption', { id: captionId }, t(`stats.chart.${chart.id}`), ' ', h('span', { class: 'muted' }, `(${t(`stats.unit.${chart.unit}`)})`));
   return h(
     'div',
-    { class: 'stats__table', role: 'region', tabindex: '0', 'aria-labelledby': captionId },
+    { class: 'admin-stats__table', role: 'region', tabindex: '0', 'aria-labelledby': captionId },
     h('table', { class: 'table' }, caption, h('thead', {}, head), h('tbody', {}, rows)),
   );
 }
@@ -102,12 +102,12 @@ function renderCharts(result) {
   container.replaceChildren();
   for (const chart of chartList(result)) {
     const headingId = `stats-chart-${chart.id}-heading`;
-    const plotElement = h('div', { class: 'stats__plot', 'aria-hidden': 'true', dataset: { chart: chart.id } });
+    const plotElement = h('div', { class: 'admin-stats__plot', 'aria-hidden': 'true', dataset: { chart: chart.id } });
     const section = h(
       'section',
-      { class: 'stats__chart panel', 'aria-labelledby': headingId },
+      { class: 'admin-stats__chart panel', 'aria-labelledby': headingId },
       h('h2', { id: headingId }, t(`stats.chart.${chart.id}`)),
-      h('div', { class: 'stats__pair' }, plotElement, table(chart, result, `stats-table-${chart.id}`)),
+      h('div', { class: 'admin-stats__pair' }, plotElement, table(chart, result, `stats-table-${chart.id}`)),
     );
     container.append(section);
     plot(chart, result, plotElement);
@@ -125,12 +125,15 @@ function renderTotals(result) {
     ['clerks_on_duty', totals.clerks_on_duty], ['interpreter', totals.interpreter],
   ];
   list.replaceChildren(
-    ...items.flatMap(([key, v, unit]) => [
-      h('dt', {}, seriesName(key)),
-      h('dd', {}, unit ? `${formatted(v)} ${t('stats.unit.minutes_short')}` : formatted(v)),
-    ]),
-    h('dt', {}, t('stats.languages')),
-    h('dd', {}, Object.entries(totals.languages).map(([code, n]) => `${code.toUpperCase()} ${number.format(n)}`).join(', ') || '–'),
+    ...items.map(([key, v, unit]) =>
+      h('div', {}, h('dt', {}, seriesName(key)), h('dd', {}, unit ? `${formatted(v)} ${t('stats.unit.minutes_short')}` : formatted(v))),
+    ),
+    h(
+      'div',
+      {},
+      h('dt', {}, t('stats.languages')),
+      h('dd', {}, Object.entries(totals.languages).map(([code, n]) => `${code.toUpperCase()} ${number.format(n)}`).join(', ') || '–'),
+    ),
   );
   $('stats-totals').hidden = false;
 }

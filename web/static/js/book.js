@@ -84,7 +84,9 @@ form.addEventListener('submit', async (event) => {
     submit.disabled = false;
     submit.textContent = label;
     if (error.code === 'slot_unavailable' || error.code === 'day_full') await loadSlots();
-    showError(errorMessage(error), error.code === 'invalid_input' && email?.value ? email : null);
+    // The limits are per department day and per hour (docs/protocol.md): waiting minutes would not help.
+    const text = error.code === 'rate_limited' ? t('appt.rate_limited') : errorMessage(error);
+    showError(text, error.code === 'invalid_input' && email?.value ? email : null);
   }
 });
 

@@ -84,7 +84,11 @@ function renderWaiting() {
 
   const clerks = queue ? queue.a + queue.b : null;
   const closed = Boolean(queue && !queue.open);
-  const range = position && clerks && !closed ? estimateWait(position, clerks, queue.s) : null;
+  // A booked appointment is called at its time, ahead of walk-ins: the walk-in estimate is not for it.
+  const appointment = field('appointment');
+  appointment.textContent = ticket.appointment_at ? t('appointment_wait', { time: appointmentTime(ticket.appointment_at) }) : '';
+  appointment.hidden = !appointment.textContent;
+  const range = position && clerks && !closed && !ticket.appointment_at ? estimateWait(position, clerks, queue.s) : null;
   field('estimate').textContent = estimateText(range) ?? '–';
   let status = '';
   if (closed) status = closedSentence(queue);
@@ -94,6 +98,11 @@ function renderWaiting() {
   const closure = field('closure');
   closure.textContent = closed && queue.msg ? queue.msg : '';
   closure.hidden = !closure.textContent;
+}
+
+function appointmentTime(epoch) {
+  return new Intl.DateTimeFormat(document.documentElement.lang || 'de', { hour: 'numeric', minute: '2-digit', timeZone: data.timezone })
+    .format(new Date(epoch * 1000));
 }
 
 /** A closed department: when it opens again and what happens to the place (docs/protocol.md, `queue`). */
