@@ -70,3 +70,29 @@ async def test_no_video_configured_means_no_section_and_a_json_404(client):
     assert "sign-language-video" not in html
     resp = await client.get("/media/sign-language-video")
     assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
+
+
+async def test_the_sign_language_video_can_carry_captions(aiohttp_client, make_app, tmp_path: Path):
+    video = tmp_path / "dgs.webm"
+    video.write_bytes(b"\x1a\x45\xdf\xa3" + bytes(100))
+    captions = tmp_path / "dgs.vtt"
+    captions.write_text("WEBVTT\n\n00:00.000 --> 00:02.000\nGuten Tag.\n", "utf-8")
+    client = await aiohttp_client(make_app(sign_language_video=str(video), sign_language_captions=str(captions)))
+    html = await (await client.get("/")).text()
+    assert '<track kind="captions" src="/media/sign-language-video.vtt"' in html
+    resp = await client.get("/media/sign-language-video.vtt")
+    assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/vtt")
+    assert "Guten Tag." in await resp.text()
+
+
+def test_captions_without_a_video_stop_the_start(tmp_path: Path):
+    import pytest
+
+    from server.settings import ConfigError
+
+    from .app_fixtures import make_settings
+
+    captions = tmp_path / "dgs.vtt"
+    captions.write_text("WEBVTT\n", "utf-8")
+    with pytest.raises(ConfigError, match="sign_language_captions"):
+        make_settings(tmp_path, sign_language_captions=str(captions))

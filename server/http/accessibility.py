@@ -38,7 +38,16 @@ async def sign_language_video(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
 
 
+async def sign_language_captions(request: web.Request) -> web.StreamResponse:
+    path = request.app[SETTINGS].sign_language_captions
+    if path is None:
+        return error_response("not_found", "no captions are configured", 404)
+    return web.FileResponse(path, headers={"Content-Type": "text/vtt; charset=utf-8",
+                                           "Cache-Control": "public, max-age=3600"})
+
+
 def setup(app: web.Application) -> None:
     app.router.add_get("/leichte-sprache", easy_language_page, name="easy_language")
     app.router.add_get("/barrierefreiheit", accessibility_page, name="accessibility")
     app.router.add_get(SIGN_LANGUAGE_PATH, sign_language_video, name="sign_language_video")
+    app.router.add_get(SIGN_LANGUAGE_PATH + ".vtt", sign_language_captions, name="sign_language_captions")

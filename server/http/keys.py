@@ -10,8 +10,8 @@ if TYPE_CHECKING:
     from ..audit import AuditLog
     from ..recordings import RecordingService
     from ..settings import Settings
-    from ..store.eventlog import StatsRecorder
     from ..store.base import Store
+    from ..store.eventlog import StatsRecorder
     from ..townhalls import TownHallService
     from ..waitingroom import WaitingRoom
     from .auth import Auth

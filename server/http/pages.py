@@ -141,7 +141,8 @@ async def index_page(request: web.Request) -> web.Response:
     opens = {d["id"]: opening_text(translate, d["next_opening"], now) for d in departments if not d["open"]}
     return render(request, "index.html", departments=departments, opens=opens,
                   timezone=room.settings.timezone,
-                  sign_language_video=request.app[SETTINGS].sign_language_video is not None)
+                  sign_language_video=request.app[SETTINGS].sign_language_video is not None,
+                  sign_language_captions=request.app[SETTINGS].sign_language_captions is not None)
 
 
 async def join_page(request: web.Request) -> web.Response:
