@@ -96,6 +96,8 @@ class Settings:
     accessibility_statement_date: str = ""
     """When the statement was last reviewed (free text, e.g. "30.11.2026")."""
     sign_language_video: Path | None = None
+    sign_language_captions: Path | None = None
+    """Captions (WebVTT) for the sign-language video's spoken parts, if it has any (WCAG 1.2.2)."""
     """A local video file with the service explained in German Sign Language (DGS), shown on the start
     page and served at /media/sign-language-video; relative paths are relative to the config file."""
     metrics_host: str = "127.0.0.1"
@@ -139,6 +141,7 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "turn_secret": str, "turn_ttl_seconds": (int, float), "max_video_bitrate": int, "max_media_rooms": int,
     "full_gc_interval": (int, float), "ping_interval": (int, float), "shutdown_seconds": (int, float),
     "accessibility_contact": str, "accessibility_statement_date": str, "sign_language_video": str,
+    "sign_language_captions": str,
 }
 _DEPT_KEYS = {"id", "name", "description", "hours", "queue_cap", "service_minutes", "require_name",
               "require_concern", "recording", "recording_purpose", "recording_retention_days", "closures",
@@ -250,15 +253,17 @@ def settings_from_dict(raw: dict[str, Any], env: dict[str, str] | None = None,
     data_dir = Path(server.pop("data_dir", "var"))
     if config_path is not None and not data_dir.is_absolute():
         data_dir = (config_path.parent / data_dir) if "data_dir" in raw.get("server", {}) else data_dir
-    if server.get("sign_language_video"):
-        video = Path(server["sign_language_video"])
-        server["sign_language_video"] = (config_path.parent / video) if config_path and not video.is_absolute() \
-            else video
-        if not server["sign_language_video"].is_file():
-            # Else the start page would offer a video player that plays nothing.
-            raise ConfigError(f"[server]: sign_language_video: no such file: {server['sign_language_video']}")
-    else:
-        server["sign_language_video"] = None
+    for key in ("sign_language_video", "sign_language_captions"):
+        if server.get(key):
+            media = Path(server[key])
+            server[key] = (config_path.parent / media) if config_path and not media.is_absolute() else media
+            if not server[key].is_file():
+                # A configured file that is not there would give a dead player on the start page.
+                raise ConfigError(f"[server]: {key}: no such file: {server[key]}")
+        else:
+            server[key] = None
+    if server["sign_language_captions"] and not server["sign_language_video"]:
+        raise ConfigError("[server]: sign_language_captions is set but sign_language_video is not")
     if "cors_origins" in server:
         server["cors_origins"] = tuple(server["cors_origins"])
     if "trusted_proxies" in server:
