@@ -6,8 +6,8 @@ What is counted where:
 - calls and the wait-time histogram: from the waiting room's events (``WaitingRoom.on_events``), when a
   citizen is called; only on the node that made the call, so the sum over nodes counts each call once;
 - waiting citizens and clerks by presence per department: read from the store, at most once per
-  ``STORE_CACHE_SECONDS`` whatever the number of scrapers (one batched count of every queue, the
-  presences of the departments concurrently); a store that does not answer leaves them out and sets
+  ``STORE_CACHE_SECONDS`` whatever the number of scrapers (one batched count of every queue, one
+  batched read of every department's presences); a store that does not answer leaves them out and sets
   ``sprechstunde_store_up`` to 0 instead of failing the scrape;
 - sockets, media rooms and forwarded packets: read from this process's counters at scrape time (the
   packet path does no work for metrics);
@@ -103,15 +103,13 @@ class Metrics:
         store = self.room.store
         departments = list(self.room.departments)
         try:
-            waiting, presences = await asyncio.gather(
-                store.waiting_counts(departments),
-                asyncio.gather(*(store.presences(d) for d in departments)),
-            )
+            waiting, presences = await asyncio.gather(store.waiting_counts(departments),
+                                                      store.presences_of(departments))
         except STORE_ERRORS as e:
             store_unavailable(e)  # logged once per outage, and counted
             return StoreSnapshot(self.clock(), False, {}, {})
         clerks = {}
-        for d, by_user in zip(departments, presences, strict=True):
+        for d, by_user in presences.items():
             counts = {p.value: 0 for p in PRESENCES}
             for p in by_user.values():
                 if p.value in counts:

@@ -332,6 +332,12 @@ class WaitingRoom:
                 held = None
             if held is not None and not held.state.is_final:
                 raise AlreadyQueued("you are already waiting; leave that queue first")
+        # Bad input and a closed department are refused first: they are what the citizen needs to hear (not
+        # "try again later"), and they cost no sequence number and no count.
+        now = self.clock()
+        is_open = self.is_open(d, now)
+        core.validate_join(d, request)
+        core.check_open(d, is_open=is_open, appointment_at=appointment_at)
         # Only successful check-ins count (the hit follows the commit below), so that a family or a library
         # behind one address is not locked out by refusals; trusted networks have their own limit.
         limit_key, limit = f"join:{address}", 0 if appointment_at is not None else self.join_limit(address)
@@ -340,9 +346,6 @@ class WaitingRoom:
             raise JoinLimited("too many check-ins from this address; please try again later", retry_after)
         token = secrets.token_urlsafe(24)
         ticket_id = secrets.token_urlsafe(9)
-        now = self.clock()
-        is_open = self.is_open(d, now)
-        core.validate_join(d, request)  # refuse bad input before taking a sequence number
         seq = await self.store.next_seq()
 
         # The queue's length matters to the core only for a cap (never for an appointment); not reading it

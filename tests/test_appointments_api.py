@@ -354,3 +354,32 @@ async def test_the_flow_on_redis(aiohttp_client: Any, tmp_path: Any, clock: Cloc
     h = {"X-CSRF-Token": await login(client, "anna")}
     called = (await (await client.post("/api/staff/departments/buergerbuero/call-next", headers=h)).json())["ticket"]
     assert called["id"] == ticket["id"] and called["appointment_at"] == SLOT + 1800
+
+
+async def test_booking_limits_say_when_to_try_again(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every 429 ``rate_limited`` carries ``Retry-After`` and ``error.retry_after`` (docs/protocol.md)."""
+    first = (await book(client, {**BOOK, "start": at(2, 10)}))[1]
+    assert (await book(client, {**BOOK, "start": at(2, 10, 30)}))[0] == 201
+    resp = await client.post("/api/appointments/buergerbuero", json={**BOOK, "start": at(2, 11)})
+    error = (await resp.json())["error"]
+    assert (resp.status, error["code"]) == (429, "rate_limited")
+    # the per-day count lasts until an hour after the first appointment of that day ends (10:30 + 1 h, now 07:00)
+    assert 16100 <= error["retry_after"] <= 16200 and resp.headers["Retry-After"] == str(error["retry_after"])
+
+    monkeypatch.setattr(service_module, "RATE_PER_ADDRESS", 2)  # the hourly rate across days, bookings and moves
+    for resp in (await client.post("/api/appointments/buergerbuero", json={**BOOK, "start": at(3, 11)}),
+                 await client.post("/api/appointments/me/move", json={"start": at(3, 11)},
+                                   headers=bearer(first["token"]))):
+        error = (await resp.json())["error"]
+        assert (resp.status, error["code"]) == (429, "rate_limited")
+        assert 3500 <= error["retry_after"] <= 3600 and resp.headers["Retry-After"] == str(error["retry_after"])
+    assert await slot_free(client, at(3, 11)) == 1  # nothing booked or moved
+
+
+async def test_slots_say_which_cannot_be_changed_online(client: Any) -> None:
+    """cancel_minutes 120 > min_notice_minutes 60: at 07:00, 08:00 and 08:30 are bookable but never changeable."""
+    slots = (await (await client.get("/api/appointments/buergerbuero/slots?day=2026-03-02")).json())["slots"]
+    assert [(s["time"], s["can_change"]) for s in slots][:4] == [
+        ("08:00", False), ("08:30", False), ("09:00", True), ("09:30", True)]
+    status, body = await book(client, {**BOOK, "start": at(2, 8, 30)})
+    assert status == 201 and body["appointment"]["can_change"] is False  # as the slot said

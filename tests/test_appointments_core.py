@@ -301,3 +301,64 @@ def test_pick_next_empty_and_join_of_an_appointment() -> None:
     ticket, _ = queue_core.join(capped, is_open=False, waiting_count=5, appointment_at=START,
                                 **args)  # type: ignore[arg-type]
     assert ticket.appointment_at == START
+
+
+# -- a slot inside the cancellation deadline: bookable, but not changeable online (told before booking) --
+@pytest.mark.parametrize(("cancel", "notice", "minutes_ahead", "bookable", "changeable"), [
+    (120, 60, 60, True, False),     # the demo's numbers: 60 .. 120 minutes ahead can never be changed online
+    (120, 60, 115, True, False),
+    (120, 60, 120, True, True),     # exactly the deadline: still changeable now
+    (120, 60, 55, False, False),    # too soon to book at all
+    (60, 120, 120, True, True),     # deadline shorter than the notice: every bookable slot is changeable
+    (0, 0, 0, True, True),
+])
+def test_slots_within_the_deadline_are_bookable_but_not_changeable(cancel: int, notice: int, minutes_ahead: int,
+                                                                   bookable: bool, changeable: bool) -> None:
+    config = AppointmentConfig(hours=parse_hours({"mon": "08:00-18:00"}), slot_minutes=5, cancel_minutes=cancel,
+                               min_notice_minutes=notice)
+    start = NOW + minutes_ahead * MIN
+    slot = next(s for s in core.day_slots(config, DEPT, date(2026, 3, 2), TZ) if s.start == start)
+    assert core.is_bookable(config, slot, NOW, TZ) is bookable
+    assert core.changeable_if_booked(config, start, NOW) is changeable
+    if bookable:  # what /slots says is what the booked appointment's page says
+        a, _ = core.book(Department("x", "X", appointments=config), request(start), slot_taken=0, day_taken=0,
+                         address_bookings=0, appointment_id="a", token_hash="h", now=NOW, tz=TZ)
+        assert core.may_change(a, config, NOW) is changeable
+
+
+# -- control characters in names, concerns and e-mail addresses (check-in and booking) --
+MEHRAN = "\u0645\u0647\u200c\u0631\u0627\u0646"  # Persian: the ZWNJ belongs to the spelling
+CONTROL_CASES = [
+    # (field, value, accepted value or None for refused)
+    ("name", "Ada\u202eLovelace", None),           # right-to-left override
+    ("name", "Ada\u202aL", None),                  # left-to-right embedding
+    ("name", "Ada\u2066L\u2069", None),            # isolates
+    ("name", "Ada\x00", None),                     # NUL
+    ("name", "Ada\x1bL", None),                    # ESC (C0)
+    ("name", "Ada\x7f", None),                     # DEL
+    ("name", "Ada\x9bL", None),                    # CSI (C1)
+    ("name", "Ada\ud800", None),                   # a lone surrogate (JSON allows "\ud800")
+    ("concern", "Pass\u202e", None),
+    ("concern", "Pass\x07verlängern", None),
+    ("concern", "Reisepass\nverlängern\r\n\tbitte", "Reisepass verlängern bitte"),  # line breaks, tabs: one space
+    ("name", "Ada\x85L\u2028M", "Ada L M"),        # NEL and the line separator are whitespace too
+    ("name", MEHRAN + " \u200fA", MEHRAN + " \u200fA"),  # a zero-width non-joiner and a right-to-left mark stay
+    ("name", "👩\u200d💻 Ada", "👩\u200d💻 Ada"),  # a joiner in an emoji stays
+]
+
+
+@pytest.mark.parametrize(("field", "value", "accepted"), CONTROL_CASES)
+def test_control_characters_are_refused_naming_the_field(field: str, value: str, accepted: str | None) -> None:
+    check_in = lambda: queue_core.validate_join(PLAIN, JoinRequest(consent=True, **{field: value}))  # noqa: E731
+    booking = lambda: core.validate_booking(request(at(2, 9), **{field: value}))  # noqa: E731
+    for validate in (check_in, booking):
+        if accepted is None:
+            with pytest.raises(InvalidInput, match=rf"^{field} contains a control character \(U\+[0-9A-F]{{4}}\)"):
+                validate()
+        else:
+            assert getattr(validate(), field) == accepted
+
+
+def test_a_control_character_in_an_email_address_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="^email contains a control character"):
+        core.validate_booking(request(at(2, 9), email="ada\x00@example.org"))

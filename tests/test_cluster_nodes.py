@@ -1,7 +1,7 @@
 """Several real ``sprechstunde serve`` processes on one real Redis: a citizen's pages on two nodes count as
 one citizen, and a node killed with SIGKILL is noticed by a survivor, which starts the grace period of the
-tickets whose only page was on it (they expire after it, as after any disconnect), while a clerk on the
-surviving node sees the citizen's connectivity change."""
+tickets whose only page was on it (they expire after it, as after any disconnect) and sets clerks whose only
+dashboard was on it offline, while a clerk on the surviving node sees both."""
 
 from __future__ import annotations
 
@@ -164,10 +164,12 @@ async def test_a_killed_node_s_citizens_start_their_grace_period_on_a_survivor(s
     store, auth, raw = shared
     a, b = start_nodes(2)
     await auth.add_staff("anna", "Anna", PASSWORD, ["buergerbuero"])
+    await auth.add_staff("ben", "Ben", PASSWORD, ["buergerbuero"])
     only_on_a, on_both = await join(a.url), await join(b.url)
     clerk = await staff_socket(b.url, "anna", PASSWORD)
-    pages: list[Recorder] = []
+    pages: list[Recorder] = [await staff_socket(a.url, "ben", PASSWORD)]  # ben's only dashboard is on a
     try:
+        await clerk.wait_for("presence", lambda m: m["username"] == "ben" and m["status"] == "available")
         pages.append(await citizen_socket(a.url, only_on_a["token"]))
         pages.append(await citizen_socket(a.url, on_both["token"]))
         pages.append(await citizen_socket(b.url, on_both["token"]))
@@ -181,6 +183,8 @@ async def test_a_killed_node_s_citizens_start_their_grace_period_on_a_survivor(s
         assert update["department"] == "buergerbuero"
         ticket = await store.get_ticket(lonely)
         assert ticket is not None and ticket.disconnected_at is not None and ticket.state.value == "waiting"
+        # ben's only dashboard was on a: offline now (not only when his presence lapses, 90 s later)
+        await clerk.wait_for("presence", lambda m: m["username"] == "ben" and m["status"] == "offline")
         both = await store.get_ticket(on_both["ticket"]["id"])
         assert both is not None and both.disconnected_at is None  # its page on b still counts
         assert await counted_on(raw, redis_prefix, on_both["ticket"]["id"]) == {b.proc.pid: 1}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from server.http.keys import ROOM
 from server.settings import ConfigError
 
 from .app_fixtures import make_settings
@@ -83,3 +84,28 @@ def test_a_negative_trusted_limit_is_refused():
         make_settings(joins_per_trusted_address=-1)
     assert make_settings(join_trusted_networks=["10.0.0.0/8", "fd00::/8"]).join_trusted_networks == (
         "10.0.0.0/8", "fd00::/8")
+
+
+async def test_a_closed_department_is_said_before_the_limit_and_costs_nothing(make_app, aiohttp_client):
+    app = make_app(joins_per_address=2, join_window_seconds=600)
+    client = await aiohttp_client(app)
+    store = app[ROOM].store
+
+    async def seq(body):
+        return (await store.get_ticket(body["ticket"]["id"])).seq
+
+    resp, first = await check_in(client)
+    assert resp.status == 201
+    resp, body = await check_in(client, department="standesamt")
+    assert (resp.status, body["error"]["code"]) == (409, "department_closed")
+    resp, second = await check_in(client)
+    assert resp.status == 201 and await seq(second) == await seq(first) + 1  # the refusal took no number
+    assert await store.count("join:127.0.0.1") == 2
+
+    resp, body = await check_in(client, department="standesamt")  # limited now: still told it is closed
+    assert (resp.status, body["error"]["code"]) == (409, "department_closed")
+    resp, body = await check_in(client, body={"consent": False})  # and bad input is named as such
+    assert (resp.status, body["error"]["code"]) == (400, "invalid_input")
+    resp, body = await check_in(client)
+    assert (resp.status, body["error"]["code"]) == (429, "rate_limited")
+    assert await store.count("join:127.0.0.1") == 2

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server.http.keys import ROOM
 from server.http.metrics import METRICS, start_metrics_site
+from server.queue.model import Presence
 from server.settings import ConfigError
 
 from .app_fixtures import TEST_CONFIG, add_staff, free_port, login, make_settings, wait_until_healthy
@@ -60,6 +61,19 @@ async def scrape(client: Any, headers: dict[str, str] | None = None) -> dict[Any
 def test_bad_metrics_settings_are_refused(server: dict[str, Any], message: str):
     with pytest.raises(ConfigError, match=re.escape(message)):
         make_settings(**server)
+
+
+async def test_presences_of_several_departments_at_once(store):
+    """The batched read /metrics uses gives what ``presences`` gives per department, on both stores."""
+    await store.set_presence("anna", ["bauamt", "buergerbuero"], Presence.AVAILABLE, 60)
+    await store.set_presence("ben", ["bauamt"], Presence.BUSY, 60)
+    await store.set_presence("cleo", ["bauamt"], Presence.AWAY, 60)
+    await store.set_presence("cleo", ["bauamt"], Presence.OFFLINE, 60)
+    departments = ["bauamt", "buergerbuero", "standesamt", "nowhere"]
+    expected = {d: await store.presences(d) for d in departments}
+    assert expected["bauamt"] == {"anna": Presence.AVAILABLE, "ben": Presence.BUSY}
+    assert await store.presences_of(departments) == expected
+    assert await store.presences_of([]) == {}
 
 
 async def test_without_token_or_port_metrics_is_not_found(client):

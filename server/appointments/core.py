@@ -166,6 +166,13 @@ def change_deadline(appointment: Appointment, config: AppointmentConfig) -> floa
     return appointment.start - config.cancel_minutes * 60
 
 
+def changeable_if_booked(config: AppointmentConfig, start: float, now: float) -> bool:
+    """Whether a slot booked (or moved to) now could still be cancelled or moved online. Not when it starts
+    within ``cancel_minutes`` (possible when that is longer than ``min_notice_minutes``): the slot stays
+    bookable, and the citizen is told before booking that it cannot be changed online."""
+    return now <= start - config.cancel_minutes * 60
+
+
 def may_change(appointment: Appointment, config: AppointmentConfig, now: float) -> bool:
     return appointment.state is B and now <= change_deadline(appointment, config)
 

@@ -3,7 +3,7 @@ errors in one place (``server.errors``) with a stable ``code``."""
 
 from __future__ import annotations
 
-from ..queue.errors import QueueError
+from ..queue.errors import JoinLimited, QueueError
 
 
 class NotOffered(QueueError):
@@ -60,3 +60,8 @@ class AppointmentStateError(QueueError):
 
     code = "appointment_state"
     status = 409
+
+
+class BookingLimited(JoinLimited):
+    """Too many bookings (or moves) from this address (429 ``rate_limited``); ``retry_after`` says in how many
+    seconds the limit's window ends, as for check-ins (``Retry-After`` header and ``error.retry_after``)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import secrets
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
@@ -25,7 +26,7 @@ from ..settings import Settings
 from ..store.appointments import DAY_FULL, OK, SLOT_FULL, AppointmentStore
 from ..waitingroom import WaitingRoom, hash_token
 from . import core
-from .errors import AppointmentNotFound, AppointmentStateError, DayFull, SlotUnavailable
+from .errors import AppointmentNotFound, AppointmentStateError, BookingLimited, DayFull, SlotUnavailable
 from .model import Appointment, AppointmentConfig, AppointmentEvent, AppointmentState, BookingRequest
 
 log = logging.getLogger("sprechstunde.appointments")
@@ -95,7 +96,8 @@ class AppointmentService:
             free = max(0, config.parallel - n)
             if day_left is not None:
                 free = min(free, max(0, day_left))
-            out.append({"start": s.start, "end": s.end, "time": s.time, "free": free})
+            out.append({"start": s.start, "end": s.end, "time": s.time, "free": free,
+                        "can_change": core.changeable_if_booked(config, s.start, now)})
         return out
 
     # -- citizen commands --
@@ -108,20 +110,22 @@ class AppointmentService:
         if self.mailer is None and request.email:
             # Without [smtp] nothing is ever sent: an address would only be stored, never used.
             request = dataclasses.replace(request, email="")
-        if await self.room.store.count(f"book:{address}") >= RATE_PER_ADDRESS:
-            raise RateLimited("too many bookings from this address; please try again in an hour")
+        await self._check_rate(address)
         slot = core.find_slot(config, d, request.start, now, self.tz)
         day = slot.day.isoformat()
         address_key = f"book-day:{d.id}:{day}:{address}"
         token = secrets.token_urlsafe(24)
         appointment_id = secrets.token_urlsafe(9)
         for _ in range(COMMIT_ATTEMPTS):
-            appointment, events = core.book(
-                d, request, slot_taken=(await self.store.taken(d.id, [slot.start]))[0],
-                day_taken=await self.store.day_count(d.id, day),
-                address_bookings=await self.room.store.count(address_key), appointment_id=appointment_id,
-                token_hash=hash_token(token), now=now, tz=self.tz,
-            )
+            try:
+                appointment, events = core.book(
+                    d, request, slot_taken=(await self.store.taken(d.id, [slot.start]))[0],
+                    day_taken=await self.store.day_count(d.id, day),
+                    address_bookings=await self.room.store.count(address_key), appointment_id=appointment_id,
+                    token_hash=hash_token(token), now=now, tz=self.tz,
+                )
+            except RateLimited as e:  # the per-day limit: when its window ends comes from the store
+                raise await self._limited(str(e), address_key) from None
             result = await self._commit(appointment, None, config)
             if result == OK:
                 await self.room.store.hit(f"book:{address}", RATE_WINDOW_SECONDS)  # successful bookings only
@@ -129,6 +133,15 @@ class AppointmentService:
                 self._log(events)
                 return appointment, token, await self._confirm(appointment, token)
         raise Conflict("too many concurrent changes; please try again")
+
+    async def _limited(self, message: str, key: str) -> BookingLimited:
+        return BookingLimited(message, max(1, math.ceil(await self.room.store.window_left(key))))
+
+    async def _check_rate(self, address: str) -> None:
+        """Bookings and moves from one address per hour (successful ones count); refused with when to retry."""
+        if await self.room.store.count(f"book:{address}") >= RATE_PER_ADDRESS:
+            raise await self._limited("too many bookings from this address; please try again later",
+                                      f"book:{address}")
 
     async def _commit(self, new: Appointment, previous: Appointment | None, config: AppointmentConfig) -> str:
         result = await self.store.commit(new, previous, parallel=config.parallel, day_cap=config.day_cap,
@@ -167,8 +180,7 @@ class AppointmentService:
 
     async def move(self, token: object, start: object, address: str) -> Appointment:
         a = await self.by_token(token)
-        if await self.room.store.count(f"book:{address}") >= RATE_PER_ADDRESS:
-            raise RateLimited("too many bookings from this address; please try again in an hour")
+        await self._check_rate(address)
         now = self.clock()
         d, config = self.offer(a.department)
         slot = core.find_slot(config, d, start, now, self.tz)

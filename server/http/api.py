@@ -181,11 +181,16 @@ async def join(request: web.Request) -> web.Response:
         ticket, token = await room.join(
             department.id, JoinRequest(**body), client_address(request), existing_token=bearer(request)
         )
-    except JoinLimited as e:  # says when a check-in is possible again: in the body for the page, and the header
-        body = error_body(e.code, str(e))
-        body["error"]["retry_after"] = e.retry_after
-        return web.json_response(body, status=e.status, headers={"Retry-After": str(e.retry_after)})
+    except JoinLimited as e:
+        return limited_response(e)
     return web.json_response({"token": token, "ticket": await room.citizen_view(ticket)}, status=201)
+
+
+def limited_response(e: JoinLimited) -> web.Response:
+    """A 429 that says when to try again: in the body for the page (``error.retry_after``) and the header."""
+    body = error_body(e.code, str(e))
+    body["error"]["retry_after"] = e.retry_after
+    return web.json_response(body, status=e.status, headers={"Retry-After": str(e.retry_after)})
 
 
 async def _citizen(request: web.Request):  # type: ignore[no-untyped-def]

@@ -15,6 +15,7 @@ No function here awaits, reads a clock or touches storage: ``now`` is passed in.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Sequence
 
 from ..rooms.departments import Department
@@ -41,12 +42,23 @@ W, C, IC = TicketState.WAITING, TicketState.CALLED, TicketState.IN_CONSULTATION
 Result = tuple[Ticket, list[TicketEvent]]
 
 
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+"""Bidi embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069): they make a name read on a clerk's
+screen differently from what it is. The marks U+200E/U+200F and the joiners U+200C/U+200D, which scripts
+such as Arabic and Persian need, are allowed."""
+
+
 def _clean(text: str, limit: int, what: str) -> str:
+    """One line of plain text: whitespace runs (line breaks and tabs included) become one space; any other
+    control character (C0, C1, DEL, a bidi override; also a lone surrogate) is refused, naming the field."""
     if not isinstance(text, str):
         raise InvalidInput(f"{what} must be text")
-    text = " ".join(text.split())  # no control characters or line breaks in names and concerns
+    text = " ".join(text.split())
     if len(text) > limit:
         raise InvalidInput(f"{what} is longer than {limit} characters")
+    for char in text:
+        if char in BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Cs"):
+            raise InvalidInput(f"{what} contains a control character (U+{ord(char):04X}); please remove it")
     return text
 
 
@@ -67,6 +79,13 @@ def validate_join(department: Department, request: JoinRequest) -> JoinRequest:
     return JoinRequest(name, concern, request.language, request.interpreter, True)
 
 
+def check_open(department: Department, *, is_open: bool, appointment_at: float | None = None) -> None:
+    """Refuse a check-in to a closed department (``DepartmentClosed``); a booked appointment is kept whatever
+    the hours say. The shell asks this before it counts or writes anything (a refused check-in costs nothing)."""
+    if not is_open and appointment_at is None:
+        raise DepartmentClosed(f"{department.name} is closed now")
+
+
 def join(
     department: Department,
     *,
@@ -83,8 +102,7 @@ def join(
     page clears that when its socket connects (``reconnect``), and a ticket whose page never connects
     expires after the grace period like one whose page went away."""
     request = validate_join(department, request)
-    if not is_open and appointment_at is None:  # a booked appointment is kept whatever the hours say
-        raise DepartmentClosed(f"{department.name} is closed now")
+    check_open(department, is_open=is_open, appointment_at=appointment_at)
     if appointment_at is None and department.queue_cap is not None and waiting_count >= department.queue_cap:
         raise QueueFull(f"the queue of {department.name} is full")
     ticket = Ticket(

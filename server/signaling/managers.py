@@ -179,6 +179,16 @@ class ClosingRedisManager(IndexedRoomsMixin, socketio.AsyncRedisManager):  # typ
         super()._redis_connect()
         self._clients += [self.pubsub, self.redis]
 
+    async def emit(self, event: str, data: Any, namespace: str | None = None, room: Any = None,
+                   skip_sid: Any = None, callback: Any = None, to: Any = None, **kwargs: Any) -> Any:
+        target, ns = to or room, namespace or "/"
+        if callback is None and isinstance(target, str) and target in self.rooms.get(ns, {}).get(None, {}):
+            # One socket of this process (a page's own ``ticket`` and ``queue`` at its connect): no other node
+            # has it, so no PUBLISH for every node to decode and drop (two per page in a reconnect storm).
+            return await broadcast(self, event, data, ns, target, skip_sid)
+        return await super().emit(event, data, namespace=namespace, room=room, skip_sid=skip_sid,
+                                  callback=callback, to=to, **kwargs)
+
     async def _handle_emit(self, message: dict[str, Any]) -> None:
         if message.get("callback") is None and message.get("room") is not None and not message.get("binary"):
             data = message["data"]

@@ -137,6 +137,11 @@ class Store(abc.ABC):
     async def presences(self, department: str) -> dict[str, Presence]:
         """Presence of the clerks of a department who are not offline."""
 
+    async def presences_of(self, departments: list[str]) -> dict[str, dict[str, Presence]]:
+        """``presences`` of several departments at once (for /metrics); a store over the network overrides
+        it with one batched read."""
+        return {d: await self.presences(d) for d in departments}
+
     @abc.abstractmethod
     async def record_service(self, department: str, seconds: float) -> None:
         """Remember a consultation duration (only the last few are kept)."""

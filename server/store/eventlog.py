@@ -386,7 +386,7 @@ class RedisEventLog(EventLogStore):
             for start in range(0, len(keys), KEYS_PER_SCRIPT):
                 chunk = keys[start:start + KEYS_PER_SCRIPT]
                 await self._add(keys=[p + k for k in chunk], args=[" ".join(increments[k]) for k in chunk],
-                                   client=pipe)
+                                client=pipe)  # queued in the transaction, run at execute()
             for key, members in marks.items():
                 pipe.sadd(p + key, *sorted(members))
             for day, day_keys in new_keys.items():

@@ -129,6 +129,48 @@ function setAlways(always) {
   for (const day of DAYS) $(`hours-${day}`).disabled = always;
 }
 
+// -- appointments (the department's AppointmentConfig; null: none offered) --
+
+const apptNumbers = () => [...document.querySelectorAll('#appointments-field [data-appt]')];
+
+function setOffer(on) {
+  $('appt-offer').checked = on;
+  $('appt-settings').hidden = !on;
+}
+
+function fillAppointments(config) {
+  setOffer(Boolean(config));
+  for (const day of DAYS) {
+    $(`appt-hours-${day}`).value = (config?.hours?.[day] ?? []).join(', ');
+    $(`appt-hours-${day}`).removeAttribute('aria-invalid');
+  }
+  for (const input of apptNumbers()) {
+    input.value = config?.[input.dataset.appt] ?? '';
+    input.removeAttribute('aria-invalid');
+  }
+  $(config?.priority === 'every' ? 'appt-priority-every' : 'appt-priority-first').checked = true;
+}
+
+/** The AppointmentConfig as the API takes it; an empty number field is left out (the server's default). */
+function appointmentValues() {
+  if (!$('appt-offer').checked) return null;
+  const config = {
+    hours: Object.fromEntries(DAYS.map((day) => [day, $(`appt-hours-${day}`).value.split(',').map((s) => s.trim()).filter(Boolean)])),
+    priority: $('appt-priority-every').checked ? 'every' : 'first',
+  };
+  for (const input of apptNumbers()) {
+    if (input.value.trim() !== '') config[input.dataset.appt] = Number(input.value);
+  }
+  return config;
+}
+
+/** Mark the appointment field a refusal names ("appointments: slot_minutes must be ..."). */
+function markAppointmentField(error) {
+  const name = error?.code === 'invalid_input' && /^appointments: (\w+)/.exec(error.message || '')?.[1];
+  const input = name && document.querySelector(`#appointments-field [data-appt="${name}"]`);
+  if (input) input.setAttribute('aria-invalid', 'true');
+}
+
 function openEdit(d, opener) {
   hideErrors();
   editing = d;
@@ -149,6 +191,7 @@ function openEdit(d, opener) {
   $('dept-minutes').value = d?.service_minutes ?? 10;
   $('dept-require-name').checked = Boolean(d?.require_name);
   $('dept-require-concern').checked = Boolean(d?.require_concern);
+  fillAppointments(d?.appointments ?? null);
   $('edit-panel').hidden = false;
   $('edit-heading').focus();
 }
@@ -177,20 +220,22 @@ function formValues() {
     service_minutes: Number($('dept-minutes').value),
     require_name: $('dept-require-name').checked,
     require_concern: $('dept-require-concern').checked,
+    appointments: appointmentValues(),
   };
 }
 
 const SLOT = /^\d{1,2}:\d{2}\s*-\s*\d{1,2}:\d{2}$/;
 
-/** The first weekday whose hours are not like 08:00-12:00 (marked invalid), or null. */
+/** The first weekday input (opening hours, then appointment hours) not like 08:00-12:00 (marked invalid), or null. */
 function badHours() {
   let first = null;
-  for (const day of DAYS) {
-    const input = $(`hours-${day}`);
+  const inputs = DAYS.map((day) => $(`hours-${day}`));
+  if ($('appt-offer').checked) inputs.push(...DAYS.map((day) => $(`appt-hours-${day}`)));
+  for (const input of inputs) {
     const bad = !input.disabled && input.value.split(',').map((s) => s.trim()).filter(Boolean).some((s) => !SLOT.test(s));
     if (bad) input.setAttribute('aria-invalid', 'true');
     else input.removeAttribute('aria-invalid');
-    if (bad && !first) first = day;
+    if (bad && !first) first = input;
   }
   return first;
 }
@@ -200,7 +245,8 @@ async function save(event) {
   hideErrors();
   const bad = badHours();
   if (bad) {
-    showError($('edit-error'), t('admin.dept.bad_hours', { day: $(`hours-${bad}`).labels[0].textContent }));
+    const key = bad.id.startsWith('appt-') ? 'admin.dept.appt.bad_hours' : 'admin.dept.bad_hours';
+    showError($('edit-error'), t(key, { day: bad.labels[0].textContent }));
     return;
   }
   const values = formValues();
@@ -218,6 +264,7 @@ async function save(event) {
     $('departments-heading').focus();
   } catch (error) {
     if (error.code === 'edit_conflict') await load();
+    markAppointmentField(error);
     showError($('edit-error'), error);
   }
 }
@@ -295,6 +342,7 @@ $('add-closure').addEventListener('click', () => {
   row.querySelector('input').focus();
 });
 $('dept-always').addEventListener('change', (event) => setAlways(event.target.checked));
+$('appt-offer').addEventListener('change', (event) => setOffer(event.target.checked));
 $('close-form').addEventListener('submit', closeNow);
 $('close-cancel').addEventListener('click', hideClose);
 $('new-department')?.addEventListener('click', (event) => openEdit(null, event.target));

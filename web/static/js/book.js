@@ -1,5 +1,5 @@
 // The booking page: pick a day and a free time, book, then show the link and the calendar file.
-import { errorMessage, pageData, request, t } from './common.js';
+import { controlCharField, errorMessage, pageData, request, t } from './common.js';
 import { chosenSlot, icsUrl, showSlots, whenOf } from './book_slots.js';
 
 const data = pageData();
@@ -85,8 +85,9 @@ form.addEventListener('submit', async (event) => {
     submit.textContent = label;
     if (error.code === 'slot_unavailable' || error.code === 'day_full') await loadSlots();
     // The limits are per department day and per hour (docs/protocol.md): waiting minutes would not help.
-    const text = error.code === 'rate_limited' ? t('appt.rate_limited') : errorMessage(error);
-    showError(text, error.code === 'invalid_input' && email?.value ? email : null);
+    const bad = form.elements[controlCharField(error) ?? ''] || null;
+    const text = error.code === 'rate_limited' ? t('appt.rate_limited') : bad ? t('err.control_char') : errorMessage(error);
+    showError(text, bad || (error.code === 'invalid_input' && email?.value ? email : null));
   }
 });
 

@@ -28,12 +28,17 @@ export async function showSlots(department, day, container, status) {
   const free = body.slots.filter((slot) => slot.free > 0);
   for (const slot of free) {
     const id = `slot-${slot.start}`;
+    // A slot within the cancellation deadline can be booked, but not changed online afterwards: said before.
+    const fixed = slot.can_change === false ? [' ', h('strong', {}, t('appt.fixed'))] : [];
     container.append(h('div', { class: 'check' },
       h('input', { type: 'radio', name: 'slot', id, value: String(slot.start) }),
       h('label', { for: id }, t('appt.time', { time: slot.time }), ' ',
-        h('span', { class: 'muted' }, `(${t('appt.free', { count: slot.free })})`))));
+        h('span', { class: 'muted' }, `(${t('appt.free', { count: slot.free })})`), ...fixed)));
   }
   status.textContent = free.length ? t('appt.slots_count', { count: free.length }) : t('appt.no_slots');
+  if (free.some((slot) => slot.can_change === false)) {
+    status.textContent = `${status.textContent.replace(/[^.!?]$/, '$&.')} ${t('appt.fixed_some')}`;
+  }
   return free.length;
 }
 

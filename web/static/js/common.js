@@ -84,6 +84,13 @@ export class ApiError extends Error {
   }
 }
 
+/** The form field a refusal for a control character names ("name contains a control character (U+202E)…"), or
+ * null: the page then says `err.control_char` and marks that field. */
+export function controlCharField(error) {
+  if (error?.code !== 'invalid_input') return null;
+  return /^(\w+) contains a control character/.exec(error.message || '')?.[1] ?? null;
+}
+
 /** What to tell a person about an error with a protocol `code`. */
 export function errorMessage(error) {
   const code = error?.code;

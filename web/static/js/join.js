@@ -1,5 +1,5 @@
 // The check-in form: validates, posts to the JSON API, stores the token and goes to the waiting page.
-import { errorMessage, liveTicket, request, storeToken, storedToken, t } from './common.js';
+import { controlCharField, errorMessage, liveTicket, request, storeToken, storedToken, t } from './common.js';
 
 const form = document.getElementById('join-form');
 const errorBox = document.getElementById('form-error');
@@ -76,7 +76,8 @@ form.addEventListener('submit', async (event) => {
         return;
       }
     }
-    showError(errorMessage(error));
+    const bad = form.elements[controlCharField(error) ?? ''] || null;
+    showError(bad ? t('err.control_char') : errorMessage(error), bad);
   }
 });
 
