@@ -145,7 +145,8 @@ def create_app(settings: Settings, store: Store | None = None,
     recordings.on_access = audit.on_recording_access
     app[AUDIT] = audit
     stats = StatsRecorder(
-        eventlog_store or make_eventlog_store(settings.redis_url, settings.redis_prefix, settings.data_dir, settings.tz),
+        eventlog_store
+        or make_eventlog_store(settings.redis_url, settings.redis_prefix, settings.data_dir, settings.tz),
         room, settings.stats_retention_days,
     )
     room.on_events(stats.on_events)  # statistics without personal data (server/stats/)
@@ -202,18 +203,26 @@ def create_app(settings: Settings, store: Store | None = None,
                  "redis" if settings.redis_url else "memory")
         yield
         await stop_all(tasks)
-        await cluster.stop()  # a clean stop is no death: leave the registry, drop what this node still counted
-        await recordings.shutdown()  # ends live recordings while their media is still there
-        await media.close()
-        await recordings.close()
-        await townhall.close()
-        await appointments.close()
-        await audit.close()
-        await stats.close()
+        closing: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("node registry", cluster.stop),  # a clean stop is no death: leave the registry, drop our counts
+            ("recordings", recordings.shutdown),  # ends live recordings while their media is still there
+            ("media", media.close),
+            ("recording store", recordings.close),
+            ("town hall", townhall.close),
+            ("appointments", appointments.close),
+            ("audit log", audit.close),
+            ("statistics", stats.close),
+        ]
         if directory.store is not None:
-            await directory.store.close()
-        await store.close()
-        await cluster.close()
+            closing.append(("departments", directory.store.close))
+        closing += [("store", store.close), ("node registry connections", cluster.close)]
+        for what, close in closing:
+            # Each step on its own: a store that does not answer at the stop must not leave the others'
+            # connections open (nor keep the process from exiting).
+            try:
+                await close()
+            except Exception as e:  # noqa: BLE001
+                log.warning("closing %s at shutdown failed: %s", what, type(e).__name__)
 
     async def disconnect_sockets(app: web.Application) -> None:
         # Before aiohttp waits for open connections: tell clients now (they reconnect elsewhere or

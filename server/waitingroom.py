@@ -575,7 +575,12 @@ class WaitingRoom:
         await self.store.set_presence(clerk.username, sorted(clerk.departments), presence, PRESENCE_TTL)
         log.info("clerk presence -> %s", presence.value)
         for listener in self._presence_listeners:
-            await listener(clerk, presence)
+            try:  # as for queue events: the presence is stored; a listener failing must not undo the answer
+                await listener(clerk, presence)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001
+                log.exception("a listener of clerk presence failed")
 
 
 @functools.cache

@@ -119,3 +119,13 @@ async def test_a_failing_listener_neither_fails_the_command_nor_silences_the_oth
     assert (await room.store.get_ticket(ticket.id)).state.value == "waiting"
     assert heard == ["joined"]
     assert "a listener of queue events failed" in caplog.text
+
+
+async def test_a_failing_presence_listener_does_not_fail_the_presence_change(room, caplog):
+    async def broken(clerk, presence):
+        raise RuntimeError("listener down")
+
+    room.on_presence(broken)
+    await room.set_presence(ANNA, Presence.AVAILABLE)
+    assert (await room.store.presences("buergerbuero"))["anna"] is Presence.AVAILABLE
+    assert "a listener of clerk presence failed" in caplog.text
