@@ -26,6 +26,8 @@ bench: $(STAMP_TEST)
 	$(PY) bench/queue_load.py
 	$(PY) bench/media_load.py
 	$(PY) bench/townhall_load.py
+	$(PY) bench/stats_load.py
+	$(PY) bench/metrics_load.py
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -9,9 +9,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from server.app import create_app
 from server.http.keys import ROOM, STATS
 from server.queue.model import Clerk, JoinRequest, Presence
+from server.settings import ConfigError
 from server.stats.log import LogEntry
 from server.store.eventlog import RedisEventLog, SqliteEventLog
 from server.store.memory import MemoryStore
@@ -96,3 +99,11 @@ async def test_the_sweep_keeps_the_retention(tmp_path: Path) -> None:
     finally:
         await stats.close()
         await app[ROOM].store.close()
+
+
+def test_the_retention_setting() -> None:
+    assert make_settings().stats_retention_days == 400
+    assert make_settings(stats_retention_days=30).stats_retention_days == 30
+    for bad in (0, 5000, "400"):
+        with pytest.raises(ConfigError):
+            make_settings(stats_retention_days=bad)
