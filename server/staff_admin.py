@@ -28,6 +28,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .queue.core import BIDI_CONTROLS
 from .queue.errors import Conflict, InvalidInput, NotAuthorised, QueueError
 from .store.base import StaffAccount
 
@@ -112,8 +113,11 @@ def _display_name(value: object) -> str:
     if not isinstance(value, str):
         raise InvalidInput("display_name must be text")
     name = " ".join(value.split())
-    if not name or len(name) > MAX_DISPLAY_NAME or any(unicodedata.category(c) == "Cc" for c in name):
+    if not name or len(name) > MAX_DISPLAY_NAME:
         raise InvalidInput(f"display_name: 1-{MAX_DISPLAY_NAME} characters")
+    for char in name:  # citizens read it ("Anna Amt ruft Sie auf"): no control or bidi override characters
+        if char in BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Cs"):
+            raise InvalidInput(f"display_name contains a control character (U+{ord(char):04X}); please remove it")
     return name
 
 

@@ -89,6 +89,16 @@ def test_parse_new_refuses_bad_input(body: dict[str, Any]) -> None:
         parse_new(body)
 
 
+@pytest.mark.parametrize("name", ["Anna\u202eAmt", "Anna\u2066", "Anna\x00", "Anna\x9b"])
+def test_display_names_with_control_or_bidi_characters_are_refused(name: str) -> None:
+    """Citizens read the clerk's name: a bidi override would make it read as something else."""
+    with pytest.raises(InvalidInput, match=r"display_name contains a control character \(U\+"):
+        parse_new({"username": "ok", "display_name": name})
+    with pytest.raises(InvalidInput, match="control character"):
+        parse_change({"display_name": name})
+    assert parse_new({"username": "ok", "display_name": "Ali\u200f Amt"}).display_name == "Ali\u200f Amt"
+
+
 @pytest.mark.parametrize("body", [{}, {"roles": ["x"]}, {"departments": [1]}, {"display_name": ""}, {"foo": 1}])
 def test_parse_change_refuses_bad_input(body: dict[str, Any]) -> None:
     with pytest.raises(InvalidInput):

@@ -152,6 +152,12 @@ def test_legal_edits(changes: dict[str, Any], admin: bool, expected: dict[str, A
     ({"recording": "always"}, True, "recording must be"),
     ({"recording_purpose": "x"}, False, "only an administrator"),
     ("name", True, "JSON object"),
+    # Texts citizens read are one plain line (review of issue 10): no control or bidi override characters.
+    ({"name": "Amt\u202e"}, True, r"name contains a control character \(U\+202E\)"),
+    ({"description": "a\x00b"}, True, r"description contains a control character \(U\+0000\)"),
+    ({"closures": [{"start": "2026-12-24", "message": "zu\x07"}]}, True,
+     r"closure message \(2026-12-24\) contains a control character"),
+    ({"closures": [{"start": "2026-12-24", "until": "2026-12-26"}]}, True, "unknown field.*in a closure: until"),
 ])
 def test_illegal_edits(changes: Any, admin: bool, says: str) -> None:
     with pytest.raises(InvalidInput, match=says):
@@ -173,6 +179,7 @@ def test_close_and_reopen() -> None:
     ({"name": "Neu"}, "id is required"),
     ({"id": "neu", "name": "Neu", "closed_now": True}, "starts open"),
     ([], "JSON object"),
+    ({"id": "neu", "name": "Neu\u2066"}, "name contains a control character"),
 ])
 def test_illegal_creations(raw: Any, says: str) -> None:
     with pytest.raises(InvalidInput, match=says):
@@ -193,7 +200,8 @@ def test_parse_close(body: Any, expected: tuple[str, bool]) -> None:
     assert directory.parse_close(body) == expected
 
 
-@pytest.mark.parametrize("body", [{"keep_places": "no"}, {"message": 5}, {"message": "x" * 301}, {"why": "x"}, []])
+@pytest.mark.parametrize("body", [{"keep_places": "no"}, {"message": 5}, {"message": "x" * 301}, {"why": "x"}, [],
+                                  {"message": "zu\u202e"}, {"message": "zu\x1b[31m"}])
 def test_parse_close_refuses(body: Any) -> None:
     with pytest.raises(InvalidInput):
         directory.parse_close(body)

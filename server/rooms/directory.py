@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..appointments.model import AppointmentConfig
+from ..queue.core import _clean
 from ..queue.errors import InvalidInput, QueueError
 from ..recording.model import RecordingMode, RecordingPolicy
 from .departments import DAYS, Department, OpeningHours, parse_closures, parse_hours
@@ -165,6 +166,28 @@ def department_from_dict(raw: Any) -> Department:
     )
 
 
+def _plain_texts(d: Department) -> Department:
+    """``d`` when every text citizens or staff read is one plain line: a control character (C0/C1, DEL, a
+    bidi override or isolate) in a name, description or message is refused, naming the field, as in a
+    citizen's name (``core._clean``). Checked on edits only, so that loading a stored department never fails."""
+    texts = [("name", d.name, MAX_NAME), ("description", d.description, MAX_DESCRIPTION),
+             ("closed_message", d.closed_message, MAX_MESSAGE),
+             ("recording_purpose", d.recording.purpose, MAX_MESSAGE)]
+    texts += [(f"closure message ({c.start.isoformat()})", c.message, MAX_MESSAGE) for c in d.closures]
+    for what, text, limit in texts:
+        _clean(text, limit, what)
+    return d
+
+
+def _closure_keys(raw: Any) -> None:
+    closures = raw.get("closures") if isinstance(raw, dict) else None
+    if isinstance(closures, list):
+        for item in closures:
+            if isinstance(item, dict) and set(item) - {"start", "end", "message"}:
+                unknown = ", ".join(sorted(set(item) - {"start", "end", "message"}))
+                raise InvalidInput(f"unknown field(s) in a closure: {unknown} (start, end, message)")
+
+
 def edit(current: Department, changes: Any, *, admin: bool) -> Department:
     """``current`` with the fields named in ``changes`` replaced (the others stay). Only an admin changes
     the recording policy; ``id``, ``closed_now`` and ``closed_message`` are not edited here."""
@@ -175,19 +198,21 @@ def edit(current: Department, changes: Any, *, admin: bool) -> Department:
         raise InvalidInput(f"field(s) that cannot be edited: {', '.join(sorted(unknown))}")
     if not admin and RECORDING_FIELDS & set(changes):
         raise InvalidInput("only an administrator changes the recording policy")
-    return department_from_dict({**department_to_dict(current), **changes})
+    _closure_keys(changes)
+    return _plain_texts(department_from_dict({**department_to_dict(current), **changes}))
 
 
 def create(raw: Any) -> Department:
     """A new department (open: ``closed_now`` cannot be set at creation)."""
     if isinstance(raw, dict) and ({"closed_now", "closed_message"} & set(raw)):
         raise InvalidInput("a new department starts open; close it afterwards")
-    return department_from_dict(raw)
+    _closure_keys(raw)
+    return _plain_texts(department_from_dict(raw))
 
 
 def close_at_once(current: Department, message: Any) -> Department:
     """Closed now, whatever the hours say, until ``reopen``; ``message`` is what citizens read."""
-    text = _text({"message": message}, "message", MAX_MESSAGE)
+    text = _clean(message, MAX_MESSAGE, "message")
     return department_from_dict({**department_to_dict(current), "closed_now": True, "closed_message": text})
 
 
@@ -206,7 +231,7 @@ def parse_close(body: Any) -> tuple[str, bool]:
     keep = body.get("keep_places", True)
     if not isinstance(keep, bool):
         raise InvalidInput("keep_places must be true or false")
-    return _text({"message": body.get("message", "")}, "message", MAX_MESSAGE), keep
+    return _clean(body.get("message", ""), MAX_MESSAGE, "message"), keep
 
 
 def check_removable(waiting: int, active: int) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -29,7 +30,7 @@ from ..cluster import Cluster, MemoryCluster
 from ..errors import STORE_ERRORS, error_body, is_store_unavailable, store_unavailable
 from ..http.auth import SESSION_COOKIE, Auth
 from ..queue.errors import QueueError
-from ..queue.model import Clerk, Presence, TicketEvent
+from ..queue.model import Clerk, Presence, TicketEvent, TicketState
 from ..settings import Settings
 from ..tasks import stopping
 from ..waitingroom import CONNECTIVITY, PRESENCE_TTL, WaitingRoom, staff_view
@@ -88,7 +89,7 @@ class Signaling:
         self._connectivity: dict[str, dict[str, float | None]] = {}
         """Per department: tickets whose page connected or disconnected since the last ``connectivity``
         message, with their ``disconnected_at`` (None: connected again)."""
-        self._updates: dict[str, tuple[float, dict[str, Any], Any]] = {}
+        self._updates: dict[str, tuple[float, dict[str, Any], Any, frozenset[int]]] = {}
         """Per department: when its latest update was made, the update, and its encoded ``queue`` event."""
         self._opening: dict[str, tuple[bool, Any, str | None]] = {}
         """Per department: whether it was open, its next opening and closure message at the last look
@@ -173,7 +174,8 @@ class Signaling:
                 if ticket.disconnected_at is not None:
                     ticket = await self.room.citizen_connected(ticket.id)
                 await self.sio.emit("ticket", await self.room.citizen_view(ticket), to=sid)
-                await deliver(self.sio.manager, (await self._queue_update(ticket.department))[1], "/", sid)
+                seq = ticket.seq if ticket.state is TicketState.WAITING else None
+                await deliver(self.sio.manager, (await self._queue_update(ticket.department, seq))[1], "/", sid)
             except BaseException:  # refused: the page does not count (socket.io runs no disconnect for it)
                 with contextlib.suppress(Exception):
                     await self._page_closed(ticket.id)
@@ -358,27 +360,29 @@ class Signaling:
         if self.media is not None:
             await self.media.on_events(events)  # the queue decides who is in which consultation
 
-    async def _queue_update(self, department: str) -> tuple[dict[str, Any], Any]:
+    async def _queue_update(self, department: str, seq: int | None = None) -> tuple[dict[str, Any], Any]:
         """The department's latest update and its encoded ``queue`` event, for a (re)connecting page: the
         one just broadcast when it is younger than ``position_interval`` and nothing changed since (a
         reconnect storm of thousands of pages then costs one computation and one encoding per
         department, not one per page), else a fresh one. While the department changes (check-ins, calls),
-        pages connecting within ``FRESH_SECONDS`` of a fresh one share it: the update reads the whole queue,
-        and the queue's next broadcast follows within one interval anyway (until then a page whose seq it
-        does not list shows the position of its ``ticket`` event, taken by rank)."""
+        pages connecting within ``FRESH_SECONDS`` of a fresh one share it when it lists their own ``seq``
+        (a waiting page's): the update reads the whole queue, and the next broadcast follows within one
+        interval anyway."""
         now = asyncio.get_running_loop().time()
         cached = self._updates.get(department)
         fresh_for = self.settings.position_interval
         if department in self._dirty:
             fresh_for = min(fresh_for, FRESH_SECONDS)
-        if cached and now - cached[0] < fresh_for:
+        if cached and now - cached[0] < fresh_for and (seq is None or department not in self._dirty
+                                                         or seq in cached[3]):
             return cached[1], cached[2]
         update = await self.room.queue_update(department)
         return self._remember_update(department, update)
 
     def _remember_update(self, department: str, update: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         encoded = encode_event(self.sio, "queue", update)
-        self._updates[department] = (asyncio.get_running_loop().time(), update, encoded)
+        seqs = frozenset(itertools.accumulate(update.get("w", ())))  # "w" is delta-encoded
+        self._updates[department] = (asyncio.get_running_loop().time(), update, encoded, seqs)
         return update, encoded
 
     async def _on_presence(self, clerk: Clerk, presence: Presence) -> None:
