@@ -131,9 +131,11 @@ async def _staff(args: argparse.Namespace) -> int:
         auth.departments = lambda: directory.departments.values()
         if args.action == "add":
             departments = [d for d in (args.departments or "").split(",") if d]
-            if not departments:
-                departments = list(directory.departments)
             roles = [r for r in (args.roles or "clerk").split(",") if r]
+            if not departments and {"clerk", "lead"} & set(roles):
+                # All departments by default only for someone who serves or leads them: a moderator or an
+                # admin given no departments must not get every queue (and every citizen's concern).
+                departments = list(directory.departments)
             account = await auth.add_staff(args.username, args.name or args.username, _read_password(args),
                                            departments, roles)
             print(f"saved {account.username}: {', '.join(account.departments)} ({', '.join(account.roles)})")
@@ -173,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     p_add = staff_sub.add_parser("add", help="add or update an account (password from stdin or a prompt)")
     p_add.add_argument("username")
     p_add.add_argument("--name", help="display name shown to citizens")
-    p_add.add_argument("--departments", help="comma-separated department ids (default: all)")
+    p_add.add_argument("--departments", help="comma-separated department ids (default: all for clerks and leads, "
+                       "none for other roles)")
     p_add.add_argument("--roles", help="comma-separated: clerk, lead, admin, moderator (default: clerk)")
     p_add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     p_remove = staff_sub.add_parser("remove", help="remove an account")

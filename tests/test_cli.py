@@ -53,6 +53,17 @@ def test_staff_add_list_remove_survives_between_processes(config):
     assert cli("staff", "remove", "anna", config=config).returncode == 1
 
 
+def test_staff_add_gives_all_departments_only_to_clerks_and_leads(config):
+    """A moderator or an admin added without --departments serves no queue (review of issue 10)."""
+    for username, roles in [("clara", "clerk"), ("mona", "moderator"), ("root", "admin")]:
+        out = cli("staff", "add", username, "--roles", roles, "--password-stdin", stdin="a long password\n",
+                  config=config)
+        assert out.returncode == 0, out.stderr
+    listed = sorted(cli("staff", "list", config=config).stdout.splitlines())
+    assert listed == ["clara\tclara\tclerk\tbuergerbuero,bauamt", "mona\tmona\tmoderator\t",
+                      "root\troot\tadmin\t"]
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["staff", "add", "anna", "--departments", "nope", "--password-stdin"], "unknown department"),
     (["staff", "add", "an na", "--password-stdin"], "username"),
