@@ -42,6 +42,7 @@ from server.stats.report import parse_query, report  # noqa: E402
 from server.store.eventlog import EventLogStore, RedisEventLog, SqliteEventLog  # noqa: E402
 
 GOAL_S = 1.0
+KEY = b"bench pseudonym key"
 TZ = ZoneInfo("Europe/Berlin")
 LANGUAGES = ["de"] * 14 + ["en", "en", "tr", "ar", "uk", "ru", "pl", "fa"]
 
@@ -73,12 +74,12 @@ def year_of_entries(args: argparse.Namespace, last: date):
             count = int(rng.gauss(tickets_per_day * (1 / 3 if weekday == 5 else 1), tickets_per_day * 0.1))
             clerks = max(1, round(count / 40))
             for c in range(clerks):  # on duty: one mark per clerk and hour (what the recorder writes)
-                subject = pseudonym("clerk", f"{dept}-{c}")
+                subject = pseudonym("clerk", f"{dept}-{c}", KEY)
                 for h in range(hours):
                     batch.append(LogEntry(opening + h * 3600 + 60, "on_duty", dept, subject))
             for _ in range(max(0, count)):
                 serial += 1
-                t = pseudonym("ticket", str(serial))
+                t = pseudonym("ticket", str(serial), KEY)
                 lang = rng.choice(LANGUAGES)
                 interpreter = rng.random() < 0.02
                 at = opening + rng.uniform(0, hours * 3600 - 1800)

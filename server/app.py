@@ -14,6 +14,7 @@ from .audit import AuditLog
 from .cluster import CLUSTER, make_cluster
 from .errors import json_errors
 from .http import admin as admin_routes
+from .http import admin_settings as admin_settings_routes
 from .http import admin_staff as admin_staff_routes
 from .http import admin_stats as admin_stats_routes
 from .http import api
@@ -166,6 +167,7 @@ def create_app(settings: Settings, store: Store | None = None,
     app.add_routes(admin_staff_routes.routes)
     app.add_routes(admin_routes.routes)
     app.add_routes(admin_stats_routes.routes)
+    app.add_routes(admin_settings_routes.routes)
     setup_metrics(app, room, signaling.socket_counts, media)  # /metrics: only when configured (docs: README)
     try:
         from .http.pages import setup_pages
@@ -256,9 +258,8 @@ async def _every(interval: float, job: Callable[[], Awaitable[object]], what: st
 
 async def _sweep(room: WaitingRoom) -> None:
     """Expire tickets of citizens who stayed away past the grace period."""
-    interval = max(1.0, min(30.0, room.settings.grace_seconds / 4))
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(max(1.0, min(30.0, room.live("grace_seconds") / 4)))  # changeable at /admin/settings
         try:
             expired = await room.sweep()
             if expired:

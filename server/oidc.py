@@ -38,6 +38,8 @@ from joserfc.errors import (
 )
 from joserfc.jwk import KeySet
 
+from .staff_admin import clean_display_name
+
 log = logging.getLogger("sprechstunde.oidc")
 
 ROLES = frozenset({"clerk", "lead", "admin", "moderator"})
@@ -416,7 +418,9 @@ def identity_from_claims(claims: Mapping[str, Any], settings: OidcSettings) -> I
         refused.subject_marker = marker
         raise refused
     names = claim_values(claims, settings.display_name_claim)
-    display = " ".join((names[0] if names else username).split())[:100] or username
+    # The same rule as a name typed at /admin/staff (citizens read it); cleaned, not refused: a stray
+    # character in the directory must not lock anybody out.
+    display = (clean_display_name(names[0]) if names else "") or username
     return Identity(username, display, tuple(sorted(roles)), tuple(sorted(departments)), marker)
 
 

@@ -109,14 +109,28 @@ def _only(body: Mapping[str, Any], allowed: set[str]) -> None:
         raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
 
 
+def is_control_char(char: str) -> bool:
+    """What a staff display name must not contain (citizens read it: "Anna Amt ruft Sie auf"): control
+    characters (Cc), lone surrogates (Cs) and bidi overrides/isolates. Whitespace is folded before."""
+    return char in BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Cs")
+
+
+def clean_display_name(value: str) -> str:
+    """A display name from elsewhere (an identity provider's claim) made to follow the same rule as one
+    typed at /admin/staff: whitespace folded, control characters dropped, cut to ``MAX_DISPLAY_NAME``.
+    Empty when nothing is left (the caller falls back to the username)."""
+    kept = "".join(c for c in " ".join(value.split()) if not is_control_char(c))
+    return " ".join(kept.split())[:MAX_DISPLAY_NAME].strip()
+
+
 def _display_name(value: object) -> str:
     if not isinstance(value, str):
         raise InvalidInput("display_name must be text")
     name = " ".join(value.split())
     if not name or len(name) > MAX_DISPLAY_NAME:
         raise InvalidInput(f"display_name: 1-{MAX_DISPLAY_NAME} characters")
-    for char in name:  # citizens read it ("Anna Amt ruft Sie auf"): no control or bidi override characters
-        if char in BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Cs"):
+    for char in name:
+        if is_control_char(char):
             raise InvalidInput(f"display_name contains a control character (U+{ord(char):04X}); please remove it")
     return name
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
+from . import live_settings
 from .queue import core
 from .queue.errors import (
     AlreadyQueued,
@@ -127,6 +128,17 @@ class WaitingRoom:
         """Per department: ``opening`` as of one minute (``_opening_this_minute``)."""
         self.appointments: AppointmentHooks | None = None
         """Set by the appointments service (server/appointments/service.py) when the app runs it."""
+        self._live_from: dict[str, Any] | None = None
+        self._live: dict[str, int | float] = {}
+
+    def live(self, name: str) -> Any:
+        """A server-wide setting an admin may change at runtime (``server.live_settings.FIELDS``: answer,
+        rejoin and grace seconds, join limits): the stored value, live on every node, else the configuration's."""
+        stored = self.directory.settings
+        if stored is not self._live_from:  # replaced (never mutated) on every change
+            self._live = live_settings.current(self.settings, stored)
+            self._live_from = stored
+        return self._live[name]
 
     # -- wiring --
     def on_events(self, listener: Listener) -> None:
@@ -218,15 +230,18 @@ class WaitingRoom:
         }
 
     async def ticket_for_token(self, token: Any) -> Ticket:
-        """The citizen's live ticket. Unknown, malformed and expired tokens get the same answer."""
+        """The citizen's ticket. Unknown, malformed and expired tokens get the same answer; a ticket ended by
+        a lead's closing at once (``ended_by`` department_closed) answers with its final state, so that the
+        page, even one that was disconnected at that moment, says the department closed."""
         if not isinstance(token, str) or not (16 <= len(token) <= 128):
             raise TicketNotFound("ticket not found or expired")
         ticket = await self.store.ticket_for_token(hash_token(token))
         if ticket is None or not secrets.compare_digest(ticket.token_hash, hash_token(token)):
             raise TicketNotFound("ticket not found or expired")
-        if ticket.state is TicketState.EXPIRED:
-            # Kept in the store for a while after it ended, but to its token it is gone: the same answer as
-            # an unknown token (other final states still show the citizen's page how their visit ended).
+        if ticket.state is TicketState.EXPIRED and ticket.ended_by != "department_closed":
+            # Expired by the grace period: kept in the store for a while after it ended, but to its token it is
+            # gone, the same answer as an unknown token (other final states, and a place lost to a lead's
+            # closing, still show the citizen's page how their visit ended).
             raise TicketNotFound("ticket not found or expired")
         return ticket
 
@@ -252,18 +267,21 @@ class WaitingRoom:
             # estimate does not apply to it (the page says so).
             "appointment_at": ticket.appointment_at,
             **self.fairness_view(ticket),
+            # A lead closed the department at once and the place was lost: the page says so, in their words.
+            **({"ended_by": ticket.ended_by, "closed_message": (d.closed_message if d else None) or ""}
+               if ticket.ended_by == "department_closed" else {}),
         }
 
     def fairness_view(self, ticket: Ticket) -> dict[str, Any]:
         """The called citizen's answer time and a no-show citizen's time to rejoin, in seconds from now (the
         page counts down from when it received them, whatever its own clock says)."""
         now = self.clock()
-        answer = core.answer_seconds_left(ticket, now, self.settings.answer_seconds)
-        rejoin = core.rejoin_seconds_left(ticket, now, self.settings.rejoin_seconds)
+        answer = core.answer_seconds_left(ticket, now, self.live("answer_seconds"))
+        rejoin = core.rejoin_seconds_left(ticket, now, self.live("rejoin_seconds"))
         d = self.departments.get(ticket.department)
         is_open, next_opening, _ = self._opening_this_minute(d, now) if d else (False, None, None)
         return {
-            "answer_seconds": self.settings.answer_seconds,
+            "answer_seconds": self.live("answer_seconds"),
             "answer_seconds_left": None if answer is None else round(answer, 1),
             "rejoin_seconds_left": None if rejoin is None else round(rejoin, 1),
             # The department the ticket waits in now (after a transfer or return too): open, else when it opens.
@@ -290,7 +308,7 @@ class WaitingRoom:
                 "clerks": {u: p.value for u, p in sorted(presences.items())},
                 "clerk_names": names,
                 "appointments": await self.appointments.today(dep_id) if self.appointments else [],
-                "answer_seconds": self.settings.answer_seconds,
+                "answer_seconds": self.live("answer_seconds"),
             })
         result["transfer_targets"] = self.transfer_targets()
         result["timezone"] = self.settings.timezone
@@ -364,7 +382,7 @@ class WaitingRoom:
 
         ticket, events = await self.store.transaction(attempt)
         if limit:
-            await self.store.hit(limit_key, self.settings.join_window_seconds)
+            await self.store.hit(limit_key, self.live("join_window_seconds"))
         await self._publish(events)
         return ticket, token
 
@@ -372,8 +390,8 @@ class WaitingRoom:
         """Check-ins allowed per window from ``address`` (0: not limited): a trusted shared connection
         (``join_trusted_networks``) has ``joins_per_trusted_address``, any other ``joins_per_address``."""
         if _in_networks(address, self.settings.join_trusted_networks):
-            return self.settings.joins_per_trusted_address
-        return self.settings.joins_per_address
+            return int(self.live("joins_per_trusted_address"))
+        return int(self.live("joins_per_address"))
 
     async def _citizen_command(
         self, token: str, command: Callable[[Ticket, float], tuple[Ticket, list[TicketEvent]]]
@@ -414,7 +432,7 @@ class WaitingRoom:
     def _rejoin(self, connected: bool) -> Callable[[Ticket, float], tuple[Ticket, list[TicketEvent]]]:
         def command(ticket: Ticket, now: float) -> tuple[Ticket, list[TicketEvent]]:
             d = self.departments.get(ticket.department)
-            return core.rejoin(ticket, now, rejoin_seconds=self.settings.rejoin_seconds,
+            return core.rejoin(ticket, now, rejoin_seconds=self.live("rejoin_seconds"),
                                is_open=d is not None and self.is_open(d, now), connected=connected)
 
         return command
@@ -453,7 +471,7 @@ class WaitingRoom:
         """Expire tickets whose citizen stayed away longer than the grace period, including those whose page
         never connected (a new ticket counts as disconnected since it joined)."""
         now = self.clock()
-        grace = self.settings.grace_seconds
+        grace = self.live("grace_seconds")
         expired = 0
         for ticket_id in await self.store.disconnected_before(now - grace):
             try:
@@ -509,7 +527,7 @@ class WaitingRoom:
         return await self._clerk_command(clerk, ticket_id, lambda t, now: core.finish(t, clerk, now))
 
     async def no_show(self, clerk: Clerk, ticket_id: str) -> Ticket:
-        answer = self.settings.answer_seconds
+        answer = self.live("answer_seconds")
         return await self._clerk_command(
             clerk, ticket_id, lambda t, now: core.no_show(t, clerk, now, answer_seconds=answer)
         )

@@ -97,6 +97,20 @@ class AppointmentStoreContract:
         assert [a.id for a in await appointment_store.day("bb", DAY)] == ["a1", "a2", "a0"]
         assert [a.id for a in await appointment_store.starting_between(BASE, BASE + 2400)] == ["a1", "x", "a2"]
 
+    async def test_booked_ahead_counts_booked_slots_not_yet_ended(self, appointment_store: AppointmentStore) -> None:
+        assert await appointment_store.booked_ahead("bb", BASE) == 0
+        a, b = make("a1"), make("a2", BASE + 1200)
+        await put(appointment_store, a)
+        await put(appointment_store, b)
+        await put(appointment_store, make("a3", department="other"))
+        assert await appointment_store.booked_ahead("bb", BASE - 3600) == 2
+        assert await appointment_store.booked_ahead("bb", BASE + 600) == 2  # a1 runs until BASE + 1200
+        assert await appointment_store.booked_ahead("bb", BASE + 1200) == 1  # a1 has ended
+        await put(appointment_store, a.replace(state=AppointmentState.CANCELLED, version=1), a)
+        await put(appointment_store, b.replace(state=AppointmentState.CHECKED_IN, version=1), b)
+        assert await appointment_store.booked_ahead("bb", BASE - 3600) == 0  # cancelled / in the waiting room
+        assert await appointment_store.booked_ahead("other", BASE - 3600) == 1
+
     async def test_flags_are_set_once(self, appointment_store: AppointmentStore) -> None:
         assert await appointment_store.claim("a1", "reminded", 60) is True
         assert await appointment_store.claim("a1", "reminded", 60) is False

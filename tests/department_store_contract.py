@@ -101,3 +101,20 @@ class DepartmentStoreContract:
         assert list((await department_store.snapshot()).departments) == ["buergerbuero"]
         recreated = await department_store.create(PLAIN)  # the id is free again, from revision 1
         assert recreated.revision == 1
+
+    async def test_server_settings_are_one_record_with_a_revision(self, department_store: DepartmentStore) -> None:
+        await department_store.seed([PLAIN])
+        snap = await department_store.snapshot()
+        assert (snap.settings, snap.settings_revision) == ({}, 0)
+        version = await department_store.version()
+        assert await department_store.put_settings({"answer_seconds": 60.0}, 0) == 1
+        assert await department_store.version() > version  # every node's poll sees it
+        with pytest.raises(EditConflict):
+            await department_store.put_settings({"answer_seconds": 5.0}, 0)
+        results = await asyncio.gather(department_store.put_settings({"grace_seconds": 1.0}, 1),
+                                       department_store.put_settings({"grace_seconds": 2.0}, 1),
+                                       return_exceptions=True)
+        assert sum(isinstance(r, EditConflict) for r in results) == 1
+        snap = await department_store.snapshot()
+        assert snap.settings_revision == 2 and snap.settings["grace_seconds"] in (1.0, 2.0)
+        assert list(snap.departments) == ["bauamt"]  # the departments are untouched

@@ -13,6 +13,7 @@ from server.stats.log import LogEntry, pseudonym
 from server.stats.report import count_duty, sum_counters
 from server.store.eventlog import EventLogStore
 
+KEY = b"test pseudonym key"
 TZ = ZoneInfo("Europe/Berlin")
 DAY = date(2026, 3, 2).toordinal()  # a Monday
 
@@ -23,8 +24,8 @@ def at(day_offset: int, hour: int, minute: int = 0) -> float:
 
 def sample() -> list[LogEntry]:
     a, b = "buergerbuero", "bauamt"
-    t = [pseudonym("ticket", f"t{i}") for i in range(5)]
-    clara, bernd = pseudonym("clerk", "clara"), pseudonym("clerk", "bernd")
+    t = [pseudonym("ticket", f"t{i}", KEY) for i in range(5)]
+    clara, bernd = pseudonym("clerk", "clara", KEY), pseudonym("clerk", "bernd", KEY)
     return [
         LogEntry(at(0, 9), "joined", a, t[0], language="de"),
         LogEntry(at(0, 9, 5), "joined", a, t[1], language="en", interpreter=True),
@@ -146,7 +147,7 @@ async def test_a_bulk_batch_matches_the_reference(eventlog: EventLogStore) -> No
         d = rng.choice(departments)
         entries.append(LogEntry(
             at=at(rng.randrange(40), rng.randrange(7, 18), rng.randrange(60)), kind=kind, department=d,
-            subject=pseudonym("clerk" if kind == "on_duty" else "ticket", str(i % 50)),
+            subject=pseudonym("clerk" if kind == "on_duty" else "ticket", str(i % 50), KEY),
             source=rng.choice([x for x in departments if x != d]) if kind == "transferred" else "",
             wait=rng.uniform(0, 5000) if kind == "called" else None,
             duration=rng.uniform(30, 3000) if kind in ("finished", "returned", "transferred") else None,

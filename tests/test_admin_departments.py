@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from typing import Any
 
 import aiohttp
 import pytest
+import socketio
 from aiohttp import web
 
 from server.http.auth import hash_password
@@ -176,6 +178,44 @@ async def test_edits_name_their_revision_and_bad_input_changes_nothing(aiohttp_c
     assert (without_csrf.status, _code(await without_csrf.json())) == (403, "csrf")
 
 
+async def test_booked_appointments_keep_a_department_and_its_appointments(aiohttp_client, app):
+    """Removing a department, or switching off its appointments, would break the links of citizens who
+    booked: refused (409 department_busy, saying how many) while booked appointments lie ahead."""
+    import time
+
+    from server.appointments.model import Appointment, AppointmentState
+    from server.http.appointments import APPOINTMENTS
+
+    await _staff(app)
+    client, headers = await _client(aiohttp_client, app, "adam")
+    week = {day: ["08:00-12:00"] for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+    new = {"id": "sozialamt", "name": "Sozialamt", "appointments": {"hours": week}}
+    assert (await client.post(API, json=new, headers=headers)).status == 201
+    store = app[APPOINTMENTS].store
+    start = float(int(time.time()) + 7200)
+    booked = Appointment(id="ap1", token_hash="h1", department="sozialamt", start=start, end=start + 1200,
+                         day="2099-01-01", time="10:00", state=AppointmentState.BOOKED, created_at=start - 9000)
+    assert await store.commit(booked, None, parallel=1, day_cap=0, expires_at=start + 86400) == "ok"
+
+    off = await client.patch(f"{API}/sozialamt", json={"revision": 1, "appointments": None}, headers=headers)
+    body = await off.json()
+    assert (off.status, _code(body)) == (409, "department_busy")
+    assert "1 booked appointment" in body["error"]["message"]
+    assert app[ROOM].department("sozialamt").appointments is not None  # nothing changed
+    gone = await client.delete(f"{API}/sozialamt", json={"revision": 1}, headers=headers)
+    body = await gone.json()
+    assert (gone.status, _code(body)) == (409, "department_busy") and "1 booked appointment" in body["error"]["message"]
+    assert "sozialamt" in app[ROOM].departments
+    other = await client.patch(f"{API}/sozialamt", json={"revision": 1, "queue_cap": 5}, headers=headers)
+    assert other.status == 200  # other edits go on
+
+    cancelled = booked.replace(state=AppointmentState.CANCELLED, version=1)
+    assert await store.commit(cancelled, booked, parallel=1, day_cap=0, expires_at=start + 86400) == "ok"
+    off = await client.patch(f"{API}/sozialamt", json={"revision": 2, "appointments": None}, headers=headers)
+    assert off.status == 200
+    assert (await client.delete(f"{API}/sozialamt", json={"revision": 3}, headers=headers)).status == 200
+
+
 async def test_every_change_is_audited(aiohttp_client, app):
     from server.http.keys import AUDIT
 
@@ -304,3 +344,49 @@ def test_admin_messages_exist_in_both_languages() -> None:
     used = {m for m in used if not m.endswith(".")}  # `_("day." ~ day)`, `admin.dept.day.${day}`: listed above
     assert len(used) > 40
     assert sorted(m for m in used if m not in DE or m not in EN) == []
+
+
+@pytest.mark.parametrize("store", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_a_place_lost_to_close_at_once_still_answers_its_token_unlike_an_expired_one(
+        make_live_server, clients, request, store):
+    """A page that was not connected when the lead closed (a reload, a phone asleep) later learns that the
+    department closed: GET /api/tickets/me and the socket answer with the final state and the reason. A ticket
+    expired by the grace period keeps answering exactly like an unknown token."""
+    redis = {"redis_url": request.getfixturevalue("redis_url"),
+             "redis_prefix": request.getfixturevalue("redis_prefix")} if store == "redis" else {}
+    node = await make_live_server(None, **redis)
+    await _account(node.app, "lena", ["clerk", "lead"], ["buergerbuero"])
+    lost, gone = await join(node.url), await join(node.url, "bauamt")  # no page connected for either
+    node.room.clock = lambda: time.time() + 10 * node.app[AUTH].settings.grace_seconds
+    assert await node.room.sweep() == 2  # both expire by the grace period...
+    closed_lost = await join(node.url)  # ...this one is ended by the lead's closing instead
+    node.room.clock = time.time
+    async with _http(node.url) as http:
+        csrf = (await (await http.post("/api/session", json={"username": "lena", "password": PASSWORD})).json())["csrf"]
+        resp = await http.post(f"{API}/buergerbuero/close", json={"message": "Wasserschaden", "keep_places": False},
+                               headers={"X-CSRF-Token": csrf})
+        assert (await resp.json())["ended"] == 1
+        mine = await http.get("/api/tickets/me", headers={"Authorization": f"Bearer {closed_lost['token']}"})
+        ticket = (await mine.json())["ticket"]
+        assert mine.status == 200
+        assert (ticket["state"], ticket["ended_by"], ticket["closed_message"]) == (
+            "expired", "department_closed", "Wasserschaden")
+        # Nothing to do with it any more: the page offers a new check-in (once the department opens).
+        answer = await http.post("/api/tickets/me/answer", headers={"Authorization": f"Bearer {closed_lost['token']}"})
+        assert (answer.status, _code(await answer.json())) == (409, "illegal_transition")
+        for expired in (lost, gone):
+            for method, path in (("GET", "/api/tickets/me"), ("POST", "/api/tickets/me/answer"),
+                                 ("DELETE", "/api/tickets/me")):
+                resp = await http.request(method, path, headers={"Authorization": f"Bearer {expired['token']}"})
+                assert (resp.status, await resp.json()) == (404, {"error": {
+                    "code": "ticket_not_found", "message": "ticket not found or expired"}}), (method, path)
+    page = await citizen_socket(node.url, closed_lost["token"])
+    clients.append(page)
+    told = await page.wait_for("ticket")
+    assert (told["state"], told["ended_by"], told["closed_message"]) == (
+        "expired", "department_closed", "Wasserschaden")
+    for expired in (lost, gone):
+        client = socketio.AsyncClient(reconnection=False)
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await client.connect(node.url, auth={"token": expired["token"]}, transports=["websocket"], wait_timeout=5)
+        await client.disconnect()

@@ -438,5 +438,11 @@ async def test_staff_and_admin_pages(browser: Browser, site: Site, lang: str) ->
         await scan(page, f"[{lang}] /admin/staff editing an account")
     for path in ("/admin/stats", "/admin/audit"):
         await scan.page(page, path, f"[{lang}] {path}", "h1", idle=True)
+    if await scan.page(page, "/admin/settings", f"[{lang}] /admin/settings", "h1", idle=True):
+        await page.fill("#setting-answer_seconds", "-1")
+        await page.keyboard.press("Enter")  # submits the form from the field
+        await expect(page.locator("#settings-error")).to_be_visible()
+        await expect(page.locator("#settings-error")).to_be_focused()
+        await scan(page, f"[{lang}] /admin/settings refusing a value")
     await ctx.close()
     scan.done()

@@ -238,3 +238,24 @@ async def test_device_check_focus_and_microphone_meter(browser: Browser, live_se
     )
     assert in_page == [when_text(gettext("de"), m, now) for m in moments]
     assert problems == []
+
+
+async def test_a_page_away_when_the_department_closed_learns_it_on_return(
+        browser: Browser, live_server, problems: Problems) -> None:
+    """The citizen's page was not open when a lead closed at once and the places were lost; opening it again
+    says the department closed (with the lead's message), not that the ticket is unknown."""
+    room = live_server.room
+    _, page = await media_page(browser, problems, live_server.url)
+    await check_in(page, "Alex")
+    wait_url = page.url
+    await expect(page.locator("[data-field='position-number']")).to_have_text("1")
+    await page.goto("about:blank")  # the page is gone (its socket with it)
+    await room.directory.modify(
+        "buergerbuero", lambda d: dataclasses.replace(d, closed_now=True, closed_message="Wegen Wasserschaden."))
+    assert await room.end_waiting("buergerbuero") == 1
+    await page.goto(wait_url)
+    await expect(page.locator("#wait-heading")).to_have_text("Das Amt hat geschlossen")
+    await expect(page.locator("#final-text")).to_contain_text(
+        "Bürgerbüro hat geschlossen, bevor Sie an der Reihe waren. Ihr Platz ist damit verfallen.")
+    await expect(page.locator("#final-text")).to_contain_text("Wegen Wasserschaden.")
+    assert problems == []

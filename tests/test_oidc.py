@@ -50,6 +50,7 @@ from server.oidc import (
 )
 from server.queue.errors import NotAuthenticated
 from server.settings import ConfigError, settings_from_dict
+from server.staff_admin import clean_display_name
 from server.store.audit import AuditQuery
 from server.store.memory import MemoryStore
 from tests.app_fixtures import TEST_CONFIG, free_port
@@ -632,6 +633,22 @@ def test_identity_names_issuer_and_subject():
                              settings_with())
     assert a.username == "u.name@stadt.example" and a.display_name == "Ute Name" and b.display_name == b.username
     assert a.subject_marker != b.subject_marker and is_sso_account(a.subject_marker)
+
+
+@pytest.mark.parametrize(("name", "shown"), [
+    ("Anna \u202eAmt", "Anna Amt"),  # a bidi override would turn what citizens read around
+    ("\u2066Anna\u2069 Amt", "Anna Amt"),  # isolates
+    ("Anna\x00\x1b[31m Amt\x7f\x85", "Anna[31m Amt"),  # C0/C1 controls (NEL is whitespace: folded)
+    ("Anna\ud800 Amt", "Anna Amt"),  # a lone surrogate
+    ("\u202e\x07", "u"),  # nothing left: the username
+    ("Zoë\u200d Ünal\u200f", "Zoë\u200d Ünal\u200f"),  # ZWJ and RLM stay, as for names typed at /admin
+    ("x" * 150, "x" * 100),
+])
+def test_provider_display_names_follow_the_staff_name_rule(name, shown):
+    identity = identity_from_claims({"sub": "1", "preferred_username": "u", "name": name, "groups": ["sps-admin"]},
+                                    settings_with())
+    assert identity.display_name == shown
+    assert clean_display_name(shown) == shown  # what is kept passes the /admin/staff rule unchanged
 
 
 @pytest.mark.parametrize(("change", "message"), [

@@ -18,6 +18,7 @@ from tests.axe import assert_accessible
 from tests.test_browser import CHROMIUM_ARGS, PASSWORD, Problems, launched, new_page, staff_login
 
 pytestmark = pytest.mark.browser
+KEY = b"test pseudonym key"
 CHARTS = 6
 
 
@@ -36,11 +37,11 @@ def month_of_entries(tz: object) -> list[LogEntry]:
         if not 8 <= datetime.fromtimestamp(when, tz).hour < 17:  # type: ignore[arg-type]
             continue
         d = rng.choice(["buergerbuero", "bauamt"])
-        t = pseudonym("ticket", str(i))
+        t = pseudonym("ticket", str(i), KEY)
         entries += [LogEntry(when, "joined", d, t, language=rng.choice(["de", "en", "uk"]), interpreter=i % 17 == 0),
                     LogEntry(when + 300, "called", d, t, state="waiting", wait=rng.uniform(60, 1800)),
                     LogEntry(when + 900, "finished", d, t, state="in_consultation", duration=rng.uniform(120, 1200)),
-                    LogEntry(when, "on_duty", d, pseudonym("clerk", str(i % 4)))]
+                    LogEntry(when, "on_duty", d, pseudonym("clerk", str(i % 4), KEY))]
     return entries
 
 

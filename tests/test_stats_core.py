@@ -22,6 +22,7 @@ from server.stats.report import count_duty, csv_rows, parse_query, report, sum_c
 
 from .app_fixtures import make_settings
 
+KEY = b"test pseudonym key"
 TZ = ZoneInfo("Europe/Berlin")
 MONDAY = date(2026, 3, 2)
 SETTINGS = make_settings()
@@ -52,7 +53,7 @@ class Log:
     def _add(self, result: tuple[Ticket, list[TicketEvent]]) -> Ticket:
         ticket, events = result
         self.tickets[ticket.id] = ticket
-        self.entries += entries_from_events(events)
+        self.entries += entries_from_events(events, KEY)
         return ticket
 
     def join(self, tid: str, when: float, language: str = "de", interpreter: bool = False, dept: Any = A) -> None:
@@ -65,7 +66,7 @@ class Log:
         self._add(command(self.tickets[tid], *args))
 
     def duty(self, clerk: Clerk, when: float, presence: Presence = Presence.AVAILABLE) -> None:
-        self.entries += duty_entries(when, clerk.username, clerk.departments, presence)
+        self.entries += duty_entries(when, clerk.username, clerk.departments, presence, KEY)
 
 
 def seeded() -> Log:
@@ -140,7 +141,7 @@ def test_entries_carry_no_personal_data() -> None:
     ("finished", {"at": at(0, 9, 21), "state": "in_consultation", "duration": 600.0}),
 ])
 def test_entries_of_one_ticket(kind: str, fields: dict[str, Any]) -> None:
-    entry = next(e for e in seeded().entries if e.kind == kind and e.subject == pseudonym("ticket", "t1"))
+    entry = next(e for e in seeded().entries if e.kind == kind and e.subject == pseudonym("ticket", "t1", KEY))
     for name, value in fields.items():
         assert getattr(entry, name) == value, name
 
@@ -153,7 +154,7 @@ def test_entries_of_one_ticket(kind: str, fields: dict[str, Any]) -> None:
     ("returned", "t6", {"state": "in_consultation", "duration": 210.0, "at": at(1, 8, 5)}),
 ])
 def test_entries_of_other_moves(kind: str, tid: str, fields: dict[str, Any]) -> None:
-    entry = next(e for e in seeded().entries if e.kind == kind and e.subject == pseudonym("ticket", tid))
+    entry = next(e for e in seeded().entries if e.kind == kind and e.subject == pseudonym("ticket", tid, KEY))
     for name, value in fields.items():
         assert getattr(entry, name) == value, name
 
@@ -161,9 +162,9 @@ def test_entries_of_other_moves(kind: str, tid: str, fields: dict[str, Any]) -> 
 @pytest.mark.parametrize(("presence", "count"), [
     (Presence.AVAILABLE, 2), (Presence.BUSY, 2), (Presence.AWAY, 0), (Presence.OFFLINE, 0)])
 def test_duty_entries(presence: Presence, count: int) -> None:
-    entries = duty_entries(at(0, 9), "bernd", BERND.departments, presence)
+    entries = duty_entries(at(0, 9), "bernd", BERND.departments, presence, KEY)
     assert len(entries) == count
-    assert all(e.subject == pseudonym("clerk", "bernd") and e.subject != "bernd" for e in entries)
+    assert all(e.subject == pseudonym("clerk", "bernd", KEY) and e.subject != "bernd" for e in entries)
 
 
 def test_log_entry_round_trip() -> None:

@@ -4,6 +4,7 @@ hour, and sweeps by the retention."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +16,7 @@ from server.app import create_app
 from server.http.keys import ROOM, STATS
 from server.queue.model import Clerk, JoinRequest, Presence
 from server.settings import ConfigError
-from server.stats.log import LogEntry
+from server.stats.log import LogEntry, pseudonym
 from server.store.eventlog import RedisEventLog, SqliteEventLog
 from server.store.memory import MemoryStore
 
@@ -59,7 +60,9 @@ async def test_a_store_that_does_not_answer_never_fails_the_waiting_room(tmp_pat
         started = time.monotonic()
         await stats.flush()  # fails inside, says so in the log, keeps the entries
         assert time.monotonic() - started < 5
-        assert [e.kind for e in stats._pending] == ["joined", "on_duty", "called"]
+        # Kept until the store answers (the pseudonym key comes from it): two moves and the clerk's presences
+        # (on duty twice in one hour: one mark once the key is there).
+        assert [duty for duty, _ in stats._early] == [False, True, False, True] and stats._pending == []
         await stats.on_events([object()])  # type: ignore[list-item] - even nonsense does not raise
     finally:
         await stats.close()
@@ -107,3 +110,45 @@ def test_the_retention_setting() -> None:
     for bad in (0, 5000, "400"):
         with pytest.raises(ConfigError):
             make_settings(stats_retention_days=bad)
+
+
+@pytest.mark.parametrize("kind", [pytest.param("sqlite"), pytest.param("redis", marks=pytest.mark.redis)])
+async def test_pseudonyms_are_keyed_per_installation_and_stable_across_a_restart(
+        tmp_path: Path, request: pytest.FixtureRequest, kind: str) -> None:
+    tz = make_settings().tz
+
+    def open_store() -> Any:
+        if kind == "sqlite":
+            return SqliteEventLog(tmp_path / "stats.sqlite3", tz)
+        return RedisEventLog(request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"), tz)
+
+    subjects = []
+    keys = []
+    for _ in range(2):  # the second time round is a restart: a new store on the same file / prefix
+        app = build(tmp_path, open_store())
+        room, stats = app[ROOM], app[STATS]
+        try:
+            ticket, _ = await room.join("buergerbuero", JoinRequest(consent=True), "10.0.0.1")
+            await room.set_presence(CLARA, Presence.AVAILABLE)
+            await stats.flush()
+            entries = await stats.store.entries(0, 10 ** 6)
+            duty = [e.subject for e in entries if e.kind == "on_duty"]
+            joined = {e.subject for e in entries if e.kind == "joined"}
+            unkeyed = {hashlib.sha256(f"sprechstunde-stats:{k}:{v}".encode()).hexdigest()[:16]
+                       for k, v in (("clerk", "clara"), ("ticket", ticket.id))}
+            # Not the unkeyed hash anyone could compute from a list of usernames; the installation's HMAC.
+            assert duty and not unkeyed & {*duty, *joined}
+            key = await stats.store.pseudonym_key()
+            assert len(key) == 32
+            assert pseudonym("ticket", ticket.id, key) in joined
+            subjects.append(duty[-1])
+            keys.append(key)
+        finally:
+            await stats.close()
+            await room.store.close()
+    assert keys[0] == keys[1] and subjects[0] == subjects[1] == pseudonym("clerk", "clara", keys[0])
+    other = SqliteEventLog(tmp_path / "other.sqlite3", tz)  # another installation: another key
+    try:
+        assert await other.pseudonym_key() != keys[0]
+    finally:
+        await other.close()

@@ -17,6 +17,7 @@ from ..rooms import directory as edits
 from ..store.departments import Stored
 from .admin_access import AdminScope, admin_scope, scope_of
 from .api import json_body
+from .appointments import APPOINTMENTS
 from .auth import SESSION_COOKIE
 from .keys import AUDIT, AUTH, ROOM
 
@@ -27,6 +28,14 @@ async def _counts(request: web.Request, department_id: str) -> tuple[int, int]:
     store = request.app[ROOM].store
     waiting = (await store.waiting_counts([department_id]))[department_id]
     return waiting, len(await store.active(department_id))
+
+
+async def _booked(request: web.Request, department_id: str) -> int:
+    """Booked appointments still ahead (their citizens hold links into the department)."""
+    service = request.app.get(APPOINTMENTS)
+    if service is None:
+        return 0
+    return await service.store.booked_ahead(department_id, request.app[ROOM].clock())
 
 
 async def _json(request: web.Request, department_id: str) -> dict[str, Any]:
@@ -113,7 +122,10 @@ async def edit_department(request: web.Request) -> web.Response:
     body = await json_body(request)
     revision = _revision(body)
     room = request.app[ROOM]
-    department = edits.edit(room.department(department_id), body, admin=scope.is_admin)
+    current = room.department(department_id)
+    department = edits.edit(current, body, admin=scope.is_admin)
+    if current.appointments is not None and department.appointments is None:
+        edits.check_no_bookings(await _booked(request, department_id))  # their links would fail
     stored = await room.directory.update(department, revision)
     await _audit(request, scope, "department.updated", department_id, fields=sorted(body))
     return await _answer(request, stored)
@@ -124,7 +136,7 @@ async def delete_department(request: web.Request) -> web.Response:
     scope, department_id = await _scoped(request)
     scope.require_admin()
     revision = _revision(await json_body(request))
-    edits.check_removable(*await _counts(request, department_id))
+    edits.check_removable(*await _counts(request, department_id), await _booked(request, department_id))
     await request.app[ROOM].directory.delete(department_id, revision)
     await _audit(request, scope, "department.removed", department_id)
     return web.json_response({"ok": True})

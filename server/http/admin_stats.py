@@ -81,5 +81,6 @@ async def stats_page(request: web.Request) -> web.StreamResponse:
     query = parse_query({}, now=request.app[ROOM].clock(), tz=request.app[SETTINGS].tz, allowed=[])
     return render(request, "admin_stats.html", admin_section="stats",
                   departments=_departments(request, scope),
-                  page={"all": ALL, "granularities": list(GRANULARITIES), "default_days": DEFAULT_DAYS,
+                  page={"is_admin": scope.is_admin, "all": ALL, "granularities": list(GRANULARITIES),
+                        "default_days": DEFAULT_DAYS,
                         "max_days": MAX_DAYS, "from": query.first.isoformat(), "to": query.last.isoformat()})

@@ -22,7 +22,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from ..queue.errors import InvalidInput, NotAuthenticated, QueueError, RateLimited
-from ..queue.model import Clerk
+from ..queue.model import SERVING_ROLES, Clerk
 from ..rooms.departments import Department
 from ..settings import Settings
 from ..store.base import StaffAccount, Store
@@ -98,11 +98,15 @@ class Auth:
 
     def clerk_from_account(self, account: StaffAccount) -> Clerk:
         configured = {d.id for d in self.departments()}
+        roles = frozenset(account.roles)
+        # Only a clerk or a lead serves the departments of their account; an admin-only or moderator-only
+        # account serves none, whatever departments it holds (Clerk enforces this too).
+        serves = frozenset(account.departments) & configured if SERVING_ROLES & roles else frozenset()
         return Clerk(
             username=account.username,
             display_name=account.display_name,
-            departments=frozenset(account.departments) & configured,
-            roles=frozenset(account.roles),
+            departments=serves,
+            roles=roles,
         )
 
     async def login(self, username: object, password: object, address: str) -> StaffSession:

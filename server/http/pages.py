@@ -166,7 +166,7 @@ async def wait_page(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     return render(
         request, "wait.html", ticket_id=ticket_id, timezone=settings.timezone,
-        grace_minutes=max(1, math.floor(settings.grace_seconds / 60)),
+        grace_minutes=max(1, math.floor(request.app[ROOM].live("grace_seconds") / 60)),
         department_names={d.id: d.name for d in request.app[ROOM].departments.values()},
     )
 

@@ -326,7 +326,7 @@ def department_closed(ticket: Ticket, now: float) -> Result:
     """waiting -> expired: a lead closed the department at once and waiting citizens lose their place
     (event kind ``department_closed``, meta ``reason``; called and in-consultation tickets are not touched)."""
     _require(ticket, (W,), "end (department closed)")
-    new = ticket.replace(state=TicketState.EXPIRED, ended_at=now)
+    new = ticket.replace(state=TicketState.EXPIRED, ended_at=now, ended_by="department_closed")
     return new, [TicketEvent("department_closed", new, W, meta={"reason": "department_closed"})]
 
 

@@ -38,6 +38,10 @@ class Presence(StrEnum):
     OFFLINE = "offline"
 
 
+SERVING_ROLES = frozenset({"clerk", "lead"})
+"""Roles that serve citizens: a clerk serves their departments, a lead the departments they lead."""
+
+
 @dataclass(frozen=True)
 class Clerk:
     """The authenticated member of staff issuing a command."""
@@ -45,7 +49,13 @@ class Clerk:
     username: str
     display_name: str
     departments: frozenset[str]
+    """The departments this member SERVES (queue, calls, consultations, transfers). Empty unless ``roles``
+    include ``clerk`` or ``lead``: an admin-only or moderator-only account holding departments serves none."""
     roles: frozenset[str] = frozenset({"clerk"})
+
+    def __post_init__(self) -> None:
+        if self.departments and not SERVING_ROLES & self.roles:
+            object.__setattr__(self, "departments", frozenset())
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,9 @@ class Ticket:
     appointment_at: float | None = None
     """Start of the booked appointment this ticket came from (epoch seconds); None for walk-ins. From that
     time on the ticket is called ahead of walk-ins (``server.queue.core.pick_next``)."""
+    ended_by: str | None = None
+    """Why an ended ticket ended when its state does not say it all: ``"department_closed"`` (a lead closed
+    the department at once and the citizen lost their place; state ``expired``). None otherwise."""
 
     def replace(self, **changes: Any) -> Ticket:
         return dataclasses.replace(self, **changes)

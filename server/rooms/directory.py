@@ -234,9 +234,17 @@ def parse_close(body: Any) -> tuple[str, bool]:
     return _clean(body.get("message", ""), MAX_MESSAGE, "message"), keep
 
 
-def check_removable(waiting: int, active: int) -> None:
-    """A department is removed only when nobody waits there and no consultation runs."""
+def check_removable(waiting: int, active: int, booked: int = 0) -> None:
+    """A department is removed only when nobody waits there, no consultation runs and no booked appointment
+    lies ahead (its citizens' links would fail; they could not even cancel)."""
     if waiting or active:
         raise DepartmentBusy(f"{waiting} citizens are waiting and {active} in a consultation: close the "
                              "department (they lose their place) and wait for the consultations to end")
+    check_no_bookings(booked, "the department cannot be removed")
 
+
+def check_no_bookings(booked: int, what: str = "appointments cannot be switched off") -> None:
+    """Appointments are switched off (or the department removed) only when no booked appointment lies ahead."""
+    if booked:
+        raise DepartmentBusy(f"{booked} booked appointment(s) lie ahead: {what} until they have taken place "
+                             "or been cancelled")

@@ -344,11 +344,7 @@ class Signaling:
                 continue
             for d in e.departments:  # the full ticket below says it
                 self._connectivity.get(d, {}).pop(e.ticket.id, None)
-            view = await self.room.citizen_view(e.ticket)
-            if e.kind == "department_closed":  # the page says why the place ended, in the lead's words
-                closed = self.room.departments.get(e.ticket.department)
-                view = {**view, "ended_by": "department_closed",
-                        "closed_message": closed.closed_message if closed else ""}
+            view = await self.room.citizen_view(e.ticket)  # says ended_by/closed_message for a lead's closing
             await self.sio.emit("ticket", view, room=f"t:{e.ticket.id}")
             await self.sio.emit(
                 "ticket",

@@ -2,12 +2,15 @@
 
 A ticket's name, concern, transfer note and token hash are left out; its id is replaced by a one-way
 pseudonym (the ids are random, so the pseudonym links a ticket's own entries and nothing else). Clerks
-appear only as pseudonyms in ``on_duty`` entries, to count how many were on duty.
+appear only as pseudonyms in ``on_duty`` entries, to count how many were on duty. Pseudonyms are keyed
+(HMAC-SHA-256 with a random key per installation, kept by the event-log store): without the key, nobody
+can tell which username (or ticket id) a pseudonym stands for by hashing candidates.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -23,9 +26,12 @@ ON_DUTY = frozenset({Presence.AVAILABLE, Presence.BUSY})
 """Presences that count as on duty."""
 
 
-def pseudonym(kind: str, value: str) -> str:
-    """A short one-way pseudonym (16 hex digits of SHA-256)."""
-    return hashlib.sha256(f"sprechstunde-stats:{kind}:{value}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
+def pseudonym(kind: str, value: str, key: bytes) -> str:
+    """A short keyed one-way pseudonym (16 hex digits of HMAC-SHA-256 under the installation's ``key``)."""
+    if not key:
+        raise ValueError("pseudonyms need the installation's key")
+    message = f"sprechstunde-stats:{kind}:{value}".encode("utf-8", "surrogatepass")
+    return hmac.new(key, message, hashlib.sha256).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,7 @@ def _at(event: TicketEvent) -> float | None:
     return None
 
 
-def entries_from_events(events: Iterable[TicketEvent]) -> list[LogEntry]:
+def entries_from_events(events: Iterable[TicketEvent], key: bytes) -> list[LogEntry]:
     """The log entries of a list of ticket events; times come from the ticket (the command's ``now``)."""
     out: list[LogEntry] = []
     for e in events:
@@ -85,7 +91,7 @@ def entries_from_events(events: Iterable[TicketEvent]) -> list[LogEntry]:
         seconds = e.meta.get("service_seconds")
         duration = float(seconds) if isinstance(seconds, int | float) else None
         out.append(LogEntry(
-            at=float(at), kind=e.kind, department=t.department, subject=pseudonym("ticket", t.id),
+            at=float(at), kind=e.kind, department=t.department, subject=pseudonym("ticket", t.id, key),
             source=(e.previous_department or "") if e.kind == "transferred" else "",
             state=e.previous_state.value if e.previous_state else "",
             wait=wait, duration=duration, language=t.language, interpreter=bool(t.interpreter),
@@ -93,9 +99,10 @@ def entries_from_events(events: Iterable[TicketEvent]) -> list[LogEntry]:
     return out
 
 
-def duty_entries(at: float, username: str, departments: Iterable[str], presence: Presence) -> list[LogEntry]:
+def duty_entries(at: float, username: str, departments: Iterable[str], presence: Presence,
+                 key: bytes) -> list[LogEntry]:
     """``on_duty`` entries for a clerk who is available or busy at ``at``; none otherwise."""
     if presence not in ON_DUTY:
         return []
-    subject = pseudonym("clerk", username)
+    subject = pseudonym("clerk", username, key)
     return [LogEntry(at=float(at), kind="on_duty", department=d, subject=subject) for d in sorted(departments)]

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from ..appointments.model import Appointment
+from ..appointments.model import Appointment, AppointmentState
 from .files import write_private
 from .redis import connection_pool
 
@@ -75,6 +75,11 @@ class AppointmentStore(abc.ABC):
         """Appointments of every department starting in [start, end), by start."""
 
     @abc.abstractmethod
+    async def booked_ahead(self, department: str, now: float) -> int:
+        """Appointments of a department still booked (not checked in, cancelled or no-show) whose slot has not
+        ended at ``now``: citizens holding a link into the department (it cannot be removed meanwhile)."""
+
+    @abc.abstractmethod
     async def claim(self, appointment_id: str, flag: str, ttl: float) -> bool:
         """Set a flag once (e.g. "reminded"): True for the one caller that set it, on any node."""
 
@@ -84,6 +89,10 @@ class AppointmentStore(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+
+def _ahead(a: Appointment, now: float) -> bool:
+    return a.state is AppointmentState.BOOKED and a.end > now
 
 
 def _slot_key(department: str, start: float) -> str:
@@ -185,6 +194,10 @@ class MemoryAppointmentStore(AppointmentStore):
     async def starting_between(self, start: float, end: float) -> list[Appointment]:
         found = [a for a in self._items.values() if start <= a.start < end and self._live(a.id)]
         return sorted(found, key=lambda a: (a.start, a.created_at, a.id))
+
+    async def booked_ahead(self, department: str, now: float) -> int:
+        return sum(1 for a in self._items.values()
+                   if a.department == department and _ahead(a, now) and self._live(a.id))
 
     async def claim(self, appointment_id: str, flag: str, ttl: float) -> bool:
         key = f"{appointment_id}:{flag}"
@@ -325,6 +338,11 @@ class RedisAppointmentStore(AppointmentStore):
     async def starting_between(self, start: float, end: float) -> list[Appointment]:
         ids = cast(list[str], await self._redis.zrangebyscore(self._k("appt-starts"), start, f"({end}"))
         return sorted(await self._many(ids), key=lambda a: (a.start, a.created_at, a.id))
+
+    async def booked_ahead(self, department: str, now: float) -> int:
+        # The index of starts holds every department's; a slot still running started at most a day ago.
+        ids = cast(list[str], await self._redis.zrangebyscore(self._k("appt-starts"), now - 86400, "+inf"))
+        return sum(1 for a in await self._many(ids) if a.department == department and _ahead(a, now))
 
     async def claim(self, appointment_id: str, flag: str, ttl: float) -> bool:
         done = await self._redis.set(self._k("appt-flag", appointment_id, flag), "1", nx=True,

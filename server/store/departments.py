@@ -20,7 +20,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -53,6 +53,9 @@ class Snapshot:
     version: int
     departments: dict[str, Stored]
     """In display order: the seed's order, then by creation."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Server-wide settings changed at /admin/settings (``server.live_settings``); empty: none changed."""
+    settings_revision: int = 0
 
 
 def _dumps(d: Department) -> str:
@@ -87,6 +90,11 @@ class DepartmentStore(abc.ABC):
         """Remove a department if it is still at ``revision`` (errors as for ``update``)."""
 
     @abc.abstractmethod
+    async def put_settings(self, values: dict[str, Any], revision: int) -> int:
+        """Replace the stored server-wide settings if they are still at ``revision`` (0: never written);
+        ``EditConflict`` if not. Raises the directory's version (every node picks it up). The new revision."""
+
+    @abc.abstractmethod
     async def close(self) -> None: ...
 
 
@@ -98,6 +106,8 @@ class MemoryDepartmentStore(DepartmentStore):
         self._path = path
         self._version = 0
         self._entries: dict[str, Stored] = {}
+        self._settings: dict[str, Any] = {}
+        self._settings_revision = 0
         if path is not None and path.exists():
             # A corrupt file raises: starting with the TOML's departments instead would undo every edit.
             data = json.loads(path.read_text("utf-8") or "{}")
@@ -105,6 +115,9 @@ class MemoryDepartmentStore(DepartmentStore):
             for item in data.get("departments", []):
                 d = department_from_dict(item["department"])
                 self._entries[d.id] = Stored(d, int(item["revision"]))
+            stored_settings = data.get("settings") or {}
+            self._settings = dict(stored_settings.get("values", {}))
+            self._settings_revision = int(stored_settings.get("revision", 0))
 
     def _persist(self) -> None:
         if self._path is None:
@@ -113,6 +126,7 @@ class MemoryDepartmentStore(DepartmentStore):
             "version": self._version,
             "departments": [{"revision": s.revision, "department": department_to_dict(s.department)}
                             for s in self._entries.values()],
+            "settings": {"revision": self._settings_revision, "values": self._settings},
         }
         write_private(self._path, json.dumps(payload, indent=1, ensure_ascii=False))
 
@@ -125,7 +139,7 @@ class MemoryDepartmentStore(DepartmentStore):
         return stored
 
     async def snapshot(self) -> Snapshot:
-        return Snapshot(self._version, dict(self._entries))
+        return Snapshot(self._version, dict(self._entries), dict(self._settings), self._settings_revision)
 
     async def version(self) -> int:
         return self._version
@@ -158,6 +172,15 @@ class MemoryDepartmentStore(DepartmentStore):
         del self._entries[department_id]
         self._version += 1
         self._persist()
+
+    async def put_settings(self, values: dict[str, Any], revision: int) -> int:
+        if revision != self._settings_revision:
+            raise EditConflict()
+        self._settings = dict(values)
+        self._settings_revision += 1
+        self._version += 1
+        self._persist()
+        return self._settings_revision
 
     async def close(self) -> None:
         return None
@@ -204,9 +227,21 @@ return new
 """
 
 
+# KEYS: settings JSON, settings revision, directory version; ARGV: expected revision, JSON
+_SETTINGS = """
+local rev = tonumber(redis.call('GET', KEYS[2]) or '0')
+if rev ~= tonumber(ARGV[1]) then return -1 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], rev + 1)
+redis.call('INCR', KEYS[3])
+return rev + 1
+"""
+
+
 class RedisDepartmentStore(DepartmentStore):
     """Keys under the prefix: ``dept`` hash id -> department JSON, ``dept:rev`` hash id -> revision,
-    ``dept:pos`` hash id -> display position, ``dept:version`` the directory's version."""
+    ``dept:pos`` hash id -> display position, ``dept:version`` the directory's version; ``dept:settings``
+    (JSON) and ``dept:settings:rev`` the server-wide settings changed at /admin/settings."""
 
     def __init__(self, url: str, prefix: str = "sps:") -> None:
         self._redis: aioredis.Redis = aioredis.Redis.from_pool(connection_pool(url))
@@ -216,6 +251,8 @@ class RedisDepartmentStore(DepartmentStore):
         self._seed = self._redis.register_script(_SEED)
         self._create = self._redis.register_script(_CREATE)
         self._update = self._redis.register_script(_UPDATE)
+        self._settings_keys = [base + ":settings", base + ":settings:rev", base + ":version"]
+        self._put_settings = self._redis.register_script(_SETTINGS)
 
     async def snapshot(self) -> Snapshot:
         bodies_key, revs_key, pos_key, version_key = self._keys
@@ -224,11 +261,14 @@ class RedisDepartmentStore(DepartmentStore):
             pipe.hgetall(revs_key)
             pipe.hgetall(pos_key)
             pipe.get(version_key)
-            bodies, revs, positions, version = await pipe.execute()
+            pipe.get(self._settings_keys[0])
+            pipe.get(self._settings_keys[1])
+            bodies, revs, positions, version, settings, settings_rev = await pipe.execute()
         order = sorted(bodies, key=lambda i: (int(positions.get(i, 0)), i))
         return Snapshot(
             int(version or 0),
             {i: Stored(department_from_dict(json.loads(bodies[i])), int(revs.get(i, 1))) for i in order},
+            json.loads(settings) if settings else {}, int(settings_rev or 0),
         )
 
     async def version(self) -> int:
@@ -259,6 +299,13 @@ class RedisDepartmentStore(DepartmentStore):
     async def delete(self, department_id: str, revision: int) -> None:
         await self._write(department_id, revision, "")
 
+    async def put_settings(self, values: dict[str, Any], revision: int) -> int:
+        body = json.dumps(values, separators=(",", ":"))
+        result = int(await self._put_settings(keys=self._settings_keys, args=[revision, body]))
+        if result < 0:
+            raise EditConflict()
+        return result
+
     async def close(self) -> None:
         await self._redis.aclose()
 
@@ -285,6 +332,8 @@ class DepartmentDirectory:
         self._revisions: dict[str, int] = {}
         self._version = -1
         self._listeners: list[ChangeListener] = []
+        self._settings: dict[str, Any] = {}
+        self._settings_revision = 0
 
     @property
     def departments(self) -> dict[str, Department]:
@@ -293,6 +342,26 @@ class DepartmentDirectory:
 
     def revision(self, department_id: str) -> int:
         return self._revisions.get(department_id, 0)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Server-wide settings changed at /admin/settings (``server.live_settings``), as stored; replaced on
+        every change. Empty: none changed (the configuration's values apply)."""
+        return self._settings
+
+    @property
+    def settings_revision(self) -> int:
+        return self._settings_revision
+
+    async def change_settings(self, changes: dict[str, Any], revision: int) -> dict[str, Any]:
+        """Merge ``changes`` into the stored server-wide settings if they are still at ``revision``
+        (``EditConflict`` if not; read from the store, not this node's copy, so nothing another node wrote is
+        lost). Live here at once, on other nodes within ``POLL_SECONDS``. The stored settings before."""
+        store = self._require_store()
+        before = (await store.snapshot()).settings
+        await store.put_settings({**before, **changes}, revision)
+        self._apply(await store.snapshot())
+        return before
 
     def on_change(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
@@ -322,6 +391,8 @@ class DepartmentDirectory:
         changed = {i for i in set(old) | set(new) if old.get(i) != new.get(i)}
         self._departments = new
         self._revisions = {i: s.revision for i, s in snap.departments.items()}
+        self._settings = dict(snap.settings)
+        self._settings_revision = snap.settings_revision
         self._version = snap.version
         return changed
 

@@ -24,10 +24,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, tzinfo
 from pathlib import Path
@@ -58,6 +59,11 @@ class EventLogStore(abc.ABC):
 
     def __init__(self, tz: tzinfo) -> None:
         self.tz = tz
+
+    @abc.abstractmethod
+    async def pseudonym_key(self) -> bytes:
+        """The installation's random key for pseudonyms (``server.stats.log.pseudonym``): made once, on the
+        first call ever (atomically, so every node gets the same), and kept with the log (never swept)."""
 
     @abc.abstractmethod
     async def append(self, entries: Sequence[LogEntry]) -> None:
@@ -109,7 +115,10 @@ CREATE TABLE IF NOT EXISTS duty (
 CREATE TABLE IF NOT EXISTS duty_day (
     department TEXT NOT NULL, day INTEGER NOT NULL, subject TEXT NOT NULL,
     PRIMARY KEY (department, day, subject)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 """
+KEY_BYTES = 32
+"""Length of the pseudonym key."""
 
 
 class SqliteEventLog(EventLogStore):
@@ -213,6 +222,16 @@ class SqliteEventLog(EventLogStore):
             f"SELECT {select} WHERE department IN ({marks}) AND day BETWEEN ? AND ?",  # noqa: S608
             (*departments, min(day_groups), max(day_groups)))
         return count_duty(rows, departments, day_groups, hourly)
+
+    async def pseudonym_key(self) -> bytes:
+        return await self._run(self._pseudonym_key)
+
+    def _pseudonym_key(self) -> bytes:
+        db = self._conn()
+        db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('pseudonym_key', ?)",
+                   (secrets.token_bytes(KEY_BYTES),))
+        row = db.execute("SELECT value FROM meta WHERE name = 'pseudonym_key'").fetchone()
+        return bytes(row[0])
 
     async def sweep(self, before_day: int) -> None:
         await self._run(self._sweep, before_day)
@@ -334,7 +353,8 @@ class RedisEventLog(EventLogStore):
     of a batch, one a line, their values joined by ``SEP``); ``d:{day}:{dept}`` hash of day
     counters; ``h:{day}:{dept}`` hash ``HH|field`` of hour counters; ``duty:{day}:{dept}`` set ``HH|clerk`` and
     ``dutyd:{day}:{dept}`` set of clerks on duty that day;
-    ``keys:{day}`` set of that day's keys and ``days`` zset of days, for the retention sweep. Queries sum
+    ``keys:{day}`` set of that day's keys and ``days`` zset of days, for the retention sweep;
+    ``pseudonym-key`` the installation's pseudonym key (hex, set once with NX). Queries sum
     server-side (Lua, a few weeks per call), so a year's figures cross the network once, already summed."""
 
     def __init__(self, url: str, prefix: str, tz: tzinfo) -> None:
@@ -449,6 +469,14 @@ class RedisEventLog(EventLogStore):
             everyone.update(subjects)
         return DutyCounts(per, len(everyone))
 
+    async def pseudonym_key(self) -> bytes:
+        key = f"{self._p}pseudonym-key"  # not a day's key: the retention sweep never deletes it
+        await self._redis.set(key, secrets.token_hex(KEY_BYTES), nx=True)
+        value = await self._redis.get(key)
+        if not value:
+            raise RuntimeError("the pseudonym key vanished from Redis")
+        return bytes.fromhex(str(value))
+
     async def sweep(self, before_day: int) -> None:
         p = self._p
         days = [str(d) for d in await self._redis.zrangebyscore(f"{p}days", "-inf", f"({before_day}")]
@@ -496,19 +524,57 @@ class StatsRecorder:
         self._dropped = 0
         self._last_error_log = float("-inf")
         self._flushing = asyncio.Lock()
+        self._key: bytes | None = None
+        """The installation's pseudonym key, loaded once from the store (by the first flush)."""
+        self._early: list[tuple[bool, Callable[[bytes], list[LogEntry]]]] = []
+        """Until the key is loaded: (duty?, how to make the entries with the key), in order."""
 
     # -- listeners (never raise) --
     async def on_events(self, events: list[TicketEvent]) -> None:
         try:
-            self._pending.extend(entries_from_events(events))
+            if self._key is None:
+                kept = list(events)
+                self._later(False, lambda key: entries_from_events(kept, key))
+            else:
+                self._pending.extend(entries_from_events(events, self._key))
         except Exception:  # noqa: BLE001 - statistics never make the waiting room fail
             log.exception("statistics: an event could not be logged")
 
     async def on_presence(self, clerk: Clerk, presence: Presence) -> None:
         try:
-            self._add_duty(duty_entries(self.clock(), clerk.username, clerk.departments, presence))
+            self._add_duty_of(self.clock(), clerk.username, clerk.departments, presence)
         except Exception:  # noqa: BLE001
             log.exception("statistics: a presence could not be logged")
+
+    def _later(self, duty: bool, make: Callable[[bytes], list[LogEntry]]) -> None:
+        self._early.append((duty, make))
+        if len(self._early) > MAX_PENDING:
+            del self._early[0]
+            self._dropped += 1
+
+    def _add_duty_of(self, at: float, username: str, departments: Iterable[str], presence: Presence) -> None:
+        if self._key is None:
+            kept = sorted(departments)
+            self._later(True, lambda key: duty_entries(at, username, kept, presence, key))
+        else:
+            self._add_duty(duty_entries(at, username, departments, presence, self._key))
+
+    async def _load_key(self) -> None:
+        """Load the pseudonym key (once) and turn what waited for it into entries."""
+        if self._key is not None:
+            return
+        self._key = await self.store.pseudonym_key()
+        early, self._early = self._early, []
+        for duty, make in early:
+            try:
+                entries = make(self._key)
+            except Exception:  # noqa: BLE001 - as in the listeners: one bad event loses only itself
+                log.exception("statistics: an event could not be logged")
+                continue
+            if duty:
+                self._add_duty(entries)
+            else:
+                self._pending.extend(entries)
 
     def _add_duty(self, entries: list[LogEntry]) -> None:
         """One ``on_duty`` entry per clerk, department and hour is enough (per process)."""
@@ -528,11 +594,16 @@ class StatsRecorder:
         now = self.clock()
         for department in list(self.room.departments):
             for username, presence in (await self.room.store.presences(department)).items():
-                self._add_duty(duty_entries(now, username, [department], presence))
+                self._add_duty_of(now, username, [department], presence)
 
     async def flush(self) -> None:
         """Write what is buffered; on failure keep it (up to ``MAX_PENDING``) for the next try."""
         async with self._flushing:
+            try:
+                await self._load_key()
+            except Exception as e:  # what waits for the key stays buffered for the next try
+                self._log_failure(e)
+                return
             batch, self._pending = self._pending, []
             if not batch:
                 return
@@ -552,10 +623,10 @@ class StatsRecorder:
         self._last_error_log = now
         if is_store_unavailable(e):
             log.warning("statistics: the event log store does not answer (%d entries waiting, %d dropped)",
-                        len(self._pending), self._dropped)
+                        len(self._pending) + len(self._early), self._dropped)
         else:
             log.error("statistics: writing the event log failed (%d entries waiting, %d dropped)",
-                      len(self._pending), self._dropped, exc_info=e)
+                      len(self._pending) + len(self._early), self._dropped, exc_info=e)
 
     def retention_start(self, now: float) -> int:
         """The first local day kept."""
