@@ -129,15 +129,18 @@ class WaitingRoom:
         self.appointments: AppointmentHooks | None = None
         """Set by the appointments service (server/appointments/service.py) when the app runs it."""
         self._live_from: dict[str, Any] | None = None
+        self._live_config: Settings | None = None
         self._live: dict[str, int | float] = {}
 
     def live(self, name: str) -> Any:
         """A server-wide setting an admin may change at runtime (``server.live_settings.FIELDS``: answer,
         rejoin and grace seconds, join limits): the stored value, live on every node, else the configuration's."""
         stored = self.directory.settings
-        if stored is not self._live_from:  # replaced (never mutated) on every change
+        # Both are replaced (never mutated) on a change: the stored values by an admin's edit, the
+        # configuration by whoever swaps ``self.settings`` (tests do).
+        if stored is not self._live_from or self.settings is not self._live_config:
             self._live = live_settings.current(self.settings, stored)
-            self._live_from = stored
+            self._live_from, self._live_config = stored, self.settings
         return self._live[name]
 
     # -- wiring --

@@ -129,3 +129,11 @@ async def test_a_failing_presence_listener_does_not_fail_the_presence_change(roo
     await room.set_presence(ANNA, Presence.AVAILABLE)
     assert (await room.store.presences("buergerbuero"))["anna"] is Presence.AVAILABLE
     assert "a listener of clerk presence failed" in caplog.text
+
+
+async def test_live_settings_follow_a_replaced_configuration(room):
+    import dataclasses
+
+    assert room.live("answer_seconds") == room.settings.answer_seconds
+    room.settings = dataclasses.replace(room.settings, answer_seconds=7.0)
+    assert room.live("answer_seconds") == 7.0  # not the value cached from the first configuration
