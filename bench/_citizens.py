@@ -33,6 +33,7 @@ import os
 import random
 import resource
 import signal
+import ssl
 import time
 import urllib.parse
 from collections import Counter
@@ -49,6 +50,8 @@ CLIENTS = ("lean", "socketio")
 CONNECT_TIMEOUT = 60.0
 CONNECT_ATTEMPTS = 3
 REPLACERS = 8
+JOIN_SOURCES = 8
+"""Behind the proxy: loopback addresses a process joins from (its join connections take turns)."""
 LAG_TICK = 0.005
 """Concurrent replacement joins per process (bounds the background work during the steady phase)."""
 
@@ -205,6 +208,8 @@ class Citizen:
     last_queue_t: float = 0.0
     has_ticket: bool = False
     has_queue: bool = False
+    source: str | None = None
+    """The loopback address the page connects from (behind the proxy: one per page), None: the default."""
 
 
 @dataclass
@@ -228,7 +233,14 @@ class Worker:
     connect_concurrency: int
     replace: bool
     client_kind: str = "lean"
+    spread: int | None = None
+    """Behind the proxy (which routes by client address): this process's number; each page then connects
+    from its own loopback address 127.<10 + spread>.x.y (all of 127/8 is loopback on Linux), as citizens
+    come from many addresses, and the URL is https (certificate not checked)."""
     citizens: list[Citizen] = field(default_factory=list)
+    made: int = 0
+    join_sessions: list[aiohttp.ClientSession] = field(default_factory=list)
+    _tls: ssl.SSLContext | None = None
     messages: dict[tuple[str, float], QueueMessage] = field(default_factory=dict)
     called: list[tuple[str, float, float]] = field(default_factory=list)
     counters: Counter[str] = field(default_factory=Counter)
@@ -252,13 +264,31 @@ class Worker:
     @property
     def address(self) -> tuple[str, int]:
         parts = urllib.parse.urlsplit(self.url)
-        return parts.hostname or "127.0.0.1", parts.port or 80
+        return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def tls(self) -> ssl.SSLContext | None:
+        if not self.url.startswith("https:"):
+            return None
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # the proxy's throwaway certificate
+        return context
+
+    def new_citizen(self, department: str) -> Citizen:
+        c = Citizen(department)
+        if self.spread is not None:
+            k = self.made % 62000
+            c.source = f"127.{10 + self.spread}.{k // 250}.{k % 250 + 1}"
+        self.made += 1
+        return c
 
     # -- one citizen --
     async def join(self, c: Citizen) -> None:
         for attempt in range(CONNECT_ATTEMPTS):
             try:
-                async with self.http.post(f"{self.url}/api/departments/{c.department}/tickets",
+                http = self.join_sessions[self.made % len(self.join_sessions)] if self.join_sessions else self.http
+                async with http.post(f"{self.url}/api/departments/{c.department}/tickets",
                                           json={"consent": True, "language": "de"}) as resp:
                     body = await resp.json()
                     if resp.status == 201:
@@ -307,7 +337,9 @@ class Worker:
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT):
                     _, page = await loop.create_connection(
-                        lambda: LeanPage(lambda p, text: self._on_text(c, p, text), os.urandom(16)), host, port)
+                        lambda: LeanPage(lambda p, text: self._on_text(c, p, text), os.urandom(16)), host, port,
+                        ssl=self._tls, server_hostname=host if self._tls else None,
+                        local_addr=(c.source, 0) if c.source else None)
                     c.client = page
                     page.handshake(host, port, ENGINEIO_PATH)
                     if await page.ready:
@@ -453,7 +485,7 @@ class Worker:
             department = await self.replacements.get()
             if not self.replacing:
                 continue
-            c = Citizen(department)
+            c = self.new_citizen(department)
             try:
                 await self.join(c)
                 self.citizens.append(c)
@@ -470,7 +502,7 @@ class Worker:
         joined_at: list[float] = []
 
         async def one(department: str) -> None:
-            c = Citizen(department)
+            c = self.new_citizen(department)
             async with join_gate:
                 await self.join(c)
             joined_at.append(time.time())
@@ -548,8 +580,16 @@ class Worker:
     async def serve(self) -> None:
         """Answer the bench's commands until it says stop (or the pipe closes)."""
         loop = asyncio.get_running_loop()
-        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.join_concurrency))
-        self.ws_http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        self._tls = self.tls
+        tls: Any = False if self._tls else None
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.join_concurrency, ssl=tls))
+        self.ws_http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ssl=tls))
+        if self.spread is not None:
+            self.join_sessions = [
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+                    limit=max(1, self.join_concurrency // JOIN_SOURCES), ssl=tls,
+                    local_addr=(f"127.{10 + self.spread}.255.{k + 1}", 0)))
+                for k in range(JOIN_SOURCES)]
         replacers = [loop.create_task(self.replacer()) for _ in range(REPLACERS)]
         replacers.append(loop.create_task(self.lag_monitor()))
         replacers.append(loop.create_task(self.young_collections()))
@@ -583,6 +623,8 @@ class Worker:
                 await self.close_all()
             await self.http.close()
             await self.ws_http.close()
+            for session in self.join_sessions:
+                await session.close()
 
 
 class _CountingHandler(logging.Handler):
@@ -615,7 +657,7 @@ async def _receive(conn: Connection) -> tuple[str, Any]:
 
 
 def run(conn: Connection, url: str, departments: list[str], join_concurrency: int, connect_concurrency: int,
-        replace: bool, client_kind: str = "lean") -> None:
+        replace: bool, client_kind: str = "lean", spread: int | None = None) -> None:
     """Process entry point (spawned by the bench)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the bench handles Ctrl-C and tells us to stop
     from _server import die_with_parent
@@ -626,7 +668,7 @@ def run(conn: Connection, url: str, departments: list[str], join_concurrency: in
     # The load generator must not stall its pages: the same collector policy as the server (server/gcpolicy.py);
     # CPython's own full collections over thousands of pages' objects took up to 0.7 s here too.
     gc.disable()
-    worker = Worker(conn, url, departments, join_concurrency, connect_concurrency, replace, client_kind)
+    worker = Worker(conn, url, departments, join_concurrency, connect_concurrency, replace, client_kind, spread)
     for name in ("engineio.client", "socketio.client"):
         # Count the clients' own error reports (e.g. "packet queue is empty, aborting": a page gave up
         # after hearing nothing for ping interval + 5 s) instead of printing thousands of lines.

@@ -52,9 +52,10 @@ def department_ids(count: int) -> list[str]:
 
 
 def write_config(directory: Path, departments: list[str], redis_url: str | None, redis_prefix: str,
-                 full_gc_interval: float | None = None) -> Path:
+                 full_gc_interval: float | None = None, behind_proxy: bool = False) -> Path:
     """A bench configuration: every department always open, no queue cap, position updates every second,
-    joins and logins from one address (all clients are on 127.0.0.1) effectively unlimited."""
+    joins and logins from one address (all clients are on 127.0.0.1) effectively unlimited. ``behind_proxy``:
+    the client address comes from the local nginx's X-Forwarded-For, as deploy/nginx/sprechstunde.conf asks."""
     hours = "{ " + ", ".join(f"{d} = {_toml_str(h)}" for d, h in ALWAYS_OPEN.items()) + " }"
     lines = [
         "[server]",
@@ -69,6 +70,8 @@ def write_config(directory: Path, departments: list[str], redis_url: str | None,
     ]
     if full_gc_interval:
         lines.append(f"full_gc_interval = {full_gc_interval}")
+    if behind_proxy:
+        lines += ["trust_forwarded_for = true", f"trusted_proxies = [{_toml_str(HOST)}]"]
     if redis_url:
         lines += [f"redis_url = {_toml_str(redis_url)}", f"redis_prefix = {_toml_str(redis_prefix)}"]
     for d in departments:
@@ -219,6 +222,111 @@ class ServerProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+class NginxProxy:
+    """Debian's nginx with the shipped site (deploy/nginx/sprechstunde.conf) in front of the nodes, set up as
+    tests/test_nodes_nginx.py does it, with the helpers of tests/test_deploy.py: a throwaway certificate, the
+    site on free loopback ports, its upstream listing every node, Host with the port (the app's same-origin
+    checks). Only the size differs from the tests: enough worker connections for every page (two each)."""
+
+    def __init__(self, directory: Path, upstreams: list[int], connections: int) -> None:
+        root = str(Path(__file__).resolve().parent.parent)
+        if root not in sys.path:
+            sys.path.insert(0, root)
+        from tests.test_deploy import Nginx, _nginx_conf, _self_signed, _site
+
+        directory.mkdir(parents=True, exist_ok=True)
+        cert, key = _self_signed(directory)
+        http, https = free_port(), free_port()
+        site = _site(cert, key, (http, https, upstreams[0]))
+        first = f"server 127.0.0.1:{upstreams[0]} max_fails=1 fail_timeout=10s;"
+        if site.count(first) != 1 or site.count("proxy_set_header Host $host;") != 2:
+            raise RuntimeError("the shipped nginx site changed: adapt bench/_server.py NginxProxy")
+        site = site.replace(first, "\n    ".join(f"server 127.0.0.1:{port} max_fails=1 fail_timeout=10s;"
+                                                 for port in upstreams))
+        site = site.replace("proxy_set_header Host $host;", f"proxy_set_header Host $host:{https};")
+        conf = _nginx_conf(directory, site, foreground=True)
+        text = conf.read_text("utf-8")
+        if text.count("worker_connections 256;") != 1:
+            raise RuntimeError("tests/test_deploy.py _nginx_conf changed: adapt bench/_server.py NginxProxy")
+        text = text.replace("worker_connections 256;", f"worker_connections {connections};")
+        text = f"worker_rlimit_nofile {connections + 1000};\n" + text
+        conf.write_text(text, "utf-8")
+        self.url = f"https://{HOST}:{https}"
+        self.nginx = Nginx(directory, conf, http, https)
+        self.nginx.wait_listening()
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        with contextlib.suppress(psutil.Error):
+            main = psutil.Process(self.nginx.proc.pid)
+            for p in (main, *main.children(recursive=True)):
+                with contextlib.suppress(psutil.Error):
+                    t = p.cpu_times()
+                    total += t.user + t.system
+        return total
+
+    def stop(self) -> None:
+        self.nginx.stop()
+
+
+class ServerGroup:
+    """N ``sprechstunde serve`` nodes on one Redis, with nginx in front when there are several (or when
+    asked), seen by the bench as one server: its URL (nginx's or the one node's), CPU and RSS summed over
+    the nodes. py-spy samples the first node."""
+
+    def __init__(self, nodes: list[ServerProcess], proxy_dir: Path | None) -> None:
+        self.nodes = nodes
+        self.proxy_dir = proxy_dir
+        self.proxy: NginxProxy | None = None
+        self.url = nodes[0].url
+        self.log_path = nodes[0].log_path
+
+    def start(self, connections: int) -> None:
+        for node in self.nodes:
+            node.start()
+        if self.proxy_dir is not None:
+            self.proxy = NginxProxy(self.proxy_dir, [n.port for n in self.nodes], connections)
+            self.url = self.proxy.url
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.nodes[0].proc
+
+    def tail(self, lines: int = 20) -> str:
+        out = [f"-- node {k + 1} --\n{n.tail(lines)}" for k, n in enumerate(self.nodes) if n.proc is not None]
+        if self.proxy is not None:
+            out.append(f"-- nginx --\n{self.proxy.nginx.log()}")
+        return "\n".join(out)
+
+    def logs(self) -> list[str]:
+        lines: list[str] = []
+        for n in self.nodes:
+            with contextlib.suppress(OSError):
+                lines += n.log_path.read_text("utf-8", "replace").splitlines()
+        return lines
+
+    def rss(self) -> int:
+        return sum(n.rss() for n in self.nodes)
+
+    def cpu_seconds(self) -> float:
+        return sum(n.cpu_seconds() for n in self.nodes)
+
+    def proxy_cpu_seconds(self) -> float:
+        return self.proxy.cpu_seconds() if self.proxy is not None else 0.0
+
+    def start_py_spy(self, seconds: float, output: Path) -> bool:
+        return self.nodes[0].start_py_spy(seconds, output)
+
+    def wait_py_spy(self, timeout: float = 30.0) -> None:
+        self.nodes[0].wait_py_spy(timeout)
+
+    def stop(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
+        for n in self.nodes:
+            n.stop()
 
 
 def summarize_py_spy(path: Path, top: int = 14) -> list[str]:

@@ -4,6 +4,13 @@
     .venv/bin/python bench/queue_load.py --citizens 10000      # the goal's size
     .venv/bin/python bench/queue_load.py --profile py-spy      # also sample where the server spends time
     .venv/bin/python bench/queue_load.py --client socketio     # pages on python-socketio's AsyncClient
+    .venv/bin/python bench/queue_load.py --redis redis://127.0.0.1:6379/0 --nodes 1 2 3   # several nodes
+
+With ``--nodes N`` (N > 1, Redis only) N server processes share one Redis behind Debian's nginx with the
+shipped site (deploy/nginx/sprechstunde.conf), set up as tests/test_nodes_nginx.py does; pages and clerks
+connect through nginx over TLS, each page from its own loopback address (nginx routes by client address).
+``--nodes 1`` is the direct run unless ``--nginx`` is given. Several values run one after the other, each
+with a fresh Redis prefix and its own table.
 
 Phases: start ``sprechstunde serve`` with a generated configuration (clerk accounts created first with
 ``sprechstunde staff add``); log the clerks in and connect their sockets; let the citizen processes join
@@ -39,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _citizens  # noqa: E402
 from _server import (  # noqa: E402
     ClerkAccount,
+    ServerGroup,
     ServerProcess,
     WorkerProcesses,
     add_clerks,
@@ -84,16 +92,23 @@ class ClerkStats:
 
 
 class ClerkClient:
-    def __init__(self, account: ClerkAccount, url: str, via: str) -> None:
+    def __init__(self, account: ClerkAccount, url: str, via: str, source: str | None = None) -> None:
         self.account = account
         self.url = url
         self.via = via
+        self.source = source
+        """Behind the proxy: the clerk's own loopback address (nginx routes by client address)."""
         self.http: aiohttp.ClientSession | None = None
         self.sio = socketio.AsyncClient(reconnection=False, handle_sigint=False)
         self.csrf = ""
 
     async def login(self) -> None:
-        self.http = aiohttp.ClientSession()
+        tls = self.url.startswith("https:")
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+            ssl=not tls, local_addr=(self.source, 0) if self.source else None))
+        if tls:  # the proxy's throwaway certificate; the socket from the same address as the HTTP requests
+            self.sio = socketio.AsyncClient(reconnection=False, handle_sigint=False, ssl_verify=False,
+                                            http_session=self.http)
         async with self.http.post(f"{self.url}/api/session", json={
             "username": self.account.username, "password": self.account.password}) as resp:
             body = await resp.json()
@@ -180,9 +195,10 @@ class CitizenProcesses(WorkerProcesses):
         super().__init__("citizen")
 
     def start(self, count: int, url: str, departments: list[str], join_concurrency: int,
-              connect_concurrency: int, replace: bool, client_kind: str) -> None:
-        self.spawn(count, _citizens.run,
-                   (url, departments, join_concurrency, connect_concurrency, replace, client_kind))
+              connect_concurrency: int, replace: bool, client_kind: str, spread: bool = False) -> None:
+        for k in range(count):
+            self.spawn(1, _citizens.run, (url, departments, join_concurrency, connect_concurrency, replace,
+                                          client_kind, k if spread else None))
 
 
 # -- statistics --
@@ -290,7 +306,7 @@ def spying_storm(args: argparse.Namespace, index: int) -> bool:
     return args.profile == "py-spy" and index == 0
 
 
-async def reconnect_storm(server: ServerProcess, citizens: CitizenProcesses, args: argparse.Namespace,
+async def reconnect_storm(server: ServerGroup, citizens: CitizenProcesses, args: argparse.Namespace,
                           profile: Path | None) -> Storm:
     """Every waiting page closes its socket; as soon as all have, all reconnect at once with their token."""
     if profile is not None and not server.start_py_spy(_STORM_PROFILE_S, profile):
@@ -340,20 +356,23 @@ def storm_rows(storms: list[Storm]) -> list[Row]:
 
 
 # -- the run --
-async def bench(args: argparse.Namespace, server: ServerProcess, clerk_accounts: list[ClerkAccount],
+async def bench(args: argparse.Namespace, server: ServerGroup, clerk_accounts: list[ClerkAccount],
                 citizens: CitizenProcesses, run_dir: Path) -> None:
     say = print if not args.quiet else (lambda *a, **k: None)
     host_ms = host_reference_ms()
     departments = department_ids(args.departments)
     rows: list[Row] = []
-    clerks = [ClerkClient(a, server.url, args.call_via) for a in clerk_accounts]
+    proxied = server.proxy is not None
+    nodes = len(server.nodes)
+    clerks = [ClerkClient(a, server.url, args.call_via, f"127.9.{k // 250}.{k % 250 + 1}" if proxied else None)
+              for k, a in enumerate(clerk_accounts)]
     try:
         await asyncio.sleep(1.0)
         rss_base = server.rss()
 
         say(f"starting {args.processes} citizen processes; {args.citizens} citizens join and connect ...", flush=True)
         citizens.start(args.processes, server.url, departments, args.join_concurrency, args.connect_concurrency,
-                       not args.no_replace, args.client)
+                       not args.no_replace, args.client, spread=proxied)
         shares: list[list[str]] = [[] for _ in range(args.processes)]
         for i in range(args.citizens):
             shares[i % args.processes].append(departments[i % len(departments)])
@@ -381,10 +400,14 @@ async def bench(args: argparse.Namespace, server: ServerProcess, clerk_accounts:
         spy_out = run_dir / "server.pyspy.txt"
         spying = args.profile == "py-spy" and server.start_py_spy(args.duration, spy_out)
         steady_t0, steady_cpu0, clients_cpu0 = time.time(), server.cpu_seconds(), citizens.cpu_seconds()
+        proxy_cpu0 = server.proxy_cpu_seconds()
+        node_cpu0 = [n.cpu_seconds() for n in server.nodes]
         main_cpu0 = sum(psutil.Process().cpu_times()[:2])
         stats = await run_clerks(clerks, args.calls_per_second, args.duration)
         steady_wall = time.time() - steady_t0
         steady_cpu = (server.cpu_seconds() - steady_cpu0) / steady_wall
+        proxy_cpu = (server.proxy_cpu_seconds() - proxy_cpu0) / steady_wall
+        node_cpu = [(n.cpu_seconds() - c0) / steady_wall for n, c0 in zip(server.nodes, node_cpu0, strict=True)]
         clients_cpu = (citizens.cpu_seconds() - clients_cpu0) / steady_wall
         main_cpu = (sum(psutil.Process().cpu_times()[:2]) - main_cpu0) / steady_wall
         await asyncio.sleep(2.5)  # the coalesced updates that follow the last calls
@@ -441,8 +464,12 @@ async def bench(args: argparse.Namespace, server: ServerProcess, clerk_accounts:
             Row("  queue update fan-out (server t -> last page) p50 / p99", "-",
                 f"{ms(pct(fanout, 50))} / {ms(pct(fanout, 99))} ({len(fanout)} updates)"),
             Row("  pages behind their dept's last update at the end", "0", f"{stale} of {waiting_pages}"),
-            Row("server CPU: idle with everyone waiting / steady / storm", "-",
+            Row(f"server CPU{f' (sum over {nodes} nodes)' if nodes > 1 else ''}: idle with everyone waiting / "
+                f"steady / storm", "-",
                 f"{idle_cpu:.2f} / {steady_cpu:.2f} / {first.server_cpu_rate:.2f} core-s per s"),
+            *([Row("  steady, per node", "-", " + ".join(f"{c:.2f}" for c in node_cpu) + " core-s per s")]
+              if nodes > 1 else []),
+            *([Row("  nginx CPU, steady", "-", f"{proxy_cpu:.2f} core-s per s")] if proxied else []),
             Row("server CPU while citizens joined", "-", f"{populate_cpu:.2f} core-s per s"),
             Row("server memory per waiting citizen", "< 100 KB",
                 f"{per_citizen_kb:.1f} KB (RSS {rss_base / 2**20:.0f} -> {rss_loaded / 2**20:.0f} MiB; "
@@ -457,14 +484,14 @@ async def bench(args: argparse.Namespace, server: ServerProcess, clerk_accounts:
         outcomes = dict(stats.outcomes)
         print(f"\nconfig: {args.citizens} citizens, {args.departments} departments, "
               f"{len(clerks)} clerks, {args.calls_per_second:g} calls/s for {args.duration:g} s, "
-              f"{'redis' if args.redis else 'memory'} store, {args.processes} citizen processes "
+              f"{'redis' if args.redis else 'memory'} store, {nodes} server node{'s' if nodes > 1 else ''}"
+              f"{' behind nginx' if proxied else ' (direct)'}, {args.processes} citizen processes "
               f"({args.client} client); host reference workload {host_ms:.0f} ms; "
               f"replaced citizens: {counters.get('replaced', 0)}")
         print_table("results (goals are for 10,000 citizens / 20 departments / 50 calls per s)", rows)
         if errors or outcomes:
             print(f"\nclient-side counters: {errors}  clerk outcomes: {outcomes}")
-        collections = [line.split("full garbage collection: ", 1)[1]
-                       for line in server.log_path.read_text("utf-8", "replace").splitlines()
+        collections = [line.split("full garbage collection: ", 1)[1] for line in server.logs()
                        if "full garbage collection: " in line]
         if collections:
             print("\nthe server's full garbage collections (server/gcpolicy.py):")
@@ -497,6 +524,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "it logged are printed after the table")
     p.add_argument("--processes", type=int, default=2, help="citizen client processes")
     p.add_argument("--redis", metavar="URL", help="run the server on the Redis store (a loopback URL)")
+    p.add_argument("--nodes", type=int, nargs="+", default=[1], metavar="N",
+                   help="server processes on one Redis behind nginx (N > 1 needs --redis); several values "
+                        "run one after the other")
+    p.add_argument("--nginx", action="store_true",
+                   help="also put nginx in front of a single node (--nodes 1 is direct otherwise)")
     p.add_argument("--call-via", choices=("socket", "http"), default="socket",
                    help="clerks call next with the socket event or the HTTP route")
     p.add_argument("--client", choices=_citizens.CLIENTS, default="lean",
@@ -516,7 +548,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.redis and not args.redis.startswith(("redis://127.", "redis://localhost", "redis://[::1]")):
         p.error("--redis must be a loopback URL")
-    if min(args.citizens, args.departments, args.processes, args.clerks_per_department, args.storms) < 1:
+    if max(args.nodes) > 1 and not args.redis:
+        p.error("--nodes above 1 needs --redis (the nodes share one Redis)")
+    if min(args.citizens, args.departments, args.processes, args.clerks_per_department, args.storms,
+           *args.nodes) < 1:
         p.error("counts must be positive")
     if args.calls_per_second <= 0 or args.duration <= 0:
         p.error("--calls-per-second and --duration must be positive")
@@ -536,20 +571,42 @@ def raise_open_files_limit(needed: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    raise_open_files_limit(args.citizens + 1000)  # inherited by the server: one socket per citizen
+    # inherited by the servers and nginx: one socket per citizen (nginx: two, to the client and to a node)
+    raise_open_files_limit(3 * args.citizens + 1000)
+    started = time.monotonic()
+    code = 0
+    for count in args.nodes:
+        if len(args.nodes) > 1 and not args.quiet:
+            print(f"\n=== {count} node{'s' if count > 1 else ''} ===", flush=True)
+        code = run_once(args, count) or code
+        if code == 130:
+            break
+    if not args.quiet:
+        print(f"\nbench took {time.monotonic() - started:.0f} s")
+    return code
+
+
+def run_once(args: argparse.Namespace, count: int) -> int:
+    """One bench run with ``count`` server nodes; everything it started is stopped before it returns."""
     run_dir = Path(tempfile.mkdtemp(prefix="sps-bench-"))
     prefix = f"spsbench{secrets.token_hex(4)}:"
     departments = department_ids(args.departments)
-    config = write_config(run_dir, departments, args.redis, prefix, args.full_gc_interval)
-    server = ServerProcess(config, free_port(), run_dir / "server.log", args.profile)
+    proxied = count > 1 or args.nginx
+    configs = []
+    for k in range(count):
+        node_dir = run_dir / f"node{k + 1}" if count > 1 else run_dir
+        node_dir.mkdir(exist_ok=True)
+        configs.append(write_config(node_dir, departments, args.redis, prefix, args.full_gc_interval,
+                                    behind_proxy=proxied))
+    server = ServerGroup([ServerProcess(c, free_port(), c.parent / "server.log", args.profile) for c in configs],
+                         run_dir / "nginx" if proxied else None)
     citizens = CitizenProcesses()
-    started = time.monotonic()
     code = 0
     try:
         if not args.quiet:
             print(f"creating {args.departments * args.clerks_per_department} clerk accounts ...", flush=True)
-        accounts = add_clerks(config, departments, args.clerks_per_department)
-        server.start()
+        accounts = add_clerks(configs[0], departments, args.clerks_per_department)
+        server.start(connections=2 * (args.citizens + len(accounts)) + 1000)
         asyncio.run(asyncio.wait_for(bench(args, server, accounts, citizens, run_dir), args.timeout))
     except KeyboardInterrupt:
         print("\ninterrupted; stopping everything", file=sys.stderr)
@@ -571,8 +628,6 @@ def main(argv: list[str] | None = None) -> int:
             import shutil
 
             shutil.rmtree(run_dir, ignore_errors=True)
-    if not args.quiet:
-        print(f"\nbench took {time.monotonic() - started:.0f} s")
     return code
 
 

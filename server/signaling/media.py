@@ -33,7 +33,6 @@ from ..http.auth import Auth
 from ..locks import KeyedLocks
 from ..media import MediaError, MediaHub, UnsupportedOffer
 from ..media.registry import make_room_registry
-from ..queue import core
 from ..queue.errors import InvalidInput, NotAuthorised, NotYourTicket, QueueError, TicketNotFound
 from ..queue.model import Clerk, Presence, Ticket, TicketEvent, TicketState
 from ..settings import Settings
@@ -276,8 +275,7 @@ class MediaSignaling:
         return {"ok": True, "sdp": answer, "room": "consultation" if room_id.startswith("c:") else "waiting"}
 
     async def _near_head(self, ticket: Ticket) -> bool:
-        seqs = [seq for seq, _ in await self.room.store.waiting(ticket.department)]
-        position = core.position(seqs, ticket.seq)
+        position = await self.room.store.position(ticket.department, ticket.id, ticket.seq)  # a rank look-up
         available = (await self.room.load(ticket.department)).available
         return position is not None and position <= 2 * available
 
