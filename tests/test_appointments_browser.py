@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, expect
 
-from server.app import create_app
+from server.app import SIGNALING, create_app
 from server.appointments.core import day_slots
 from server.http.appointments import APPOINTMENTS
 from server.http.keys import ROOM
@@ -149,6 +149,12 @@ async def test_check_in_at_the_time_and_the_clerk_sees_the_appointment(browser: 
     await staff_login(clerk, "clara")
     panel = clerk.locator(".panel[data-department='buergerbuero']")
     await expect(panel.locator(".ticket--waiting")).to_contain_text(f"Termin {slot.time}")
+    await expect(panel.locator(".appointments")).to_contain_text(f"{slot.time} Ada")
+    # A load update (sent after every change of the queue; its ``appointments`` says whether the department
+    # offers bookings) must not wipe the day's list. Marked by a name, so that the test knows it arrived.
+    load = (await service.room.load("buergerbuero")).to_public() | {"name": "Bürgerbüro (load)"}
+    await app[SIGNALING].sio.emit("load", load, room="s:buergerbuero")
+    await expect(panel.locator("h2")).to_have_text("Bürgerbüro (load)")
     await expect(panel.locator(".appointments")).to_contain_text(f"{slot.time} Ada")
 
     # The citizen's page says the appointment's time, and gives no walk-in estimate (a clerk is on duty now:

@@ -228,8 +228,10 @@ function onPresence({ username, display_name: displayName, status, departments: 
 function onLoad(load) {
   const d = departments.get(load.id);
   if (!d) return;
-  const { tickets, clerks } = d;
-  departments.set(load.id, { ...d, ...load, tickets, clerks });
+  // A load's ``appointments`` says whether the department offers bookings (a boolean); the dashboard's is
+  // the day's list: keep the list.
+  const { tickets, clerks, appointments } = d;
+  departments.set(load.id, { ...d, ...load, tickets, clerks, appointments });
   renderDepartment(load.id);
 }
 
