@@ -5,35 +5,21 @@ pass axe-core's WCAG 2.1 A/AA rules and run under the strict Content-Security-Po
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, expect
 
 from server.http.auth import verify_password
 from server.http.keys import AUTH, STORE
+from tests.axe import axe_violations
 from tests.test_browser import CHROMIUM_ARGS, PASSWORD, Problems, launched, new_page, staff_login
 
 pytestmark = pytest.mark.browser
-
-AXE = Path(__file__).resolve().parents[1] / "web" / "node_modules" / "axe-core" / "axe.min.js"
-WCAG = "axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}})"
-
 
 @pytest.fixture
 async def browser(live_server) -> AsyncIterator[Browser]:
     async with launched(CHROMIUM_ARGS) as browser:  # after live_server: the browser closes its sockets first
         yield browser
-
-
-async def axe_violations(page: Page) -> list[dict[str, Any]]:
-    if not await page.evaluate("typeof axe !== 'undefined'"):
-        # Through the DevTools protocol, which the page's CSP does not govern (an injected <script> would be
-        # refused by it, as it should be).
-        await page.evaluate(AXE.read_text("utf-8"))
-    summary = "(r) => r.violations.map((v) => ({id: v.id, help: v.help, nodes: v.nodes.map((n) => n.target)}))"
-    return list(await page.evaluate(f"{WCAG}.then({summary})"))
 
 
 async def test_a_lead_adds_a_clerk_with_the_keyboard_and_finds_it_in_the_audit_log(browser: Browser,

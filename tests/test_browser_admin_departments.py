@@ -5,37 +5,21 @@ the strict Content-Security-Policy without script errors."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, expect
 
 from server.appointments.model import AppointmentConfig
 from server.http.keys import AUTH, ROOM
-from tests.axe import assert_accessible
+from tests.axe import assert_accessible, axe_violations
 from tests.test_browser import CHROMIUM_ARGS, PASSWORD, Problems, launched, new_page, staff_login
 
 pytestmark = pytest.mark.browser
-
-AXE = Path(__file__).resolve().parents[1] / "web" / "node_modules" / "axe-core" / "axe.min.js"
-WCAG = "axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}})"
-
 
 @pytest.fixture
 async def browser(live_server) -> AsyncIterator[Browser]:
     async with launched(CHROMIUM_ARGS) as browser:  # after live_server: the browser closes its sockets first
         yield browser
-
-
-async def axe_violations(page: Page) -> list[dict[str, Any]]:
-    if not await page.evaluate("typeof axe !== 'undefined'"):
-        # Evaluated through the DevTools protocol, which the page's CSP does not govern (an injected <script>
-        # tag would be refused by it, as it should be).
-        await page.evaluate(AXE.read_text("utf-8"))
-    summary = "(r) => r.violations.map((v) => ({id: v.id, nodes: v.nodes.map((n) => n.target)}))"
-    result = await page.evaluate(f"{WCAG}.then({summary})")
-    return list(result)
 
 
 async def test_a_lead_changes_opening_hours_and_the_landing_page_shows_them(browser: Browser, live_server) -> None:
