@@ -235,21 +235,14 @@ class RedisCluster(Cluster):
     def __init__(self, url: str, prefix: str = "sps:", node_id: str | None = None, *,
                  heartbeat: float = HEARTBEAT_SECONDS, dead_after: float = DEAD_AFTER_SECONDS) -> None:
         super().__init__(node_id)
-        import redis.asyncio as aioredis
+        from .store.resp import RespClient
 
-        from .store.redis import connection_pool
-
-        self._redis: Any = aioredis.Redis.from_pool(connection_pool(url))
+        self._resp = RespClient(url)
         self.prefix = prefix
         self.heartbeat = heartbeat
         self.dead_after = dead_after
         self._nodes = f"{prefix}nodes"
         self._mine = self._node_set(self.node_id)
-        self._heartbeat = self._redis.register_script(_HEARTBEAT)
-        self._reap = self._redis.register_script(_REAP)
-        self._count_script = self._redis.register_script(_COUNT)
-        self._drop = self._redis.register_script(_DROP)
-        self._restore = self._redis.register_script(_RESTORE)
         self._registered = False
         self._stopped = False
         self._healthy_since: float | None = None
@@ -268,7 +261,7 @@ class RedisCluster(Cluster):
     async def beat(self) -> None:
         """One heartbeat. If this node had been taken for dead meanwhile (its counts dropped by another),
         its counts are written again and the restored listeners told."""
-        added, _ = await self._heartbeat(keys=[self._nodes], args=[self.node_id])
+        added, _ = await self._resp.script(_HEARTBEAT, [self._nodes], [self.node_id])
         if added and self._registered:
             log.warning("node %s had been taken for dead: its connections are counted again", self.node_id)
             await self.resync()
@@ -281,18 +274,18 @@ class RedisCluster(Cluster):
     async def resync(self) -> None:
         """Write this node's counts again from its own (the truth): after it was taken for dead, or after
         changes failed to reach Redis. Ids it no longer holds are dropped (listeners told when none is left)."""
-        for member in await self._redis.smembers(self._mine):
+        for member in await self._resp.call("SMEMBERS", self._mine):
             kind, _, ident = member.partition(":")
             if self._local.get((kind, ident), 0) <= 0:  # looked up now: a page may have come meanwhile
-                left = await self._drop(keys=[self._conn(kind, ident)], args=[self.node_id])
-                await self._redis.srem(self._mine, member)
+                left = await self._resp.script(_DROP, [self._conn(kind, ident)], [self.node_id])
+                await self._resp.call("SREM", self._mine, member)
                 if left == 0:
                     await self._tell(self._dropped_listeners, kind, ident)
         for kind, ident in list(self._local):
             count = self._local.get((kind, ident), 0)  # now, not when the loop began
             if count > 0:
-                await self._restore(keys=[self._conn(kind, ident), self._mine],
-                                    args=[self.node_id, f"{kind}:{ident}", count])
+                await self._resp.script(_RESTORE, [self._conn(kind, ident), self._mine],
+                                        [self.node_id, f"{kind}:{ident}", count])
 
     async def run(self) -> None:
         while not self._stopped:
@@ -315,7 +308,7 @@ class RedisCluster(Cluster):
 
     async def reap(self) -> list[str]:
         """Claim the nodes whose heartbeat stopped, drop their counts and tell the listeners."""
-        claimed = await self._reap(keys=[self._nodes], args=[int(self.dead_after * 1000), self.node_id])
+        claimed = await self._resp.script(_REAP, [self._nodes], [int(self.dead_after * 1000), self.node_id])
         for node in claimed:
             log.warning("node %s stopped heartbeating: taken for dead", node)
             await self._drop_node(node)
@@ -324,44 +317,44 @@ class RedisCluster(Cluster):
 
     async def _drop_node(self, node: str) -> None:
         node_set = self._node_set(node)
-        for member in await self._redis.smembers(node_set):
+        for member in await self._resp.call("SMEMBERS", node_set):
             kind, _, ident = member.partition(":")
-            left = await self._drop(keys=[self._conn(kind, ident)], args=[node])
+            left = await self._resp.script(_DROP, [self._conn(kind, ident)], [node])
             if left == 0:
                 await self._tell(self._dropped_listeners, kind, ident)
-        await self._redis.delete(node_set)
+        await self._resp.call("DEL", node_set)
 
     async def stop(self) -> None:
         if self._stopped:
             return
         self._stopped = True  # no heartbeat after this: it would register the node again
         try:
-            await self._redis.zrem(self._nodes, self.node_id)
+            await self._resp.call("ZREM", self._nodes, self.node_id)
             await self._drop_node(self.node_id)
         except Exception as e:  # noqa: BLE001 - Redis down at the stop: the others reap this node later
             log.warning("leaving the node registry failed: %s", type(e).__name__)
         self._local.clear()
 
     async def close(self) -> None:
-        await self._redis.aclose(close_connection_pool=True)
+        await self._resp.aclose()
 
     # -- registry --
     async def live_nodes(self) -> dict[str, float]:
-        now_s, now_us = await self._redis.time()
-        cutoff = now_s * 1000 + now_us // 1000 - int(self.dead_after * 1000)
-        rows = await self._redis.zrangebyscore(self._nodes, cutoff, "+inf", withscores=True)
-        return {node: score / 1000 for node, score in rows}
+        now_s, now_us = await self._resp.call("TIME")
+        cutoff = int(now_s) * 1000 + int(now_us) // 1000 - int(self.dead_after * 1000)
+        flat = await self._resp.call("ZRANGEBYSCORE", self._nodes, cutoff, "+inf", "WITHSCORES")
+        return {node: float(score) / 1000 for node, score in zip(flat[::2], flat[1::2], strict=True)}
 
     async def claim(self, key: str, ttl: float) -> bool:
-        return bool(await self._redis.set(f"{self.prefix}claim:{key}", self.node_id, nx=True,
-                                          px=max(1, int(ttl * 1000))))
+        return bool(await self._resp.call("SET", f"{self.prefix}claim:{key}", self.node_id, "NX",
+                                          "PX", max(1, int(ttl * 1000))))
 
     # -- connections --
     async def _change(self, kind: str, ident: str, delta: int) -> int:
         self._count(kind, ident, delta)
         try:
-            return int(await self._count_script(keys=[self._conn(kind, ident), self._mine],
-                                                args=[self.node_id, f"{kind}:{ident}", delta]))
+            return int(await self._resp.script(_COUNT, [self._conn(kind, ident), self._mine],
+                                               [self.node_id, f"{kind}:{ident}", delta]))
         except BaseException:
             if delta > 0:
                 self._count(kind, ident, -delta)  # a refused connect: not counted anywhere
@@ -378,21 +371,18 @@ class RedisCluster(Cluster):
         return await self._change(kind, ident, -1)
 
     async def connections(self, kind: str, ident: str) -> int:
-        return sum(int(v) for v in await self._redis.hvals(self._conn(kind, ident)))
+        return sum(int(v) for v in await self._resp.call("HVALS", self._conn(kind, ident)))
 
     # -- invitations --
     async def invite(self, ticket_id: str, username: str) -> None:
         key = f"{self.prefix}inv:{ticket_id}"
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.sadd(key, username)
-            pipe.expire(key, int(INVITATION_TTL_SECONDS))
-            await pipe.execute()
+        await self._resp.transaction([("SADD", key, username), ("EXPIRE", key, int(INVITATION_TTL_SECONDS))])
 
     async def is_invited(self, ticket_id: str, username: str) -> bool:
-        return bool(await self._redis.sismember(f"{self.prefix}inv:{ticket_id}", username))
+        return bool(await self._resp.call("SISMEMBER", f"{self.prefix}inv:{ticket_id}", username))
 
     async def clear_invitations(self, ticket_id: str) -> None:
-        await self._redis.delete(f"{self.prefix}inv:{ticket_id}")
+        await self._resp.call("DEL", f"{self.prefix}inv:{ticket_id}")
 
 
 def make_cluster(settings: Settings) -> Cluster:

@@ -99,8 +99,8 @@ async def test_a_rejoined_ticket_is_live_again_in_the_store(store: Store, tmp_pa
     assert await store.waiting("a") == [(1, "t1"), (2, "t2")]
     assert await store.position("a", "t1", 1) == 1
     if isinstance(store, RedisStore):
-        assert await store._redis.ttl(store._keys.ticket("t1")) == -1
-        assert await store._redis.ttl(store._keys.token("hash-t1")) == -1
+        assert await store._resp.call("TTL", store._keys.ticket("t1")) == -1
+        assert await store._resp.call("TTL", store._keys.token("hash-t1")) == -1
     else:
         clock[0] += TERMINAL_RETENTION_SECONDS + 1
         assert (await store.get_ticket("t1")).state is TicketState.WAITING

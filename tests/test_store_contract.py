@@ -228,18 +228,18 @@ async def test_redis_connectivity_of_a_page_does_not_make_call_next_rerun(
 
 @pytest.mark.redis
 async def test_redis_batched_commands_each_get_their_own_answer(redis_store: RedisStore) -> None:
-    """Commands issued in one turn of the event loop go to Redis in one pipeline; each gets its own answer or
+    """Commands issued together share one pipelined connection (server/store/resp.py); each gets its own answer or
     error, and a script Redis does not know yet (after a restart) is sent in full."""
     await put(redis_store, make_ticket("t1", 1))
     got = await asyncio.gather(
         redis_store.get_ticket("t1"), redis_store.get_ticket("nope"), redis_store.position("a", "t1", 1),
-        redis_store._auto.call("INCR", f"{redis_store.prefix}t:t1"), redis_store.ticket_for_token("hash-t1"),
+        redis_store._resp.call("INCR", f"{redis_store.prefix}t:t1"), redis_store.ticket_for_token("hash-t1"),
         return_exceptions=True,
     )
     assert got[0] == got[4] == make_ticket("t1", 1) and got[1] is None and got[2] == 1
     assert isinstance(got[3], ResponseError)
     body = f"return ARGV[1] .. '{secrets.token_hex(8)}'"  # never loaded: EVALSHA fails, EVAL runs it
-    assert await redis_store._auto.script(body, [], ["x"]) == "x" + body.split("'")[1]
+    assert await redis_store._resp.script(body, [], ["x"]) == "x" + body.split("'")[1]
 
 
 @pytest.mark.redis

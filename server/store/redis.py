@@ -25,7 +25,6 @@ them; no sweeper needed) and leave every index at once. Needs Redis 7 or later (
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import random
@@ -38,12 +37,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, WatchError
+from redis.exceptions import WatchError
 
 from ..queue.errors import Conflict
 from ..queue.estimate import RECENT_SERVICES
 from ..queue.model import Presence, Ticket, TicketState
 from .base import TERMINAL_RETENTION_SECONDS, StaffAccount, Store, Tx
+from .resp import RespClient
 
 T = TypeVar("T")
 
@@ -156,6 +156,11 @@ return table.concat(seqs, ',')
 """A queue's seqs as one string ``1,2,5``: parsing 500 id/score pairs in redis-py took about 14 ms of CPU."""
 
 
+def _pairs(flat: list[str]) -> list[tuple[int, str]]:
+    """``ZRANGE ... WITHSCORES`` as (seq, id) pairs (RESP2 gives member, score, member, score, ...)."""
+    return [(int(float(score)), member) for member, score in zip(flat[::2], flat[1::2], strict=True)]
+
+
 class _Ops:
     """Commands buffered for the commit script, written like a pipeline's."""
 
@@ -189,75 +194,14 @@ class _Ops:
         self._add("SREM", key, member)
 
 
-class _AutoPipeline:
-    """Commands issued in the same turn of the event loop go to Redis together: one pipeline (one write, one
-    connection from the pool, one read) instead of one round trip each. In a reconnect storm thousands of
-    pages read and commit at once, and each command's own trip through redis-py (a pool connection, a
-    write, a timeout, a read) cost more than the command. Each command keeps its own answer or error."""
-
-    def __init__(self, redis: aioredis.Redis) -> None:
-        self._redis = redis
-        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def call(self, *words: Any) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)
-        self._pending.append((words, future))
-        return future
-
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        task = asyncio.get_running_loop().create_task(self._send(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for words, _ in batch:
-                    pipe.execute_command(*words)
-                results = await pipe.execute(raise_on_error=False)
-        except Exception as e:  # noqa: BLE001 - every caller of the batch gets the error (Redis down, ...)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(e)
-            return
-        except BaseException:
-            for _, future in batch:
-                future.cancel()
-            raise
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():  # its caller was cancelled meanwhile
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-
-    async def script(self, body: str, keys: list[str], args: list[Any]) -> Any:
-        """EVALSHA through the batch; EVAL when Redis does not know the script (after a restart)."""
-        sha = _SHAS.get(body) or _SHAS.setdefault(body, hashlib.sha1(body.encode()).hexdigest())  # noqa: S324
-        try:
-            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await self.call("EVAL", body, len(keys), *keys, *args)
-
-
-_SHAS: dict[str, str] = {}
-
-
 class _RedisTx(Tx):
     """One attempt: reads are plain (no WATCH, no connection held), each remembering what it saw; the commit
     script writes only if all of it is still so. A queue is watched through its version key (``qv:{dept}``,
     raised by every commit that changes the queue), read with the queue in one MULTI."""
 
-    def __init__(self, keys: _Keys, redis: aioredis.Redis, auto: _AutoPipeline) -> None:
+    def __init__(self, keys: _Keys, resp: RespClient) -> None:
         self._keys = keys
-        self._redis = redis
-        self._auto = auto
+        self._resp = resp
         self.read: dict[str, Ticket | None] = {}
         """Tickets as stored when this attempt read them (None: did not exist)."""
         self.writes: dict[str, Ticket] = {}
@@ -267,12 +211,9 @@ class _RedisTx(Tx):
     def _saw(self, key: str, raw: str | None) -> None:
         self.seen.setdefault(key, "-" if raw is None else "=" + raw)
 
-    async def _queue(self, department: str, read: Callable[[Any, str], Any]) -> Any:
+    async def _queue(self, department: str, read: Callable[[str], tuple[Any, ...]]) -> Any:
         key, version = self._keys.queue(department), self._keys.queue_version(department)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.get(version)
-            read(pipe, key)
-            raw_version, result = await pipe.execute()
+        raw_version, result = await self._resp.transaction([("GET", version), read(key)])
         if version in self.seen and self.seen[version] != ("-" if raw_version is None else "=" + raw_version):
             raise WatchError("the queue changed within the attempt")  # two reads, two states: run again
         self._saw(version, raw_version)
@@ -284,12 +225,11 @@ class _RedisTx(Tx):
     async def waiting_head(self, department: str, k: int) -> list[tuple[int, str]]:
         if k == 0:
             return []
-        entries = await self._queue(department, lambda pipe, key: pipe.zrange(key, 0, k - 1 if k > 0 else -1,
-                                                                              withscores=True))
-        return [(int(score), ticket_id) for ticket_id, score in entries]
+        flat = await self._queue(department, lambda key: ("ZRANGE", key, 0, k - 1 if k > 0 else -1, "WITHSCORES"))
+        return _pairs(flat)
 
     async def waiting_count(self, department: str) -> int:
-        return int(await self._queue(department, lambda pipe, key: pipe.zcard(key)))
+        return int(await self._queue(department, lambda key: ("ZCARD", key)))
 
     async def ticket(self, ticket_id: str) -> Ticket | None:
         if ticket_id in self.writes:
@@ -307,7 +247,7 @@ class _RedisTx(Tx):
         if not missing:
             return
         keys = [self._keys.ticket(i) for i in missing]
-        raws = cast("list[str | None]", await self._auto.call("MGET", *keys))
+        raws = cast("list[str | None]", await self._resp.call("MGET", *keys))
         for ticket_id, key, raw in zip(missing, keys, raws, strict=True):
             self._saw(key, raw)
             self.read[ticket_id] = Ticket.from_dict(json.loads(raw)) if raw is not None else None
@@ -381,10 +321,8 @@ def connection_pool(url: str) -> aioredis.BlockingConnectionPool:
 
 class RedisStore(Store):
     def __init__(self, url: str, prefix: str = "sps:") -> None:
-        self._redis: aioredis.Redis = aioredis.Redis.from_pool(connection_pool(url))
+        self._resp = RespClient(url, socket_timeout=SOCKET_TIMEOUT, connect_timeout=CONNECT_TIMEOUT)
         self._keys = _Keys(prefix)
-        self._auto = _AutoPipeline(self._redis)
-        self._waiting_seqs = self._redis.register_script(_WAITING_SEQS)
 
     @property
     def prefix(self) -> str:
@@ -393,7 +331,7 @@ class RedisStore(Store):
     # -- tickets and queues --
     async def transaction(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            tx = _RedisTx(self._keys, self._redis, self._auto)
+            tx = _RedisTx(self._keys, self._resp)
             try:
                 try:
                     result = await fn(tx)
@@ -429,7 +367,7 @@ class RedisStore(Store):
             return True
         keys = list(tx.seen)
         args = [len(keys), *(tx.seen[k] for k in keys), *ops.args]
-        return bool(await self._auto.script(_COMMIT, keys, args))
+        return bool(await self._resp.script(_COMMIT, keys, args))
 
     def _queue_write(self, pipe: _Ops, old: Ticket | None, new: Ticket) -> None:
         """Buffer the write of ``new`` over ``old`` with every index kept in step, touching an index only
@@ -476,82 +414,75 @@ class RedisStore(Store):
             pipe.zrem(k.disc, new.id)
 
     async def next_seq(self) -> int:
-        return int(await self._redis.incr(self._keys.seq))
+        return int(await self._resp.call("INCR", self._keys.seq))
 
     async def get_ticket(self, ticket_id: str) -> Ticket | None:
-        raw = await self._auto.call("GET", self._keys.ticket(ticket_id))
+        raw = await self._resp.call("GET", self._keys.ticket(ticket_id))
         return Ticket.from_dict(json.loads(raw)) if raw is not None else None
 
     async def get_tickets(self, ticket_ids: list[str]) -> list[Ticket]:
         if not ticket_ids:
             return []
-        raws = await self._redis.mget([self._keys.ticket(i) for i in ticket_ids])
+        raws = await self._resp.call("MGET", *(self._keys.ticket(i) for i in ticket_ids))
         return [Ticket.from_dict(json.loads(raw)) for raw in raws if raw is not None]
 
     async def ticket_id_for_token(self, token_hash: str) -> str | None:
-        ticket_id = cast("str | None", await self._redis.get(self._keys.token(token_hash)))
-        if ticket_id is None or not await self._redis.exists(self._keys.ticket(ticket_id)):
+        ticket_id = cast("str | None", await self._resp.call("GET", self._keys.token(token_hash)))
+        if ticket_id is None or not await self._resp.call("EXISTS", self._keys.ticket(ticket_id)):
             return None
         return ticket_id
 
     async def ticket_for_token(self, token_hash: str) -> Ticket | None:
-        raw = await self._auto.script(_TICKET_BY_TOKEN, [self._keys.token(token_hash)], [self._keys.ticket("")])
+        raw = await self._resp.script(_TICKET_BY_TOKEN, [self._keys.token(token_hash)], [self._keys.ticket("")])
         return Ticket.from_dict(json.loads(raw)) if raw is not None else None
 
     async def waiting(self, department: str) -> list[tuple[int, str]]:
-        entries = await self._redis.zrange(self._keys.queue(department), 0, -1, withscores=True)
-        return [(int(score), ticket_id) for ticket_id, score in cast("list[tuple[str, float]]", entries)]
+        return _pairs(await self._resp.call("ZRANGE", self._keys.queue(department), 0, -1, "WITHSCORES"))
 
     async def waiting_seqs(self, department: str) -> list[int]:
-        raw = cast("str", await self._waiting_seqs(keys=[self._keys.queue(department)]))
+        raw = cast("str", await self._resp.script(_WAITING_SEQS, [self._keys.queue(department)], []))
         return [int(seq) for seq in raw.split(",")] if raw else []
 
     async def position(self, department: str, ticket_id: str, seq: int) -> int | None:
-        rank = await self._auto.call("ZRANK", self._keys.queue(department), ticket_id)
+        rank = await self._resp.call("ZRANK", self._keys.queue(department), ticket_id)
         return None if rank is None else int(cast("int", rank)) + 1
 
     async def waiting_counts(self, departments: list[str]) -> dict[str, int]:
         if not departments:
             return {}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for d in departments:
-                pipe.zcard(self._keys.queue(d))
-            counts = await pipe.execute()
+        counts = await self._resp.calls([("ZCARD", self._keys.queue(d)) for d in departments])
         return {d: int(n) for d, n in zip(departments, counts, strict=True)}
 
     async def active(self, department: str) -> list[str]:
-        return sorted(cast("set[str]", await self._redis.smembers(self._keys.active(department))))
+        return sorted(cast("list[str]", await self._resp.call("SMEMBERS", self._keys.active(department))))
 
     async def disconnected_before(self, cutoff: float) -> list[str]:
-        ids = await self._redis.zrangebyscore(self._keys.disc, "-inf", f"({cutoff!r}")
+        ids = await self._resp.call("ZRANGEBYSCORE", self._keys.disc, "-inf", f"({cutoff!r}")
         return cast("list[str]", ids)
 
     # -- clerks: the clerk key's TTL is the truth; the per-department zset only finds them --
     async def set_presence(self, username: str, departments: list[str], presence: Presence, ttl: float) -> None:
         k = self._keys
-        async with self._redis.pipeline(transaction=True) as pipe:
-            if presence is Presence.OFFLINE:
-                pipe.delete(k.clerk(username))
-                for d in departments:
-                    pipe.zrem(k.presence(d), username)
-            else:
-                until = time.time() + ttl
-                body = _dumps({"presence": presence.value, "departments": list(departments)})
-                pipe.set(k.clerk(username), body, px=_ms(ttl))
-                for d in departments:
-                    pipe.zadd(k.presence(d), {username: until})
-            await pipe.execute()
+        commands: list[tuple[Any, ...]]
+        if presence is Presence.OFFLINE:
+            commands = [("DEL", k.clerk(username)), *(("ZREM", k.presence(d), username) for d in departments)]
+        else:
+            until = repr(time.time() + ttl)
+            body = _dumps({"presence": presence.value, "departments": list(departments)})
+            commands = [("SET", k.clerk(username), body, "PX", _ms(ttl)),
+                        *(("ZADD", k.presence(d), until, username) for d in departments)]
+        await self._resp.transaction(commands)
 
     async def presences(self, department: str) -> dict[str, Presence]:
         key = self._keys.presence(department)
         now = time.time()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zremrangebyscore(key, "-inf", now)  # lapsed entries leave the index on read
-            pipe.zrangebyscore(key, f"({now!r}", "+inf")
-            _, users = await pipe.execute()
+        _, users = await self._resp.calls([
+            ("ZREMRANGEBYSCORE", key, "-inf", repr(now)),  # lapsed entries leave the index on read
+            ("ZRANGEBYSCORE", key, f"({now!r}", "+inf"),
+        ])
         if not users:
             return {}
-        raws = await self._redis.mget([self._keys.clerk(u) for u in users])
+        raws = await self._resp.call("MGET", *(self._keys.clerk(u) for u in users))
         result: dict[str, Presence] = {}
         for user, raw in zip(users, raws, strict=True):
             if raw is None:
@@ -567,12 +498,10 @@ class RedisStore(Store):
         if not departments:
             return {}
         now = time.time()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for d in departments:
-                pipe.zrangebyscore(self._keys.presence(d), f"({now!r}", "+inf")
-            indexes = await pipe.execute()
+        indexes = await self._resp.calls([("ZRANGEBYSCORE", self._keys.presence(d), f"({now!r}", "+inf")
+                                          for d in departments])
         users = sorted({u for listed in indexes for u in listed})
-        raws = await self._redis.mget([self._keys.clerk(u) for u in users]) if users else []
+        raws = await self._resp.call("MGET", *(self._keys.clerk(u) for u in users)) if users else []
         entries = {u: json.loads(raw) for u, raw in zip(users, raws, strict=True) if raw is not None}
         return {
             d: {u: Presence(entries[u]["presence"]) for u in listed if u in entries and d in entries[u]["departments"]}
@@ -581,56 +510,51 @@ class RedisStore(Store):
 
     async def record_service(self, department: str, seconds: float) -> None:
         key = self._keys.services(department)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.lpush(key, repr(float(seconds)))
-            pipe.ltrim(key, 0, RECENT_SERVICES - 1)
-            await pipe.execute()
+        await self._resp.transaction([("LPUSH", key, repr(float(seconds))), ("LTRIM", key, 0, RECENT_SERVICES - 1)])
 
     async def recent_services(self, department: str) -> list[float]:
-        return [float(s) for s in await self._redis.lrange(self._keys.services(department), 0, -1)]
+        return [float(s) for s in await self._resp.call("LRANGE", self._keys.services(department), 0, -1)]
 
     # -- sessions, staff, limits --
     async def put_session(self, session_id: str, data: dict[str, Any], ttl: float) -> None:
-        await self._redis.set(self._keys.session(session_id), _dumps(data), px=_ms(ttl))
+        await self._resp.call("SET", self._keys.session(session_id), _dumps(data), "PX", _ms(ttl))
 
     async def get_session(self, session_id: str) -> dict[str, Any] | None:
-        raw = await self._redis.get(self._keys.session(session_id))
+        raw = await self._resp.call("GET", self._keys.session(session_id))
         return json.loads(raw) if raw is not None else None
 
     async def delete_session(self, session_id: str) -> None:
-        await self._redis.delete(self._keys.session(session_id))
+        await self._resp.call("DEL", self._keys.session(session_id))
 
     async def put_staff(self, account: StaffAccount) -> None:
-        await self._redis.hset(self._keys.staff, account.username, _dumps(account.to_dict()))
+        await self._resp.call("HSET", self._keys.staff, account.username, _dumps(account.to_dict()))
 
     async def get_staff(self, username: str) -> StaffAccount | None:
-        raw = await self._redis.hget(self._keys.staff, username)
+        raw = await self._resp.call("HGET", self._keys.staff, username)
         return StaffAccount.from_dict(json.loads(raw)) if raw is not None else None
 
     async def delete_staff(self, username: str) -> bool:
-        return bool(await self._redis.hdel(self._keys.staff, username))
+        return bool(await self._resp.call("HDEL", self._keys.staff, username))
 
     async def list_staff(self) -> list[StaffAccount]:
-        entries = await self._redis.hgetall(self._keys.staff)
+        flat = await self._resp.call("HGETALL", self._keys.staff)
+        entries = dict(zip(flat[::2], flat[1::2], strict=True))
         return [StaffAccount.from_dict(json.loads(entries[u])) for u in sorted(entries)]
 
     async def hit(self, key: str, window: float) -> int:
         rkey = self._keys.hits(key)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(rkey)
-            # NX: only the first hit of a window sets the expiry, so the window is fixed; in the
-            # same MULTI as INCR, so a counter can never be left without one.
-            pipe.pexpire(rkey, _ms(window), nx=True)
-            count, _ = await pipe.execute()
+        # NX: only the first hit of a window sets the expiry, so the window is fixed; in the same MULTI as
+        # INCR, so a counter can never be left without one.
+        count, _ = await self._resp.transaction([("INCR", rkey), ("PEXPIRE", rkey, _ms(window), "NX")])
         return int(count)
 
     async def count(self, key: str) -> int:
-        value = await self._redis.get(self._keys.hits(key))
+        value = await self._resp.call("GET", self._keys.hits(key))
         return int(value) if value is not None else 0
 
     async def window_left(self, key: str) -> float:
-        ms = int(await self._redis.pttl(self._keys.hits(key)))
+        ms = int(await self._resp.call("PTTL", self._keys.hits(key)))
         return ms / 1000.0 if ms > 0 else 0.0  # -2: no window, -1: no expiry (never left so by ``hit``)
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._resp.aclose()

@@ -1,0 +1,263 @@
+"""A pipelined Redis client for the hot path of the waiting room: one connection, every command written at
+once, answers matched in order, replies parsed by hiredis (C).
+
+Why not redis-py for this: a command through redis-py's asyncio client costs about 145 us of CPU in the
+calling process (a pool connection taken and given back, a timeout context, the command packed and the
+answer parsed in Python) against about 25 us here (one write, one future, hiredis); commands of many pages
+meeting in one turn of the event loop (a reconnect storm) cost about 13 us each here against 35 us with
+redis-py's pipeline and 165 us without (``bench/store_ops.py``; docs/performance.md). Every store command of
+a page, a check-in and "call next" goes through this client (server/store/redis.py, server/cluster.py); the
+rarely used stores (departments, appointments, audit, statistics) and socket.io's pub/sub keep redis-py.
+
+Faults are answered as redis-py's errors (``redis.exceptions.ConnectionError`` / ``TimeoutError``), which the
+handlers turn into ``store_unavailable`` (server/errors.py):
+
+- Redis refusing: the connect fails at once, every waiting command with it.
+- Redis hanging: a command not answered within ``socket_timeout`` ends the connection; every command
+  waiting on it fails then (commands are answered in order: none behind it can have been answered). A
+  command that timed out may still have been applied: the caller decides whether to try again, as before.
+- Redis back: the next command connects again; nothing to restart.
+
+Commands are never retried here and nothing is buffered while Redis is away: a command fails or is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import ssl
+import time
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+import hiredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+SOCKET_TIMEOUT = 1.0
+"""Seconds a command waits for its answer before the connection counts as hung (server/store/redis.py)."""
+CONNECT_TIMEOUT = 1.0
+"""Seconds to open the connection and say who we are (AUTH, SELECT)."""
+
+
+class _Pending:
+    __slots__ = ("deadline", "future")
+
+    def __init__(self, future: asyncio.Future[Any], deadline: float) -> None:
+        self.future = future
+        self.deadline = deadline
+
+
+def _error(reply: ResponseError) -> ResponseError:
+    message = str(reply)
+    if message.startswith("NOSCRIPT"):
+        return NoScriptError(message)
+    return reply
+
+
+class _Connection(asyncio.Protocol):
+    """One connection: writes commands, hands each answer to the oldest waiting command."""
+
+    def __init__(self, socket_timeout: float) -> None:
+        self._reader = hiredis.Reader(encoding="utf-8", replyError=ResponseError, protocolError=RedisConnectionError)
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._timeout = socket_timeout
+        self._transport: asyncio.Transport | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    # -- asyncio.Protocol --
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        pending = self._pending
+        while True:
+            try:
+                reply = self._reader.gets()
+            except RedisConnectionError as e:  # the stream cannot be parsed: nothing after it can be trusted
+                self._fail(e)
+                return
+            if reply is False:
+                return
+            if not pending:  # an answer nobody asked for: the stream is out of step
+                self._fail(RedisConnectionError("an answer from Redis that no command asked for"))
+                return
+            future = pending.popleft().future
+            if future.done():  # its caller was cancelled: the answer is dropped, the order stays right
+                continue
+            if isinstance(reply, ResponseError):
+                future.set_exception(_error(reply))
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(RedisConnectionError(f"Connection to Redis lost: {exc or 'closed by the server'}"))
+
+    # -- commands --
+    def send(self, commands: list[tuple[Any, ...]]) -> list[asyncio.Future[Any]]:
+        """Write the commands together (no other command between them) and return one future per answer."""
+        if self.closed or self._transport is None or self._transport.is_closing():
+            raise RedisConnectionError("Connection to Redis closed")
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + self._timeout
+        futures = []
+        for _ in commands:
+            future = loop.create_future()
+            self._pending.append(_Pending(future, deadline))
+            futures.append(future)
+        self._transport.write(b"".join(hiredis.pack_command(c) for c in commands))
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(loop.time() + self._timeout, self._check)
+        return futures
+
+    def _check(self) -> None:
+        """The oldest command waiting past its deadline means Redis hangs (or the network does)."""
+        self._watchdog = None
+        if not self._pending or self.closed:
+            return
+        now = time.monotonic()
+        head = self._pending[0]
+        if head.deadline <= now:
+            self._fail(RedisTimeoutError("Timeout reading from Redis"))
+            return
+        loop = asyncio.get_running_loop()
+        self._watchdog = loop.call_at(loop.time() + (head.deadline - now), self._check)
+
+    def _fail(self, error: Exception) -> None:
+        """End the connection; every command still waiting gets ``error``."""
+        self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if self._transport is not None:
+            self._transport.abort()
+        while self._pending:
+            future = self._pending.popleft().future
+            if not future.done():
+                future.set_exception(error)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._fail(RedisConnectionError("Connection to Redis closed by the client"))
+
+
+class RespClient:
+    """Commands to one Redis over one pipelined connection (opened on first use, and again after a fault).
+
+    ``call`` sends one command, ``calls`` several written together (a ``MULTI`` ... ``EXEC`` block stays
+    whole), ``script`` runs a Lua script by its SHA (loading it when Redis does not know it). Answers are
+    as hiredis gives them with ``decode_responses``: str, int, None, lists; a Redis error reply raises
+    ``redis.exceptions.ResponseError`` (``NoScriptError`` for an unknown script)."""
+
+    def __init__(self, url: str, *, socket_timeout: float = SOCKET_TIMEOUT,
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        self._url = urlparse(url)
+        if self._url.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"unsupported Redis URL scheme {self._url.scheme!r}")
+        query = parse_qs(self._url.query)
+        path = self._url.path.strip("/") if self._url.scheme != "unix" else ""
+        self._db = int(path or query.get("db", ["0"])[0] or 0)
+        self._username = unquote(self._url.username) if self._url.username else None
+        self._password = unquote(self._url.password) if self._url.password else None
+        self._socket_timeout = socket_timeout
+        self._connect_timeout = connect_timeout
+        self._connection: _Connection | None = None
+        self._connecting: asyncio.Future[_Connection] | None = None
+        self._closed = False
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+
+        def factory() -> _Connection:
+            return _Connection(self._socket_timeout)
+
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                if self._url.scheme == "unix":
+                    _, connection = await loop.create_unix_connection(factory, self._url.path)
+                else:
+                    tls = ssl.create_default_context() if self._url.scheme == "rediss" else None
+                    _, connection = await loop.create_connection(
+                        factory, self._url.hostname or "127.0.0.1", self._url.port or 6379, ssl=tls)
+                hello: list[tuple[Any, ...]] = []
+                if self._password is not None:
+                    hello.append(("AUTH", self._username, self._password) if self._username
+                                 else ("AUTH", self._password))
+                if self._db:
+                    hello.append(("SELECT", self._db))
+                if hello:
+                    await asyncio.gather(*connection.send(hello))
+        except TimeoutError:
+            raise RedisTimeoutError("Timeout connecting to Redis") from None
+        except OSError as e:
+            raise RedisConnectionError(f"Error connecting to Redis: {e}") from None
+        return connection
+
+    async def _ready(self) -> _Connection:
+        connection = self._connection
+        if connection is not None and not connection.closed:
+            return connection
+        if self._closed:
+            raise RedisConnectionError("the Redis client is closed")
+        if self._connecting is None:  # one attempt for everyone waiting, not one per command
+            self._connecting = asyncio.ensure_future(self._connect())
+        attempt = self._connecting
+        try:
+            connection = await asyncio.shield(attempt)
+        finally:
+            if self._connecting is attempt and attempt.done():
+                self._connecting = None
+        if self._closed:
+            connection.close()
+            raise RedisConnectionError("the Redis client is closed")
+        self._connection = connection
+        return connection
+
+    async def call(self, *words: Any) -> Any:
+        connection = self._connection
+        if connection is None or connection.closed:
+            connection = await self._ready()
+        return await connection.send([words])[0]
+
+    async def calls(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Several commands written together; their answers in order (the first error raises)."""
+        connection = self._connection
+        if connection is None or connection.closed:
+            connection = await self._ready()
+        answers = await asyncio.gather(*connection.send(commands), return_exceptions=True)
+        for a in answers:
+            if isinstance(a, BaseException):
+                raise a
+        return list(answers)
+
+    async def transaction(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """``MULTI``, the commands, ``EXEC``: their answers (Redis applies all of them or, on a fault, none)."""
+        answers = await self.calls([("MULTI",), *commands, ("EXEC",)])
+        results = answers[-1]
+        for r in results:
+            if isinstance(r, ResponseError):
+                raise r
+        return list(results)
+
+    async def script(self, body: str, keys: list[str], args: list[Any]) -> Any:
+        sha = _SHAS.get(body) or _SHAS.setdefault(body, hashlib.sha1(body.encode()).hexdigest())  # noqa: S324
+        try:
+            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self.call("EVAL", body, len(keys), *keys, *args)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+_SHAS: dict[str, str] = {}
