@@ -66,6 +66,8 @@ class _Connection(asyncio.Protocol):
         self._timeout = socket_timeout
         self._transport: asyncio.Transport | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
         self.closed = False
 
     # -- asyncio.Protocol --
@@ -99,7 +101,8 @@ class _Connection(asyncio.Protocol):
 
     # -- commands --
     def send(self, commands: list[tuple[Any, ...]]) -> list[asyncio.Future[Any]]:
-        """Write the commands together (no other command between them) and return one future per answer."""
+        """Queue the commands to be written together (no other command between them) at the end of this turn
+        of the event loop, with every other command of the turn, and return one future per answer."""
         if self.closed or self._transport is None or self._transport.is_closing():
             raise RedisConnectionError("Connection to Redis closed")
         loop = asyncio.get_running_loop()
@@ -109,10 +112,19 @@ class _Connection(asyncio.Protocol):
             future = loop.create_future()
             self._pending.append(_Pending(future, deadline))
             futures.append(future)
-        self._transport.write(b"".join(hiredis.pack_command(c) for c in commands))
+        self._out.extend(hiredis.pack_command(c) for c in commands)
+        if not self._flush_scheduled:  # one write (one system call) per turn of the event loop
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
         if self._watchdog is None:
             self._watchdog = loop.call_at(loop.time() + self._timeout, self._check)
         return futures
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if out and not self.closed and self._transport is not None:
+            self._transport.write(b"".join(out))
 
     def _check(self) -> None:
         """The oldest command waiting past its deadline means Redis hangs (or the network does)."""
