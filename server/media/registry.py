@@ -105,11 +105,10 @@ class LocalRoomRegistry(RoomRegistry):
 class RedisRoomRegistry(RoomRegistry):
     def __init__(self, url: str, prefix: str, node_id: str, *, ttl: int = ROOM_TTL_SECONDS) -> None:
         super().__init__(node_id)
-        import redis.asyncio as aioredis
 
-        from ..store.redis import connection_pool
+        from ..store.redis import redis_client
 
-        self._redis: Any = aioredis.Redis.from_pool(connection_pool(url))
+        self._redis: Any = redis_client(url)
         self.prefix = prefix
         self.ttl = ttl
         self._claim = self._redis.register_script(_CLAIM)

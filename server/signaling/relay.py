@@ -68,16 +68,15 @@ class NodeGone(Exception):
 class Relay:
     def __init__(self, url: str, prefix: str, node_id: str, handle: Handle, *,
                  timeout: float = RELAY_TIMEOUT) -> None:
-        import redis.asyncio as aioredis
 
-        from ..store.redis import connection_pool
+        from ..store.redis import redis_client
 
         self.node_id = node_id
         self.prefix = prefix
         self.timeout = timeout
         self._handle = handle
         self._url = url
-        self._redis: Any = aioredis.Redis.from_pool(connection_pool(url))  # publishes: fail fast
+        self._redis: Any = redis_client(url)  # publishes: fail fast
         self._listener: Any = None
         self._pubsub: Any = None
         self._task: asyncio.Task[None] | None = None

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from ..appointments.model import Appointment, AppointmentState
 from .files import write_private
-from .redis import connection_pool
+from .redis import redis_client
 
 OK = "ok"
 CONFLICT = "conflict"
@@ -272,7 +272,7 @@ return 'ok'
 
 class RedisAppointmentStore(AppointmentStore):
     def __init__(self, url: str, prefix: str = "sps:", clock: Any = time.time) -> None:
-        self._redis: aioredis.Redis = aioredis.Redis.from_pool(connection_pool(url))
+        self._redis: aioredis.Redis = redis_client(url)
         self._prefix = prefix
         self.clock = clock
         self._commit = self._redis.register_script(_COMMIT)

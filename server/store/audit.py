@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from ..queue.errors import InvalidInput
-from .redis import connection_pool
+from .redis import redis_client
 
 DetailValue = str | int | float | bool | None | list[str]
 
@@ -239,7 +239,7 @@ def _ms(seconds: float) -> int:
 
 class RedisAuditStore(AuditStore):
     def __init__(self, url: str, prefix: str = "sps:", max_entries: int = REDIS_MAX_ENTRIES) -> None:
-        self.r: aioredis.Redis = aioredis.Redis.from_pool(connection_pool(url))
+        self.r: aioredis.Redis = redis_client(url)
         self.key = f"{prefix}audit"
         self.max_entries = max_entries
 

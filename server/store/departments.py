@@ -32,7 +32,7 @@ from ..rooms.departments import Department
 from ..rooms.directory import DepartmentExists, EditConflict, department_from_dict, department_to_dict
 from ..tasks import stopping
 from .files import write_private
-from .redis import connection_pool
+from .redis import redis_client
 
 log = logging.getLogger("sprechstunde.departments")
 
@@ -244,7 +244,7 @@ class RedisDepartmentStore(DepartmentStore):
     (JSON) and ``dept:settings:rev`` the server-wide settings changed at /admin/settings."""
 
     def __init__(self, url: str, prefix: str = "sps:") -> None:
-        self._redis: aioredis.Redis = aioredis.Redis.from_pool(connection_pool(url))
+        self._redis: aioredis.Redis = redis_client(url)
         self._prefix = prefix
         base = prefix + "dept"
         self._keys = [base, base + ":rev", base + ":pos", base + ":version"]

@@ -25,7 +25,7 @@ from ..queue.errors import Conflict
 from ..recording.errors import RecordingNotFound
 from ..recording.model import Recording
 from .files import write_private
-from .redis import connection_pool
+from .redis import redis_client
 
 ACCESS_LOG_RETENTION_SECONDS = 400 * 86400
 """Access-log entries (staff usernames and recording ids only) are kept this long."""
@@ -275,7 +275,7 @@ class RedisRecordingStore(RecordingStore):
     and expiring as a whole when a department logs nothing for the retention period."""
 
     def __init__(self, url: str, prefix: str = "sps:", clock: Callable[[], float] = time.time) -> None:
-        self._redis: aioredis.Redis = aioredis.Redis.from_pool(connection_pool(url))
+        self._redis: aioredis.Redis = redis_client(url)
         self._prefix = prefix
         self._clock = clock
         self._create = self._redis.register_script(_CREATE)

@@ -30,7 +30,7 @@ from ..queue.errors import Conflict, InvalidInput
 from ..townhall.errors import EventNotFound
 from ..townhall.model import Question, TownHallEvent
 from .files import write_private
-from .redis import connection_pool
+from .redis import redis_client
 
 T = TypeVar("T")
 
@@ -363,7 +363,7 @@ def _pair(value: str) -> tuple[str, str]:
 
 class RedisTownHallStore(TownHallStore):
     def __init__(self, url: str, prefix: str = "sps:") -> None:
-        self._redis: aioredis.Redis = aioredis.Redis.from_pool(connection_pool(url))
+        self._redis: aioredis.Redis = redis_client(url)
         self._prefix = prefix
         self._add_question = self._redis.register_script(_ADD_QUESTION)
         self._join = self._redis.register_script(_JOIN_AUDIENCE)
