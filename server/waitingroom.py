@@ -157,16 +157,27 @@ class WaitingRoom:
             prev = e.previous_state.value if e.previous_state else "-"
             log.log(logging.DEBUG if e.kind in CONNECTIVITY else logging.INFO, "ticket %s %s: %s -> %s (%s)",
                     e.ticket.id, e.kind, prev, e.ticket.state.value, e.ticket.department)
-        if events:
-            for listener in self._listeners:
-                # The transition is committed: a listener (pages, statistics, audit) failing must not turn
-                # it into an error for whoever caused it, nor keep the other listeners from hearing of it.
-                try:
-                    await listener(events)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # noqa: BLE001
-                    log.exception("a listener of queue events failed")
+        if not events or not self._listeners:
+            return
+        # The first listener (the pages: a called citizen hears of it at once) runs here; the others (audit,
+        # statistics, metrics) alongside it, so that their round trips to the store do not add up.
+        others = [asyncio.ensure_future(self._tell(listener, events)) for listener in self._listeners[1:]]
+        try:
+            await self._tell(self._listeners[0], events)
+        finally:
+            if others:
+                await asyncio.gather(*others)
+
+    @staticmethod
+    async def _tell(listener: Listener, events: list[TicketEvent]) -> None:
+        # The transition is committed: a listener (pages, statistics, audit) failing must not turn it into an
+        # error for whoever caused it, nor keep the other listeners from hearing of it.
+        try:
+            await listener(events)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001
+            log.exception("a listener of queue events failed")
 
     @property
     def departments(self) -> dict[str, Department]:
@@ -404,15 +415,18 @@ class WaitingRoom:
 
     async def _apply(
         self, ticket_id: str, command: Callable[[Ticket, float], tuple[Ticket, list[TicketEvent]]],
-        clerk: Clerk | None = None,
+        clerk: Clerk | None = None, departments: frozenset[str] | None = None,
     ) -> Ticket:
-        """Run one command of the core on one ticket, atomically, then publish what happened."""
+        """Run one command of the core on one ticket, atomically, then publish what happened. With
+        ``departments`` (a clerk's), a ticket of another department looks exactly like a missing one."""
         now = self.clock()
 
         async def attempt(tx: Tx) -> tuple[Ticket, list[TicketEvent]]:
             ticket = await tx.ticket(ticket_id)
             if ticket is None:
                 raise TicketNotFound(f"no ticket {ticket_id}")
+            if departments is not None and ticket.department not in departments:
+                raise TicketNotFound(f"no ticket {ticket_id} in your departments")
             new, events = command(ticket, now)
             if new is not ticket:
                 tx.put(new)
@@ -556,11 +570,7 @@ class WaitingRoom:
     ) -> Ticket:
         if not isinstance(ticket_id, str) or not ticket_id or len(ticket_id) > 64:
             raise InvalidInput("ticket id missing or malformed")
-        existing = await self.store.get_ticket(ticket_id)
-        # A foreign department's ticket looks exactly like a missing one.
-        if existing is None or existing.department not in clerk.departments:
-            raise TicketNotFound(f"no ticket {ticket_id} in your departments")
-        return await self._apply(ticket_id, command, clerk)
+        return await self._apply(ticket_id, command, clerk, departments=clerk.departments)
 
     async def _after(self, events: list[TicketEvent], clerk: Clerk | None = None) -> None:
         """Publish, then the bookkeeping that follows a transition: service times, the clerk's presence.

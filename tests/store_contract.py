@@ -418,6 +418,17 @@ class StoreContract:
         assert await store.get_session("s1") is None
         await store.delete_session("s1")  # deleting twice is fine
 
+    async def test_session_and_its_account_in_one_read(self, store: Store) -> None:
+        zoe = StaffAccount("zoe", "Zoë", "$argon2id$z", ("clerk",), ("a",))
+        await store.put_staff(zoe)
+        await store.put_session("s1", {"username": "zoe", "csrf": "x", "epoch": 0}, ttl=60)
+        await store.put_session("s2", {"username": "gone", "csrf": "y"}, ttl=60)
+        await store.put_session("s3", {"state": "signing in"}, ttl=60)  # no username (yet): no account read
+        assert await store.session_and_account("s1") == ({"username": "zoe", "csrf": "x", "epoch": 0}, zoe)
+        assert await store.session_and_account("s2") == ({"username": "gone", "csrf": "y"}, None)
+        assert await store.session_and_account("s3") == ({"state": "signing in"}, None)
+        assert await store.session_and_account("nope") == (None, None)
+
     async def test_session_lapses_after_ttl(self, store: Store) -> None:
         await store.put_session("s1", {"user": "anna"}, ttl=0.2)
 

@@ -364,6 +364,9 @@ class AppointmentService:
         return due, d.appointments.every, since
 
     async def called(self, department: str, ticket: Ticket, was_due: bool) -> None:
+        d = self.room.departments.get(department)
+        if d is None or d.appointments is None:  # no appointments here: no rule to count for (two round trips)
+            return
         if was_due:  # a new generation: the walk-ins count starts again at 0
             await self.room.store.hit(f"appt-gen:{department}", 7 * 24 * 3600)
         else:

@@ -162,13 +162,12 @@ class Auth:
         """The live session for a cookie value; the account is re-read so removal takes effect."""
         if not session_id or len(session_id) > 128:
             raise NotAuthenticated("log in first")
-        data = await self.store.get_session(session_id)
+        data, account = await self.store.session_and_account(session_id)
         if data is None or not isinstance(data.get("username"), str):  # (a sign-in in progress is no session)
             raise NotAuthenticated("log in first (the session expired)")
         if not self.local_logins and data.get("via", "password") == "password":
             await self.store.delete_session(session_id)
             raise NotAuthenticated("password logins are switched off; sign in with your organisation's account")
-        account = await self.store.get_staff(data["username"])
         if account is None:
             await self.store.delete_session(session_id)
             raise NotAuthenticated("this account no longer exists")

@@ -156,6 +156,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get_session(self, session_id: str) -> dict[str, Any] | None: ...
 
+    async def session_and_account(self, session_id: str) -> tuple[dict[str, Any] | None, StaffAccount | None]:
+        """A session and the account it names (None, None without a session): every staff request and socket
+        event reads both; Redis does it in one round trip."""
+        data = await self.get_session(session_id)
+        username = data.get("username") if data is not None else None
+        return data, (await self.get_staff(username) if isinstance(username, str) else None)
+
     @abc.abstractmethod
     async def delete_session(self, session_id: str) -> None: ...
 

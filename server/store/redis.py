@@ -124,6 +124,16 @@ return redis.call('GET', ARGV[1] .. id)
 is built from the prefix in ARGV: fine on a single Redis (not a cluster), as everywhere in this store."""
 
 
+_SESSION_AND_ACCOUNT = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {false, false} end
+local ok, data = pcall(cjson.decode, raw)
+if not ok or type(data) ~= 'table' or type(data.username) ~= 'string' then return {raw, false} end
+return {raw, redis.call('HGET', KEYS[2], data.username)}
+"""
+"""A session and its account in one round trip (every staff request and socket event reads both)."""
+
+
 _COMMIT = """
 local checks = tonumber(ARGV[1])
 for i = 1, checks do
@@ -564,6 +574,12 @@ class RedisStore(Store):
     async def get_session(self, session_id: str) -> dict[str, Any] | None:
         raw = await self._resp.call("GET", self._keys.session(session_id))
         return json.loads(raw) if raw is not None else None
+
+    async def session_and_account(self, session_id: str) -> tuple[dict[str, Any] | None, StaffAccount | None]:
+        raw, account = await self._resp.script(_SESSION_AND_ACCOUNT, [self._keys.session(session_id), self._keys.staff],
+                                               [])
+        data = json.loads(raw) if raw else None
+        return data, StaffAccount.from_dict(json.loads(account)) if account else None
 
     async def delete_session(self, session_id: str) -> None:
         await self._resp.call("DEL", self._keys.session(session_id))

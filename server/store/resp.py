@@ -235,6 +235,14 @@ class RespClient:
             connection = await self._ready()
         return await connection.send([words])[0]
 
+    async def send(self, *words: Any) -> asyncio.Future[Any]:
+        """Send one command without waiting for its answer: the future of the answer (connecting first when
+        needed). Commands still leave and are answered in order."""
+        connection = self._connection
+        if connection is None or connection.closed:
+            connection = await self._ready()
+        return connection.send([words])[0]
+
     async def calls(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Several commands written together; their answers in order (the first error raises)."""
         connection = self._connection
