@@ -102,6 +102,9 @@ class LeanPage(asyncio.Protocol):
         self.connected = False
         self.closing = False
         self.closed = False
+        self.lost = False
+        """The connection ended while connected without this page asking (the server or the proxy closed it,
+        or no ping came): what a citizen would see as a lost connection."""
         self.last_rx = time.monotonic()
         self.ping_interval = 25.0
         self.ping_timeout = 20.0
@@ -156,6 +159,8 @@ class LeanPage(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.connected and not self.closing:
+            self.lost = True
         self.connected = False
         if not self.ready.done():
             self.ready.set_result(False)
@@ -175,6 +180,8 @@ class LeanPage(asyncio.Protocol):
 
     def fail(self) -> None:
         """The server closed or refused the socket: end this page."""
+        if self.connected and not self.closing:
+            self.lost = True
         self.connected = False
         if not self.ready.done():
             self.ready.set_result(False)
@@ -206,6 +213,8 @@ class Citizen:
     client: socketio.AsyncClient | LeanPage | None = None
     position: int | None = None
     last_queue_t: float = 0.0
+    missed: bool = False
+    """The last ``queue`` update applied did not list this page's seq while it was waiting."""
     has_ticket: bool = False
     has_queue: bool = False
     source: str | None = None
@@ -427,6 +436,7 @@ class Worker:
                         and now - page.last_rx > page.ping_interval + page.ping_timeout):
                     self.counters["lean: no ping for interval + timeout, page closed"] += 1
                     page.connected = False
+                    page.lost = True
                     asyncio.get_running_loop().create_task(page.disconnect())
 
     # -- what a page does with its events (both clients) --
@@ -434,6 +444,8 @@ class Worker:
         state = data.get("state")
         if state == "called" and c.state != "called":
             self.called.append((data["id"], now, data.get("called_at") or 0.0))
+            if c.missed:  # the update that left it out came just before its call (the ticket event is later)
+                self.counters["waiting_but_not_in_queue, then called"] += 1
         c.state = state or c.state
         if state in FINAL:
             self.counters[f"final_{state}"] += 1
@@ -455,12 +467,18 @@ class Worker:
         if c.has_queue:  # a broadcast; the first update after connecting is sent to this page alone
             msg.receivers += 1
             msg.last = max(msg.last, now)
-        # The page's own work: its position among the waiting seqs.
-        i = bisect.bisect_left(msg.seqs, c.seq)
-        c.position = i + 1 if i < len(msg.seqs) and msg.seqs[i] == c.seq else None
-        c.last_queue_t = data["t"]
-        if c.position is None and c.state == "waiting":
-            self.counters["waiting_but_not_in_queue"] += 1
+        if data["t"] < c.last_queue_t:
+            # Older than the update the page holds (another node's broadcast made before the update this page
+            # got on connecting): the page keeps the newer, as web/static/js/wait.js does.
+            self.counters["queue_older_than_held_ignored"] += 1
+        else:
+            # The page's own work: its position among the waiting seqs.
+            i = bisect.bisect_left(msg.seqs, c.seq)
+            c.position = i + 1 if i < len(msg.seqs) and msg.seqs[i] == c.seq else None
+            c.last_queue_t = data["t"]
+            c.missed = c.position is None and c.state == "waiting"
+            if c.missed:
+                self.counters["waiting_but_not_in_queue"] += 1
         if not c.has_queue:
             c.has_queue = True
             self._maybe_ready(c, now)
@@ -566,6 +584,9 @@ class Worker:
             "stale_pages": sum(1 for c in self.waiting() if c.last_queue_t < latest.get(c.department, 0.0)),
             "waiting_pages": len(self.waiting()),
             "connected": self.connected(),
+            # Pages that lost their connection (not closed by the bench), apart from the pages closed because
+            # their citizen's visit ended and not replaced yet: both lower "connected".
+            "lost": sum(1 for c in self.citizens if isinstance(c.client, LeanPage) and c.client.lost),
             "counters": dict(self.counters),
         }
         for m in self.messages.values():

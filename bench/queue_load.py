@@ -427,6 +427,7 @@ async def bench(args: argparse.Namespace, server: ServerGroup, clerk_accounts: l
         counters: Counter[str] = Counter()
         for r in reports:
             counters.update(r["counters"])
+        ended = sum(n for k, n in counters.items() if k.startswith("final_"))  # pages closed by the bench
         latencies = [c.latency for c in stats.calls]
         ticks = int(steady_wall / _citizens.LAG_TICK) * args.processes  # lag samples: only ticks > 2 ms late
         lags = sorted(lag for r in reports for lag in r["lags"])
@@ -445,7 +446,9 @@ async def bench(args: argparse.Namespace, server: ServerGroup, clerk_accounts: l
         rows = [
             Row("waiting citizens connected", "10,000 on one server", f"{ready} of {args.citizens} "
                 f"in {populate_s:.1f} s; still connected: {still_connected} after joining, "
-                f"{sum(r['connected'] for r in reports)} after calls"),
+                f"{sum(r['connected'] for r in reports)} after calls ({ended} ended by their call, "
+                f"{counters.get('replaced', 0)} of them replaced so far; connections lost: "
+                f"{sum(r.get('lost', 0) for r in reports)})"),
             Row("calls made (target rate)", "50 per s", f"{len(stats.calls)} in {steady_wall:.1f} s = "
                 f"{achieved:.1f} per s ({args.calls_per_second:g} target, {stats.late_slots} late slots)"),
             Row(f"call-next latency p50 / p99 / max ({args.call_via})", "p99 < 20 ms",

@@ -21,7 +21,7 @@ from server.http.auth import Auth
 from server.store.redis import RedisStore
 
 from .app_fixtures import free_port, make_settings, wait_until_healthy
-from .socket_clients import Recorder, citizen_socket, join, staff_socket
+from .socket_clients import Recorder, citizen_socket, join, positions, staff_socket
 
 pytestmark = pytest.mark.redis
 
@@ -40,7 +40,7 @@ redis_url = "{redis_url}"
 redis_prefix = "{prefix}"
 joins_per_address = 1000
 grace_seconds = {grace}
-position_interval = 0.2
+position_interval = {position_interval}
 shutdown_seconds = 4
 trust_forwarded_for = true
 trusted_proxies = ["127.0.0.1"]
@@ -55,13 +55,15 @@ hours = {{ {hours} }}
 class Node:
     """One ``sprechstunde serve`` process."""
 
-    def __init__(self, directory: Path, redis_url: str, prefix: str, grace: float = GRACE) -> None:
+    def __init__(self, directory: Path, redis_url: str, prefix: str, grace: float = GRACE,
+                 position_interval: float = 0.2) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = directory / "node.toml"
         config.write_text(CONFIG.format(data=directory / "var", port=self.port, redis_url=redis_url, prefix=prefix,
-                                        grace=grace, hours=ALWAYS_OPEN), "utf-8")
+                                        grace=grace, hours=ALWAYS_OPEN, position_interval=position_interval),
+                          "utf-8")
         self.log = directory / "node.log"
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "--config", str(config), "serve"],
@@ -89,8 +91,11 @@ class Node:
 def start_nodes(tmp_path: Path, redis_url: str, redis_prefix: str) -> Iterator[Any]:
     started: list[Node] = []
 
-    def start(count: int, grace: float = GRACE) -> list[Node]:
-        nodes = [Node(tmp_path / f"node{len(started) + i}", redis_url, redis_prefix, grace) for i in range(count)]
+    def start(count: int, grace: float = GRACE, position_intervals: tuple[float, ...] = ()) -> list[Node]:
+        """``position_intervals``: each node's own, in order (0.2 s for the others)."""
+        intervals = [*position_intervals, *[0.2] * count][:count]
+        nodes = [Node(tmp_path / f"node{len(started) + i}", redis_url, redis_prefix, grace, intervals[i])
+                 for i in range(count)]
         started.extend(nodes)
         return [n.wait_healthy() for n in nodes]  # they start side by side
 
@@ -198,3 +203,59 @@ async def test_a_killed_node_s_citizens_start_their_grace_period_on_a_survivor(s
     finally:
         for socket in (*pages, clerk):
             await socket.close()
+
+
+async def test_a_page_connecting_to_another_node_than_its_check_in_gets_a_queue_update_that_lists_it(
+        start_nodes, shared):
+    """Issue 11: citizens check in over HTTP on node a while a clerk on a calls, and each page connects its
+    socket to node b. Nothing of this is one of b's own events, and b holds a cached update (made when the
+    first page connected); every page must still get, on connecting, a ``queue`` update that lists its own
+    seq (it was told "not in the queue" while waiting). b's position interval is long (30 s) so that its
+    cached update stays fresh for the whole test: the window in which it was handed out is the whole test,
+    not a fraction of a second."""
+    _, auth, _ = shared
+    a, b = start_nodes(2, position_intervals=(0.2, 30.0))
+    await auth.add_staff("anna", "Anna", PASSWORD, ["buergerbuero"])
+    clerk = await staff_socket(a.url, "anna", PASSWORD)
+    seed = [await join(a.url) for _ in range(3)]
+    pages = [await citizen_socket(b.url, seed[0]["token"])]  # b makes and keeps an update now
+    try:
+        await pages[0].wait_for("queue")
+        for k in range(6):
+            if k % 2:  # the department changes on a: the head of the queue is called (a seed ticket)
+                called = await clerk.call("call_next", {"department": "buergerbuero"})
+                assert called.get("ok"), called
+                assert (await clerk.call("finish", {"ticket": called["ticket"]["id"]})).get("ok")
+            mine = await join(a.url)  # on a: b's events do not say the department changed
+            page = await citizen_socket(b.url, mine["token"])
+            pages.append(page)
+            ticket = await page.wait_for("ticket")
+            update = await page.wait_for("queue")
+            assert ticket["state"] == "waiting" and ticket["position"] == len(positions(update)), (k, ticket, update)
+            assert positions(update)[-1] == mine["ticket"]["seq"], (k, update)  # it lists this page, last
+    finally:
+        for socket in (*pages, clerk):
+            await socket.close()
+
+
+async def test_a_page_connecting_to_a_node_gets_another_node_s_latest_broadcast_not_an_older_update(
+        start_nodes):
+    """A ``queue`` update that node a broadcast (through Redis to every node's pages) becomes node b's cached
+    update too: a page connecting to b next gets it (or a newer one), never b's older one, although its own
+    seq is in both. As above, b's long position interval keeps its own update fresh for the whole test."""
+    a, b = start_nodes(2, position_intervals=(0.2, 30.0))
+    first, second = await join(a.url), await join(a.url)
+    watcher = await citizen_socket(b.url, first["token"])  # b makes and keeps an update listing both now
+    late: Recorder | None = None
+    try:
+        kept = await watcher.wait_for("queue")
+        third = await join(a.url)  # a changes the department and broadcasts it within 0.2 s
+        heard = await watcher.wait_for("queue", lambda u: u["t"] > kept["t"])
+        assert positions(heard) == [first["ticket"]["seq"], second["ticket"]["seq"], third["ticket"]["seq"]]
+        late = await citizen_socket(b.url, second["token"])
+        update = await late.wait_for("queue")
+        assert update["t"] >= heard["t"] and positions(update) == positions(heard), (kept, heard, update)
+    finally:
+        await watcher.close()
+        if late is not None:
+            await late.close()

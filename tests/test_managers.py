@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 
+import pytest
 import socketio
 
 from server.app import SIGNALING
@@ -220,3 +221,56 @@ async def test_a_page_whose_connection_is_gone_leaves_no_cycle(live_server):
     finally:
         gc.enable()
         await page.close()
+
+
+@pytest.mark.redis
+async def test_nodes_hear_each_others_emits_and_not_their_own(redis_url: str, redis_prefix: str) -> None:
+    """Two Redis managers on one channel (two nodes): an emit is published through the pipelined client and
+    reaches the other node's listener; a node's own messages are dropped before parsing (``_listen``
+    recognises them by the ``host_id`` python-socketio puts last). A publish while Redis does not answer is
+    not the emitter's error."""
+    nodes = [ClosingRedisManager(redis_url, channel=f"{redis_prefix}socketio") for _ in range(2)]
+    heard: list[list[dict]] = [[], []]
+    server = socketio.AsyncServer(async_mode="aiohttp")
+    for node, got in zip(nodes, heard, strict=True):
+        node.set_server(server)
+
+        async def handle(message: dict, got: list[dict] = got) -> None:
+            got.append(message)
+
+        node._handle_emit = handle  # what each node's listener delivers, recorded
+        node.initialize()
+    try:
+        parsed = []
+        real_loads = nodes[0].json.loads
+        nodes[0].json = type("J", (), {"dumps": staticmethod(nodes[0].json.dumps),
+                                       "loads": staticmethod(lambda t: parsed.append(t) or real_loads(t))})
+        deadline = asyncio.get_running_loop().time() + 20
+        while not (heard[0] and heard[1]):  # subscriptions take a moment: emit until both hear the other
+            assert asyncio.get_running_loop().time() < deadline, heard
+            await nodes[0]._publish({"method": "emit", "event": "e0", "data": [1], "room": "d:x",
+                                     "namespace": "/", "host_id": nodes[0].host_id})
+            await nodes[1]._publish({"method": "emit", "event": "e1", "data": [2], "room": "d:x",
+                                     "namespace": "/", "host_id": nodes[1].host_id})
+            await asyncio.sleep(0.05)  # a pacing of the retries; the loop waits on the condition above
+        assert {m["event"] for m in heard[0]} == {"e1"} and {m["event"] for m in heard[1]} == {"e0"}
+        assert all(nodes[0].host_id.encode() not in p for p in parsed)  # its own were never parsed
+        # What the drop rests on: python-socketio's own emit message, as published, ends with its host_id.
+        probe, published = ClosingRedisManager(redis_url, channel="probe"), []
+        probe.set_server(server)
+
+        async def capture(data: dict) -> None:
+            published.append(probe.json.dumps(data))
+
+        async def nothing(message: dict) -> None:
+            return None
+
+        probe._publish, probe._handle_emit = capture, nothing
+        await probe.emit("queue", {"w": [1]}, namespace="/", room="d:x")
+        assert published and published[0].endswith(f'"host_id": "{probe.host_id}"}}')
+        down = ClosingRedisManager("redis://127.0.0.1:1/0", channel="nowhere")
+        await down._publish({"method": "emit", "host_id": down.host_id})  # refused: logged, not raised
+        await down.close()
+    finally:
+        for node in nodes:
+            await node.close()

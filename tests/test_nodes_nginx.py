@@ -1,12 +1,16 @@
 """Two real nodes on one Redis behind Debian's nginx with the shipped site (deploy/nginx/sprechstunde.conf,
 its upstream listing both nodes): a page connected through nginx survives its node being killed (it
 reconnects through nginx to the other node within seconds and still sees its ticket waiting), and a node
-stopped with SIGTERM tells its pages at once, and they come back through nginx on the other node."""
+stopped with SIGTERM tells its pages at once, and they come back through nginx on the other node. nginx's
+HTTPS listener queues as many connections as the kernel allows, not nginx's default 511 (a reconnect storm of
+2,000 pages overflowed that: docs/performance.md, "Several nodes")."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -225,3 +229,19 @@ async def test_a_waiting_page_in_chromium_comes_back_on_the_other_node_after_sig
         assert ticket is not None and ticket.state.value == "waiting" and ticket.disconnected_at is None
         await context.close()
     assert not problems, problems
+
+
+def test_nginx_s_https_listener_queues_a_reconnect_storm(nginx: Any):
+    """The shipped site's ``listen ... backlog=``: the kernel queues up to ``net.core.somaxconn`` connections that
+    nginx has not accepted yet, as for the nodes (server/cli.py LISTEN_BACKLOG), not the 511 nginx asks for
+    unless told; seen on the listening socket itself (``ss``: Send-Q of a listener is its backlog)."""
+    ss = shutil.which("ss")
+    if ss is None:
+        pytest.skip("ss (iproute2) is missing")
+    proxy = nginx([free_port()])  # no node needed: only the listener is looked at
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text().strip())
+    out = subprocess.run([ss, "-ltnH", f"sport = :{proxy.https}"], capture_output=True, text=True, timeout=30,
+                         check=True).stdout.split()
+    assert len(out) >= 4, out  # State Recv-Q Send-Q Local
+    assert int(out[2]) == min(65535, somaxconn), out
+    assert int(out[2]) > 511 or somaxconn <= 511, out

@@ -81,6 +81,8 @@ class Signaling:
             engineio_logger=False,
         )
         engineio_ws.install(self.sio.eio)
+        if isinstance(manager, ClosingRedisManager):  # other nodes' broadcasts refresh the cached update
+            manager.on_queue = self._heard_update
         self._dirty: set[str] = set()
         self._citizen_sockets: Counter[str] = Counter()
         self._clerk_sockets: Counter[str] = Counter()
@@ -361,25 +363,41 @@ class Signaling:
         one just broadcast when it is younger than ``position_interval`` and nothing changed since (a
         reconnect storm of thousands of pages then costs one computation and one encoding per
         department, not one per page), else a fresh one. While the department changes (check-ins, calls),
-        pages connecting within ``FRESH_SECONDS`` of a fresh one share it when it lists their own ``seq``
-        (a waiting page's): the update reads the whole queue, and the next broadcast follows within one
+        pages connecting within ``FRESH_SECONDS`` of a fresh one share it. A waiting page (``seq``) is only
+        given an update that lists its own seq, whatever ``_dirty`` says: with several nodes another node
+        changes the department without this one's ``_dirty`` knowing (a citizen checks in over HTTP on
+        node A and their page connects to node B), and an update from before the check-in would tell the
+        page it is not waiting. The update reads the whole queue, and the next broadcast follows within one
         interval anyway."""
         now = asyncio.get_running_loop().time()
         cached = self._updates.get(department)
         fresh_for = self.settings.position_interval
         if department in self._dirty:
             fresh_for = min(fresh_for, FRESH_SECONDS)
-        if cached and now - cached[0] < fresh_for and (seq is None or department not in self._dirty
-                                                         or seq in cached[3]):
+        if cached and now - cached[0] < fresh_for and (seq is None or seq in cached[3]):
             return cached[1], cached[2]
         update = await self.room.queue_update(department)
         return self._remember_update(department, update)
 
-    def _remember_update(self, department: str, update: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-        encoded = encode_event(self.sio, "queue", update)
+    def _remember_update(self, department: str, update: dict[str, Any], encoded: Any = None,
+                         age: float = 0.0) -> tuple[dict[str, Any], Any]:
+        """Keep ``update`` (made ``age`` seconds ago) as the department's latest, with its encoded event."""
+        if encoded is None:
+            encoded = encode_event(self.sio, "queue", update)
         seqs = frozenset(itertools.accumulate(update.get("w", ())))  # "w" is delta-encoded
-        self._updates[department] = (asyncio.get_running_loop().time(), update, encoded, seqs)
+        self._updates[department] = (asyncio.get_running_loop().time() - age, update, encoded, seqs)
         return update, encoded
+
+    def _heard_update(self, department: str, update: dict[str, Any], encoded: Any) -> None:
+        """A ``queue`` update that a node (this one too) broadcast through Redis: kept as the department's
+        latest when it is newer (``t``) than the one held, aged by when it was made. A page connecting here
+        then gets what the pages already here were just sent, not an update from before another node's
+        change, and a broadcast of another node saves this one a computation."""
+        t = update.get("t")
+        cached = self._updates.get(department)
+        if not isinstance(t, int | float) or (cached is not None and cached[1].get("t", 0) >= t):
+            return
+        self._remember_update(department, update, encoded, age=max(0.0, self.room.clock() - t))
 
     async def _on_presence(self, clerk: Clerk, presence: Presence) -> None:
         if self._closing:

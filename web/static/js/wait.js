@@ -718,6 +718,9 @@ function connect() {
   socket.on('ticket', applyTicket);
   socket.on('queue', (update) => {
     const before = queues[update.d];
+    // With several nodes an older update can arrive after a newer one (the page is sent a fresh one on
+    // connecting, then another node's broadcast made before it): keep the newer, the position never goes back.
+    if (before && update.t < before.t) return;
     queues[update.d] = update;
     if (ticket?.state === 'waiting' && update.d === ticket.department) {
       // Opening hours ended, or a lead closed the department (or opened it again): every page is told.

@@ -1,0 +1,141 @@
+"""A waiting page is never handed a cached ``queue`` update that does not list it, and a node keeps the newest
+update any node broadcast (issue 11: with several nodes, a change made on node A is not in node B's ``_dirty``,
+and B handed pages connecting to it an update from before their own check-in).
+
+Unit level, on one app with the memory store: a change "made on another node" is a change whose event this
+node's ``_dirty`` did not keep (cleared below). tests/test_cluster_nodes.py shows the same with two real
+processes on one Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from typing import Any
+
+import pytest
+import socketio
+from aiohttp import web
+
+from server.app import SIGNALING
+from server.http.keys import ROOM
+from server.queue.model import JoinRequest
+from server.signaling.hub import Signaling
+from server.signaling.managers import ClosingRedisManager, encode_event
+from server.waitingroom import WaitingRoom
+
+DEPARTMENT = "buergerbuero"
+
+
+@pytest.fixture
+def node(make_app) -> tuple[Signaling, WaitingRoom]:
+    app: web.Application = make_app(position_interval=30.0)  # a cached update stays fresh for the whole test
+    return app[SIGNALING], app[ROOM]
+
+
+async def check_in(room: WaitingRoom, name: str) -> int:
+    ticket, _ = await room.join(DEPARTMENT, JoinRequest(name=name, consent=True), "192.0.2.1")
+    return ticket.seq
+
+
+def seqs(update: dict[str, Any]) -> list[int]:
+    return list(itertools.accumulate(update["w"]))
+
+
+async def changed_elsewhere(signaling: Signaling, room: WaitingRoom, name: str) -> int:
+    """A check-in this node's ``_dirty`` does not know of, as one made over HTTP on another node."""
+    seq = await check_in(room, name)
+    signaling._dirty.discard(DEPARTMENT)
+    return seq
+
+
+async def test_a_waiting_page_whose_seq_the_cached_update_lacks_gets_a_fresh_one(node):
+    signaling, room = node
+    first = await check_in(room, "Erste")
+    cached, _ = await signaling._queue_update(DEPARTMENT, first)
+    signaling._dirty.discard(DEPARTMENT)
+    late = await changed_elsewhere(signaling, room, "Spät")
+    assert DEPARTMENT not in signaling._dirty  # nothing here says the department changed
+
+    update, _ = await signaling._queue_update(DEPARTMENT, late)
+    assert update is not cached and seqs(update) == [first, late]
+
+
+@pytest.mark.parametrize(("who", "shared"), [
+    ("listed", True),  # a waiting page the cached update lists: shared (a reconnect storm costs one computation)
+    ("not waiting", True),  # a called or ended ticket's page (seq None) has no place to find in it
+    ("missing", False),  # a waiting page it does not list: made fresh, whatever _dirty says
+])
+async def test_which_pages_share_the_cached_update(node, who, shared):
+    signaling, room = node
+    first = await check_in(room, "Erste")
+    cached, encoded = await signaling._queue_update(DEPARTMENT, first)
+    signaling._dirty.discard(DEPARTMENT)
+    late = await changed_elsewhere(signaling, room, "Spät")
+    seq = {"listed": first, "not waiting": None, "missing": late}[who]
+
+    update, again = await signaling._queue_update(DEPARTMENT, seq)
+    assert (update is cached and again is encoded) is shared
+    if not shared:
+        assert seqs(update) == [first, late]
+
+
+async def test_a_broadcast_heard_from_another_node_replaces_an_older_cached_update(node):
+    signaling, room = node
+    first = await check_in(room, "Erste")
+    mine, _ = await signaling._queue_update(DEPARTMENT, first)
+    second = await changed_elsewhere(signaling, room, "Zweite")
+    theirs = {**await room.queue_update(DEPARTMENT), "t": mine["t"] + 0.5}  # another node's, made after ours
+    signaling._heard_update(DEPARTMENT, theirs, "encoded by the manager")
+
+    update, encoded = await signaling._queue_update(DEPARTMENT, first)
+    assert update is theirs and encoded == "encoded by the manager"  # shared as is, not encoded again
+    assert seqs(update) == [first, second]
+
+    older = {**mine, "t": mine["t"] + 0.1}  # arriving late, but made before the one held: ignored
+    signaling._heard_update(DEPARTMENT, older, "older")
+    assert (await signaling._queue_update(DEPARTMENT, first))[0] is theirs
+
+
+async def test_a_heard_update_is_as_old_as_when_it_was_made(node):
+    """The broadcast of a node whose loop was stalled (or that arrives late) is not shared for longer than
+    ``position_interval`` counted from when it was made."""
+    signaling, room = node
+    first = await check_in(room, "Erste")
+    stale = {**await room.queue_update(DEPARTMENT), "t": room.clock() - 60.0}  # a minute old, nothing held
+    signaling._heard_update(DEPARTMENT, stale, "stale")
+    update, _ = await signaling._queue_update(DEPARTMENT, first)
+    assert update is not stale and update["t"] > stale["t"]
+
+
+@pytest.mark.redis
+async def test_the_redis_manager_hands_every_department_update_it_delivers_to_the_signaling(redis_url):
+    """``ClosingRedisManager._handle_emit``: a ``queue`` to a department's room (``d:<id>``), from another node
+    or this one, is handed over with its encoded event, even with no page of the department here; other
+    events and rooms are not."""
+    channel = f"test-stale-{uuid.uuid4().hex}"
+    sender, receiver = ClosingRedisManager(redis_url, channel=channel), ClosingRedisManager(redis_url, channel=channel)
+    heard: list[tuple[str, Any, Any]] = []
+    arrived = asyncio.Event()
+
+    def on_queue(department: str, update: dict[str, Any], encoded: Any) -> None:
+        heard.append((department, update, encoded))
+        arrived.set()
+
+    receiver.on_queue = on_queue
+    for m in (sender, receiver):
+        socketio.AsyncServer(async_mode="aiohttp", client_manager=m)  # the manager keeps its server
+        m.initialize()
+    try:
+        async with asyncio.timeout(15):
+            while not (receiver.pubsub is not None and receiver.pubsub.subscribed):  # noqa: ASYNC110 - no event
+                await asyncio.sleep(0.01)  # the listener subscribes in the background
+            update = {"d": "buergerbuero", "t": 1.5, "w": [3, 1]}
+            await sender.emit("load", {"d": "buergerbuero"}, namespace="/", room="s:buergerbuero")
+            await sender.emit("queue", {"d": "bauamt", "t": 1.0, "w": []}, namespace="/", room="t:ticket")
+            await sender.emit("queue", update, namespace="/", room="d:buergerbuero")
+            await arrived.wait()
+        assert heard == [("buergerbuero", update, encode_event(receiver.server, "queue", update))]
+    finally:
+        for m in (sender, receiver):
+            await m.close()
