@@ -218,3 +218,21 @@ async def test_a_refusing_redis_gets_every_request_a_quick_json_503_and_a_restar
         async with http.get(f"{node.url}/api/tickets/me", headers={"Authorization": f"Bearer {mine['token']}"}) as r:
             assert (r.status, (await r.json())["ticket"]["id"]) == (200, mine["ticket"]["id"])
     await _assert_served(node.url, citizen, waiting_before=1)
+
+
+async def test_a_page_closing_while_redis_hangs_still_starts_its_grace_period(faulty_app, private_redis):
+    """The disconnect the store could not take is not lost: once Redis answers again, the ticket whose last
+    page closed meanwhile is marked disconnected (its grace period starts), as its disconnect would have."""
+    node, citizen, mine = faulty_app
+    private_redis.signal(signal.SIGSTOP)
+    try:
+        await citizen.client.disconnect()  # the page closes while nothing answers
+    finally:
+        private_redis.signal(signal.SIGCONT)
+    await _wait_ready(node.url)
+    store = node.room.store
+    deadline = time.monotonic() + RECOVER_WITHIN
+    while (ticket := await store.get_ticket(mine["ticket"]["id"])) is not None and ticket.disconnected_at is None:
+        assert time.monotonic() < deadline, "the lost disconnect was never settled"
+        await asyncio.sleep(0.1)  # polling the store; there is no event to wait on
+    assert ticket is not None and ticket.disconnected_at is not None

@@ -162,3 +162,26 @@ async def test_refused_hung_and_killed_connections(private_server: _Server) -> N
         await c.aclose()
     with pytest.raises(RedisConnectionError):
         await c.call("PING")  # closed for good
+
+
+async def test_no_false_timeout_while_answers_keep_coming_or_the_loop_is_busy(redis_url: str) -> None:
+    """Hung means silent: a burst whose answers keep arriving for longer than the timeout is answered in full
+    (a reconnect storm queues thousands of commands on the one connection), and so is a command whose answer
+    arrived while this process's loop was busy past the timeout (timers run before the loop reads)."""
+    c = RespClient(redis_url, socket_timeout=0.2)
+    try:
+        # Each command about a millisecond of Redis's time and 8 KB long: Redis reads a couple per read and
+        # answers each read, so answers stream while the last commands wait several timeouts behind the first.
+        busy = "local i = 0 while i < 60000 do i = i + 1 end return 'done'"
+        started = time.monotonic()
+        answers = await asyncio.gather(*(c.call("EVAL", busy, 0, "x" * 8000) for _ in range(400)))
+        assert answers == ["done"] * 400
+        took = time.monotonic() - started
+        pending = asyncio.ensure_future(c.call("PING"))
+        await asyncio.sleep(0)  # queued
+        await asyncio.sleep(0)  # written
+        time.sleep(0.5)  # noqa: ASYNC251 - the point: this process's loop blocked past the timeout
+        assert await pending == "PONG"
+    finally:
+        await c.aclose()
+    assert took > 0.2, f"the burst took {took:.2f} s: not longer than the timeout, it showed nothing"

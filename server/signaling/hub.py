@@ -48,6 +48,8 @@ log = logging.getLogger("sprechstunde.signaling")
 FRESH_SECONDS = 0.1
 """How old a department's update may be for a page connecting while the department changes: at most ten
 computations a second per department, whatever the number of pages connecting (``_queue_update``)."""
+UNSETTLED_RETRY_SECONDS = 2.0
+"""How often disconnects the store did not take are tried again (``Signaling.settle_unanswered``)."""
 RETRY_AFTER = 5.0
 """Seconds a page told ``server_stopping`` waits (plus its own jitter) before reconnecting: a restart or
 another node behind the proxy is ready by then."""
@@ -85,6 +87,8 @@ class Signaling:
             manager.on_queue = self._heard_update
         self._dirty: set[str] = set()
         self._citizen_sockets: Counter[str] = Counter()
+        self._unsettled: set[str] = set()
+        """Tickets whose page closed while the store did not answer (``_page_closed``)."""
         self._clerk_sockets: Counter[str] = Counter()
         self._clerks: dict[str, Clerk] = {}
         self._closing = False
@@ -223,12 +227,38 @@ class Signaling:
             await self._dashboard_closed(session["clerk"])
 
     async def _page_closed(self, ticket_id: str) -> None:
-        """A page of the ticket closed on this node; the grace period starts when no node holds one."""
+        """A page of the ticket closed on this node; the grace period starts when no node holds one. When the
+        store does not answer, the ticket is settled again once it does (``settle_unanswered``): its grace
+        period must not be lost with the disconnect."""
         self._citizen_sockets[ticket_id] -= 1
         if self._citizen_sockets[ticket_id] <= 0:
             del self._citizen_sockets[ticket_id]
-        if await self.cluster.disconnected("ticket", ticket_id) <= 0:
-            await self._no_page_left(ticket_id)
+        try:
+            if await self.cluster.disconnected("ticket", ticket_id) <= 0:
+                await self._no_page_left(ticket_id)
+        except STORE_ERRORS as e:
+            store_unavailable(e)  # logged once per outage, no traceback per page
+            self._unsettled.add(ticket_id)
+
+    async def settle_unanswered(self) -> None:
+        """Tickets whose page closed while the store did not answer: once it answers, each whose last page is
+        gone (on every node) starts its grace period, as its disconnect would have."""
+        while not self._closing:
+            await asyncio.sleep(UNSETTLED_RETRY_SECONDS)
+            for ticket_id in list(self._unsettled):
+                if self._citizen_sockets.get(ticket_id):  # a page came back here: nothing to settle
+                    self._unsettled.discard(ticket_id)
+                    continue
+                try:
+                    if await self.cluster.connections("ticket", ticket_id) <= 0:
+                        await self._no_page_left(ticket_id)
+                except Exception as e:  # noqa: BLE001 - still unanswered: the next round tries again
+                    if stopping():
+                        raise asyncio.CancelledError from None
+                    if not is_store_unavailable(e):
+                        log.exception("settling a disconnect failed")
+                    break
+                self._unsettled.discard(ticket_id)
 
     async def _no_page_left(self, ticket_id: str) -> None:
         try:

@@ -13,8 +13,9 @@ Faults are answered as redis-py's errors (``redis.exceptions.ConnectionError`` /
 handlers turn into ``store_unavailable`` (server/errors.py):
 
 - Redis refusing: the connect fails at once, every waiting command with it.
-- Redis hanging: a command not answered within ``socket_timeout`` ends the connection; every command
-  waiting on it fails then (commands are answered in order: none behind it can have been answered). A
+- Redis hanging: nothing received for ``socket_timeout`` while a command waits ends the connection; every
+  command waiting on it fails then (commands are answered in order: none behind it can have been
+  answered). A command waiting longer behind a burst whose answers keep arriving is not failed. A
   command that timed out may still have been applied: the caller decides whether to try again, as before.
 - Redis back: the next command connects again; nothing to restart.
 
@@ -40,14 +41,17 @@ SOCKET_TIMEOUT = 1.0
 """Seconds a command waits for its answer before the connection counts as hung (server/store/redis.py)."""
 CONNECT_TIMEOUT = 1.0
 """Seconds to open the connection and say who we are (AUTH, SELECT)."""
+CONFIRM_SECONDS = 0.05
+"""After ``SOCKET_TIMEOUT`` of silence, how long to look again (after the loop has polled its sockets) before the
+connection counts as hung."""
 
 
 class _Pending:
-    __slots__ = ("deadline", "future")
+    __slots__ = ("future", "sent")
 
-    def __init__(self, future: asyncio.Future[Any], deadline: float) -> None:
+    def __init__(self, future: asyncio.Future[Any], sent: float) -> None:
         self.future = future
-        self.deadline = deadline
+        self.sent = sent
 
 
 def _error(reply: ResponseError) -> ResponseError:
@@ -66,6 +70,7 @@ class _Connection(asyncio.Protocol):
         self._timeout = socket_timeout
         self._transport: asyncio.Transport | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._last_read = time.monotonic()
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self.closed = False
@@ -75,6 +80,7 @@ class _Connection(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self._last_read = time.monotonic()
         self._reader.feed(data)
         pending = self._pending
         while True:
@@ -106,11 +112,11 @@ class _Connection(asyncio.Protocol):
         if self.closed or self._transport is None or self._transport.is_closing():
             raise RedisConnectionError("Connection to Redis closed")
         loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + self._timeout
+        sent = time.monotonic()
         futures = []
         for _ in commands:
             future = loop.create_future()
-            self._pending.append(_Pending(future, deadline))
+            self._pending.append(_Pending(future, sent))
             futures.append(future)
         self._out.extend(hiredis.pack_command(c) for c in commands)
         if not self._flush_scheduled:  # one write (one system call) per turn of the event loop
@@ -127,17 +133,29 @@ class _Connection(asyncio.Protocol):
             self._transport.write(b"".join(out))
 
     def _check(self) -> None:
-        """The oldest command waiting past its deadline means Redis hangs (or the network does)."""
+        """Redis counts as hung (or the network) when it has sent nothing for ``socket_timeout`` while a command
+        waits: not when a command merely waited that long behind thousands of others whose answers keep
+        coming (a reconnect storm), nor when this process's own loop was too busy to read answers that had
+        arrived (timers run before the loop polls its sockets: ``_confirm`` looks again after one poll)."""
         self._watchdog = None
         if not self._pending or self.closed:
             return
         now = time.monotonic()
-        head = self._pending[0]
-        if head.deadline <= now:
+        quiet_since = max(self._last_read, self._pending[0].sent)
+        loop = asyncio.get_running_loop()
+        if now - quiet_since < self._timeout:
+            self._watchdog = loop.call_at(loop.time() + (quiet_since + self._timeout - now), self._check)
+            return
+        self._watchdog = loop.call_at(loop.time() + CONFIRM_SECONDS, self._confirm, self._last_read)
+
+    def _confirm(self, last_read: float) -> None:
+        self._watchdog = None
+        if not self._pending or self.closed:
+            return
+        if self._last_read == last_read:
             self._fail(RedisTimeoutError("Timeout reading from Redis"))
             return
-        loop = asyncio.get_running_loop()
-        self._watchdog = loop.call_at(loop.time() + (head.deadline - now), self._check)
+        self._check()
 
     def _fail(self, error: Exception) -> None:
         """End the connection; every command still waiting gets ``error``."""
