@@ -124,6 +124,16 @@ return redis.call('GET', ARGV[1] .. id)
 is built from the prefix in ARGV: fine on a single Redis (not a cluster), as everywhere in this store."""
 
 
+_QUEUE_HEAD = """
+local version = redis.call('GET', KEYS[1])
+local flat = redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+local raws = {}
+for i = 1, #flat, 2 do raws[#raws + 1] = redis.call('GET', ARGV[2] .. flat[i]) or '' end
+return {version or false, flat, raws}
+"""
+"""A queue's version, its first ARGV[1] entries and their tickets (``''`` for a missing one), atomically."""
+
+
 _SESSION_AND_ACCOUNT = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {false, false} end
@@ -237,8 +247,22 @@ class _RedisTx(Tx):
     async def waiting_head(self, department: str, k: int) -> list[tuple[int, str]]:
         if k == 0:
             return []
-        flat = await self._queue(department, lambda key: ("ZRANGE", key, 0, k - 1 if k > 0 else -1, "WITHSCORES"))
-        return _pairs(flat)
+        if k < 0:
+            return _pairs(await self._queue(department, lambda key: ("ZRANGE", key, 0, -1, "WITHSCORES")))
+        # One script: the queue's version, its head and the head's tickets, as of one moment ("call next" then
+        # needs no second round trip for the ticket it picks); the tickets are checked at the commit.
+        version_key = self._keys.queue_version(department)
+        raw_version, flat, raws = await self._resp.script(
+            _QUEUE_HEAD, [version_key, self._keys.queue(department)], [k, self._keys.ticket("")])
+        if version_key in self.seen and self.seen[version_key] != ("-" if raw_version is None else "=" + raw_version):
+            raise WatchError("the queue changed within the attempt")
+        self._saw(version_key, raw_version)
+        head = _pairs(flat)
+        for (_, ticket_id), raw in zip(head, raws, strict=True):
+            if ticket_id not in self.read:
+                self._saw(self._keys.ticket(ticket_id), raw or None)
+                self.read[ticket_id] = Ticket.from_dict(json.loads(raw)) if raw else None
+        return head
 
     async def waiting_count(self, department: str) -> int:
         return int(await self._queue(department, lambda key: ("ZCARD", key)))
