@@ -1,6 +1,7 @@
-"""Load benchmark of the town hall: one stage publisher, N receive-only viewers, one server process.
+"""Load benchmark of the town hall: one stage publisher, N receive-only viewers, one server process (or more).
 
     python bench/townhall_load.py [--viewers 50,150,300] [--duration 20] [--mode media]
+    python bench/townhall_load.py --viewers 300 --edges 1   # the audience split over the origin and 1 edge process
     PY_SPY=/tmp/pyspy/bin/py-spy python bench/townhall_load.py --viewers 300 --py-spy 15   # where the time goes
     TOWNHALL_DEBUG=1 python bench/townhall_load.py ...   # also the server's raw counters (loop lag, GC pauses)
 
@@ -12,6 +13,12 @@ and a PLI now and then (``--viewer-pli-rate``) that the server must merge. For e
 server CPU (total and per viewer), CPU per forwarded packet, frame rate and loss per viewer (mean and
 worst), keyframe requests asked by viewers and reaching the publisher per second, the REMB the
 publisher got, server RSS, and how busy the machine was (everything, the bench's own clients included).
+
+With ``--edges E`` the viewers are split evenly over the origin process (which holds the publisher) and E
+edge processes, each taking one relay of the stage from the origin (server/media/stage_relay.py). The main
+table then sums the server processes' CPU; a second table gives, per process, its viewers, CPU, frame rate,
+loss, the viewers' keyframe requests and the requests it sent upstream (an edge: to the origin over its relay;
+the origin: PLIs to the publisher).
 
 Q&A (``--mode qa``): the 2,000 voting audience sockets are another part of the issue; this file only
 dispatches to ``bench/_townhall_qa.py:run_qa(args)`` when that exists.
@@ -66,6 +73,9 @@ class Row:
     machine_busy_pct: float
     connect_s: float
     sampled_decrypt: str
+    edges: int = 0
+    per_process: list[dict[str, Any]] | None = None
+    "With edges: one entry per server process (origin first)."
 
 
 def proc_user_system(pid: int) -> tuple[float, float]:
@@ -75,9 +85,10 @@ def proc_user_system(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-def start_server(port: int) -> subprocess.Popen[str]:
+def start_server(port: int, *extra: str) -> tuple[subprocess.Popen[str], int]:
+    """A bench server process; returns it and its stage relay port (0 without ``--relay``)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench._townhall_server", "--port", str(port)],
+        [sys.executable, "-m", "bench._townhall_server", "--port", str(port), *extra],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -86,7 +97,7 @@ def start_server(port: int) -> subprocess.Popen[str]:
     if not line.startswith("ready"):
         proc.kill()
         raise RuntimeError(f"server did not start: {line!r}")
-    return proc
+    return proc, int(line.split()[2])
 
 
 def server_stats(port: int) -> dict[str, Any]:
@@ -159,12 +170,22 @@ def run_one(n: int, args: argparse.Namespace, media_path: str) -> Row:
     from bench._townhall_clients import publisher_worker, viewer_worker
 
     port = free_port()
-    server = start_server(port)
+    server, relay_port = start_server(port, *(["--relay"] if args.edges else []))
+    servers, ports = [server], [port]
+    try:
+        for _ in range(args.edges):
+            edge_port = free_port()
+            servers.append(start_server(edge_port, "--origin", f"127.0.0.1:{relay_port}")[0])
+            ports.append(edge_port)
+    except BaseException:
+        for proc, p in zip(servers, ports, strict=False):
+            stop_server(proc, p)
+        raise
     ctx = mp.get_context("spawn")
     pub_pipe, pub_child = ctx.Pipe()
     publisher = ctx.Process(target=publisher_worker, args=(pub_child, port, media_path), daemon=True)
     publisher.start()
-    procs = max(1, min(args.viewer_procs, n))
+    procs = max(1, min(max(args.viewer_procs, len(ports)), n))
     options = {
         "slots": args.slots,
         "sample_every": args.sample_every,
@@ -178,7 +199,8 @@ def run_one(n: int, args: argparse.Namespace, media_path: str) -> Row:
         for i in range(procs):
             names = [f"viewer{j}" for j in range(i, n, procs)]
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=viewer_worker, args=(child, port, names, options), daemon=True)
+            target = ports[i % len(ports)]  # with edges: worker i watches on server i mod (1 + edges)
+            p = ctx.Process(target=viewer_worker, args=(child, target, names, options), daemon=True)
             p.start()
             pipes.append(parent)
             workers.append(p)
@@ -190,27 +212,36 @@ def run_one(n: int, args: argparse.Namespace, media_path: str) -> Row:
         time.sleep(args.warmup)
 
         def snapshot() -> tuple[
-            dict[str, Any], dict[str, Any], list[dict[str, Any]], float, tuple[int, int], float, float
+            dict[str, Any], dict[str, Any], list[dict[str, Any]], float, tuple[int, int], float, float, dict[str, Any]
         ]:
             pub_pipe.send("snapshot")
             for c in pipes:
                 c.send("snapshot")
             pub = pub_pipe.recv()
-            views = [v for c in pipes for v in c.recv()["viewers"]]
+            by_pipe = [c.recv()["viewers"] for c in pipes]
+            views = [v for group in by_pipe for v in group]
             clients = sum(proc_cpu_seconds(w.pid) for w in workers if w.pid is not None)
-            sys_time = proc_user_system(server.pid)[1]
-            return server_stats(port), pub, views, proc_cpu_seconds(server.pid), machine_busy(), clients, sys_time
+            sys_time = sum(proc_user_system(s.pid)[1] for s in servers)
+            per = {
+                "stats": [server_stats(p) for p in ports],
+                "cpu": [proc_cpu_seconds(s.pid) for s in servers],
+                "sys": [proc_user_system(s.pid)[1] for s in servers],
+                "views": by_pipe,
+            }
+            cpu = sum(per["cpu"])  # type: ignore[arg-type]
+            return per["stats"][0], pub, views, cpu, machine_busy(), clients, sys_time, per  # type: ignore[index]
 
         spy = None
         spy_out = Path(tempfile.gettempdir()) / f"townhall-py-spy-{n}.txt"
         if args.py_spy:
             spy = py_spy(server.pid, min(args.py_spy, args.duration), spy_out)
-        s0, p0, v0, cpu0, busy0, clients0, sys0 = snapshot()
+        s0, p0, v0, cpu0, busy0, clients0, sys0, per0 = snapshot()
         t0 = time.monotonic()
         time.sleep(args.duration)
-        s1, p1, v1, cpu1, busy1, clients1, sys1 = snapshot()
+        s1, p1, v1, cpu1, busy1, clients1, sys1, per1 = snapshot()
         elapsed = time.monotonic() - t0
-        rss = proc_rss_mb(server.pid)
+        rss = sum(proc_rss_mb(s.pid) for s in servers)
+        rss_each = [proc_rss_mb(s.pid) for s in servers]
         if os.environ.get("TOWNHALL_DEBUG"):
             print("  server before", s0, "\n  server after", s1, "\n  publisher", p0, p1, flush=True)
         if spy is not None:
@@ -228,16 +259,42 @@ def run_one(n: int, args: argparse.Namespace, media_path: str) -> Row:
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
-        stop_server(server, port)
+        for proc, p in zip(servers, ports, strict=True):
+            stop_server(proc, p)
 
-    fps, losses = [], []
-    for a, b in zip(v0, v1, strict=True):
-        fps.append((b["frames"] - a["frames"]) / elapsed)
-        expected = (b["video_expected"] - a["video_expected"]) + (b["audio_expected"] - a["audio_expected"])
-        got = (b["video_packets"] - a["video_packets"]) + (b["audio_packets"] - a["audio_packets"])
-        losses.append(100 * max(0, expected - got) / expected if expected > 0 else 100.0)
+    per_process = None
+    if args.edges:
+        per_process = []
+        for k in range(len(ports)):
+            a_views = [v for i, g in enumerate(per0["views"]) if ports[i % len(ports)] == ports[k] for v in g]
+            b_views = [v for i, g in enumerate(per1["views"]) if ports[i % len(ports)] == ports[k] for v in g]
+            fps_k, loss_k = viewer_figures(a_views, b_views, elapsed)
+            a, b = per0["stats"][k], per1["stats"][k]
+            cpu = (per1["cpu"][k] - per0["cpu"][k]) / elapsed
+            upstream = (b["keyframe_requests_upstream"] - a["keyframe_requests_upstream"]) / elapsed
+            per_process.append({
+                "process": "origin" if k == 0 else f"edge {k}",
+                "viewers": len(b_views),
+                "cpu": cpu,
+                "kernel_share": (per1["sys"][k] - per0["sys"][k]) / max(1e-9, per1["cpu"][k] - per0["cpu"][k]),
+                "fps_mean": sum(fps_k) / max(1, len(fps_k)),
+                "fps_min": min(fps_k, default=0.0),
+                "loss_mean_pct": sum(loss_k) / max(1, len(loss_k)),
+                "loss_max_pct": max(loss_k, default=0.0),
+                "plis_from_viewers_per_s": (b["keyframe_requests_from_viewers"] - a["keyframe_requests_from_viewers"])
+                / elapsed,
+                "keyframe_requests_upstream_per_s": upstream,
+                "relay_keyframe_requests_per_s": (b["relay_keyframe_requests"] - a["relay_keyframe_requests"])
+                / elapsed,
+                "relay_dropped": b["relay_dropped"],
+                "rss_mb": rss_each[k],
+            })
+
+    fps, losses = viewer_figures(v0, v1, elapsed)
     server_cpu = (cpu1 - cpu0) / elapsed
-    forwarded = s1["forwarded_packets"] - s0["forwarded_packets"]
+    total = {key: sum(b[key] - a[key] for a, b in zip(per0["stats"], per1["stats"], strict=True))
+             for key in ("forwarded_packets", "keyframe_requests_from_viewers")}
+    forwarded = total["forwarded_packets"]
     ok = sum(v["decrypted_ok"] for v in v1)
     bad = sum(v["decrypted_bad"] for v in v1)
     return Row(
@@ -251,17 +308,32 @@ def run_one(n: int, args: argparse.Namespace, media_path: str) -> Row:
         fps_min=min(fps),
         loss_mean_pct=sum(losses) / len(losses),
         loss_max_pct=max(losses),
-        plis_from_viewers_per_s=(s1["keyframe_requests_from_viewers"] - s0["keyframe_requests_from_viewers"]) / elapsed,
+        plis_from_viewers_per_s=total["keyframe_requests_from_viewers"] / elapsed,
         keyframes_at_publisher_per_s=(p1["keyframe_requests"] - p0["keyframe_requests"]) / elapsed,
         remb_at_publisher=p1["remb"],
-        audio_only=s1["audio_only_viewers"],
+        audio_only=sum(s["audio_only_viewers"] for s in per1["stats"]),
         rss_mb=rss,
         publisher_fps=(p1["frames_sent"] - p0["frames_sent"]) / elapsed,
         viewer_procs_cpu=(clients1 - clients0) / elapsed,
         machine_busy_pct=100 * (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]),
         connect_s=connect_s,
         sampled_decrypt=f"{ok}/{ok + bad}",
+        edges=args.edges,
+        per_process=per_process,
     )
+
+
+def viewer_figures(
+    v0: list[dict[str, Any]], v1: list[dict[str, Any]], elapsed: float
+) -> tuple[list[float], list[float]]:
+    """Frames per second and loss % of each viewer between two snapshots."""
+    fps, losses = [], []
+    for a, b in zip(v0, v1, strict=True):
+        fps.append((b["frames"] - a["frames"]) / elapsed)
+        expected = (b["video_expected"] - a["video_expected"]) + (b["audio_expected"] - a["audio_expected"])
+        got = (b["video_packets"] - a["video_packets"]) + (b["audio_packets"] - a["audio_packets"])
+        losses.append(100 * max(0, expected - got) / expected if expected > 0 else 100.0)
+    return fps, losses
 
 
 COLUMNS = (
@@ -309,11 +381,43 @@ def row_cells(r: Row) -> list[str]:
     ]
 
 
+PROCESS_COLUMNS = (
+    "viewers",
+    "process",
+    "its viewers",
+    "CPU (core-s/s)",
+    "of it in the kernel",
+    "frames/s mean / worst",
+    "loss % mean / worst",
+    "PLI from its viewers /s",
+    "keyframe requests sent upstream /s",
+    "requests from edges' relays /s",
+    "relay packets dropped (send buffer full)",
+    "RSS (MB)",
+)
+
+
 def print_table(rows: list[Row]) -> None:
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + " --- |" * len(COLUMNS))
     for r in rows:
         print("| " + " | ".join(row_cells(r)) + " |")
+    split = [r for r in rows if r.per_process]
+    if split:
+        print("\nper server process (upstream: an edge's requests to the origin, the origin's PLIs to the "
+              "publisher):\n")
+        print("| " + " | ".join(PROCESS_COLUMNS) + " |")
+        print("|" + " --- |" * len(PROCESS_COLUMNS))
+        for r in split:
+            for p in r.per_process or []:
+                cells = [
+                    str(r.viewers), p["process"], str(p["viewers"]), f"{p['cpu']:.3f}",
+                    f"{100 * p['kernel_share']:.0f}%", f"{p['fps_mean']:.1f} / {p['fps_min']:.1f}",
+                    f"{p['loss_mean_pct']:.2f} / {p['loss_max_pct']:.2f}",
+                    f"{p['plis_from_viewers_per_s']:.1f}", f"{p['keyframe_requests_upstream_per_s']:.2f}",
+                    f"{p['relay_keyframe_requests_per_s']:.2f}", str(p["relay_dropped"]), f"{p['rss_mb']:.0f}",
+                ]
+                print("| " + " | ".join(cells) + " |")
     goal = next((r for r in rows if r.viewers >= GOAL_VIEWERS), None)
     if goal is not None:
         met = (
@@ -346,7 +450,8 @@ def main() -> None:
     parser.add_argument("--viewers", default="50,150,300", help="comma-separated viewer counts, one run each")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--viewer-procs", type=int, default=2)
+    parser.add_argument("--viewer-procs", type=int, default=2, help="at least 1 + edges")
+    parser.add_argument("--edges", type=int, default=0, help="edge processes that take a relay of the stage")
     parser.add_argument("--slots", type=int, default=3, help="audio+video pairs each viewer offers (publishers shown)")
     parser.add_argument("--viewer-pli-rate", type=float, default=0.05, help="PLIs per viewer per second (<= 1)")
     parser.add_argument("--viewer-remb", type=int, default=3_000_000, help="REMB each viewer reports (bit/s)")

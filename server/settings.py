@@ -81,6 +81,11 @@ class Settings:
     """Cap for every publisher's video, in bit/s (told to browsers and enforced with REMB)."""
     max_media_rooms: int = 200
     """Media rooms (camera checks, pre-warmed waiting citizens, consultations) per server process."""
+    stage_relay_host: str | None = None
+    """With Redis: the address this node's town-hall stage relay listens on and the other nodes connect to
+    (server/media/stage_relay.py); unset: ``host``. Only the other nodes need to reach it."""
+    stage_relay_port: int = 0
+    """Port of the stage relay; 0: one the system picks (each node advertises its own in Redis)."""
     ping_interval: float = 25.0
     """Seconds between engine.io pings to each page (a page that does not answer within 20 s more is
     gone); lower it when a proxy closes idle connections sooner."""
@@ -139,6 +144,7 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "secure_cookies": bool, "trust_forwarded_for": bool, "trusted_proxies": list, "demo": bool,
     "max_body_bytes": int, "max_socket_message_bytes": int, "cors_origins": list, "turn_urls": list,
     "turn_secret": str, "turn_ttl_seconds": (int, float), "max_video_bitrate": int, "max_media_rooms": int,
+    "stage_relay_host": str, "stage_relay_port": int,
     "full_gc_interval": (int, float), "ping_interval": (int, float), "shutdown_seconds": (int, float),
     "accessibility_contact": str, "accessibility_statement_date": str, "sign_language_video": str,
     "sign_language_captions": str,
@@ -302,6 +308,8 @@ def settings_from_dict(raw: dict[str, Any], env: dict[str, str] | None = None,
         raise ConfigError("[server]: full_gc_interval and ping_interval must be positive")
     if not 0 <= settings.metrics_port <= 65535 or (settings.metrics_port and settings.metrics_port == settings.port):
         raise ConfigError("[server]: metrics_port must be 0 (none) or a port other than port")
+    if not 0 <= settings.stage_relay_port <= 65535:
+        raise ConfigError("[server]: stage_relay_port must be 0 (any) or a port")
     if not 1 <= settings.audit_retention_days <= 36500:
         raise ConfigError("[server]: audit_retention_days must be between 1 and 36500")
     if not 1 <= settings.stats_retention_days <= 3660:

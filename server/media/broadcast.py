@@ -132,3 +132,5 @@ class Stage:
     keyframe_sent_by_departed: int = 0
     "PLIs sent to publishers that have since left (their Inbound counters went with them)."
     remb_sent: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    "What signaling calls each participant (name, role): carried to other nodes by the stage relay."

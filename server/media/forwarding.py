@@ -14,7 +14,7 @@ import random
 import struct
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import pylibsrtp
 from aiortc.rtp import (
@@ -107,6 +107,42 @@ class PeerLink:
             logger.debug("RTCP send failed: %s", exc)
 
 
+class RelayedLink(PeerLink):
+    """The link of a publisher relayed from another node (server/media/stage_relay.py): there is no connection
+    here, and its RTCP goes nowhere; the relay sends keyframe requests and the bitrate upstream itself."""
+
+    def __init__(self) -> None:  # no DTLS transport to look into: PeerLink.__init__ is not called
+        self.dtls = None
+        self.connection = None
+        self.rx = self.tx = self.tx_rtcp = None
+        self.sendto = None
+        self.addr = None
+        self.rtcp_ssrc = 0
+
+    def ready(self) -> bool:
+        return True
+
+    def send_rtcp(self, data: bytes) -> None:
+        pass
+
+
+class Leg(Protocol):
+    """Where an :class:`Inbound` forwards to: an :class:`OutTrack` (a subscriber's stream), or a stage relay's
+    leg to another node (server/media/stage_relay.py), which the publisher sees as one more subscriber."""
+
+    source: Inbound | None
+    remb: int | None
+    "The subscriber's last bitrate estimate (bit/s), None before the first."
+
+    def forward(
+        self, data: bytes, payload: bytes, seq: int, ts: int, offset: int, abs3: bytes, level: bytes | None
+    ) -> None: ...
+
+    def send_sender_report(self, info: RtcpSenderInfo) -> None: ...
+
+    def detach(self) -> None: ...
+
+
 class Inbound:
     """One track a participant publishes, as the server receives it."""
 
@@ -134,8 +170,8 @@ class Inbound:
         self.rtx_payload_type = rtx_payload_type
         self.audio_level_id = audio_level_id
         self.keyframe_interval = keyframe_interval
-        self.legs: list[OutTrack] = []
-        """Outgoing tracks this one is forwarded to right now."""
+        self.legs: list[Leg] = []
+        """Outgoing tracks (and stage relays) this one is forwarded to right now."""
         self.tap: Callable[[bytes, int, int, float], None] | None = None
         """The recorder's tap while this track is recorded: (packet, sequence, payload offset, arrival)."""
         self.last_sr: tuple[float, int, float] | None = None

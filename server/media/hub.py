@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pylibsrtp
 from aiortc import (
@@ -57,7 +57,7 @@ from .broadcast import (
     judge_viewer,
 )
 from .errors import UnknownParticipant, UnsupportedOffer
-from .forwarding import Counters, Inbound, OutTrack, PeerLink, receiver_report_packet
+from .forwarding import Counters, Inbound, OutTrack, PeerLink, RelayedLink, receiver_report_packet
 from .recorder import DEFAULT_QUEUE_SIZE, RoomRecorder
 from .rtp_bytes import ABS_SEND_TIME_URI, AUDIO_LEVEL_URI, MID_URI
 from .stats import HubCounters, ParticipantStats, RemoteSlot, TrackStats
@@ -99,6 +99,8 @@ class _Participant:
     "On a stage: 'publisher' or 'viewer' (receive only); everyone in a 1:1 room publishes."
     audio_only: bool = False
     "A stage viewer that could not keep up: its video legs stay detached."
+    relayed: bool = False
+    "A stage publisher of another node whose tracks arrive by a stage relay (server/media/stage_relay.py)."
 
     def slot_of(self, other: str) -> _Slot | None:
         for slot in self.slots:
@@ -123,6 +125,15 @@ def _codec_filter(kind: str, codecs: list[RTCRtpCodecParameters]) -> list[RTCRtp
         raise UnsupportedOffer(f"offer has no {CODEC_FOR_KIND[kind]} for {kind}")
     rtx = [c for c in codecs if c.mimeType.lower().endswith("/rtx") and c.parameters.get("apt") == main.payloadType]
     return [main, *rtx[:1]]
+
+
+class _RelayedPeer:
+    """Stands in for the peer connection of a relayed publisher: it has none on this node."""
+
+    connectionState = "connected"
+
+    async def close(self) -> None:
+        pass
 
 
 RECEIVE_BUFFER = 1 << 20
@@ -200,6 +211,8 @@ class MediaHub:
         "Running recorders by room; outlive the room when its last participant leaves (until stopped)."
         self.on_viewer_audio_only: Callable[[str, str], None] | None = None
         "Set by signaling: called (room_id, participant_id) on the event loop when a stage viewer's video is dropped."
+        self._stage_watchers: dict[str, list[Callable[[], None]]] = {}
+        self._stage_pending: set[str] = set()
 
     # -- membership ----------------------------------------------------------
 
@@ -230,6 +243,8 @@ class MediaHub:
             raise NotOnStage("only promoted participants publish on a stage: call promote() first")
         room = self._rooms.setdefault(room_id, _Room())
         if participant_id in room.participants:
+            if room.participants[participant_id].relayed:  # replacing it would cut this node's viewers off it
+                raise UnsupportedOffer("this participant publishes on the stage from another server")
             await self.leave(room_id, participant_id)
             room = self._rooms.setdefault(room_id, _Room())
 
@@ -354,6 +369,8 @@ class MediaHub:
                 self._pair(participant, other)
             if room.stage is None or participant.role == PUBLISHER:
                 self._pair(other, participant)
+        if room.stage is not None:
+            self._stage_changed(participant.room_id)
 
     def _take_out(self, room: _Room, participant: _Participant) -> None:
         """Unlink a participant from its room: no legs to or from it, no slots showing it."""
@@ -363,6 +380,7 @@ class MediaHub:
         if room.stage is not None:
             room.stage.health.pop(participant_id, None)
             room.stage.remb_sent.pop(participant_id, None)
+            room.stage.labels.pop(participant_id, None)
             video = participant.inbound.get("video")
             if video is not None:
                 room.stage.keyframe_sent_by_departed += video.keyframe_requests
@@ -383,6 +401,8 @@ class MediaHub:
             self._free(slot)
         if not room.participants and room.stage is None and self._rooms.get(participant.room_id) is room:
             del self._rooms[participant.room_id]
+        if room.stage is not None:
+            self._stage_changed(participant.room_id)
 
     def set_forwarding(self, room_id: str, enabled: bool) -> None:
         """Switch forwarding in a room on or off; connections stay up.
@@ -460,6 +480,7 @@ class MediaHub:
             await self.leave(room_id, participant_id)
         if self._rooms.get(room_id) is room:
             del self._rooms[room_id]
+        self._stage_changed(room_id)
 
     def promote(self, room_id: str, participant_id: str) -> None:
         """Allow a participant to publish on the stage: its next offer may be ``role="publisher"``.
@@ -497,6 +518,7 @@ class MediaHub:
             if slot is not None:
                 self._free(slot)
         participant.role = VIEWER
+        self._stage_changed(room_id)
         logger.info("media room %s: publisher left the stage", room_id)
 
     def stage_layout(self, room_id: str, participant_id: str) -> dict[str, RemoteSlot]:
@@ -537,6 +559,103 @@ class MediaHub:
             keyframe_requests_upstream=upstream,
             publisher_bitrate_bps=dict(stage.remb_sent),
         )
+
+    # -- stage relays between nodes (server/media/stage_relay.py) -----------------------
+
+    def watch_stage(self, room_id: str, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` (soon after, on the event loop, once per batch) whenever the stage's membership
+        or its publishers' tracks change, or the stage closes. Returns the function that stops watching."""
+        self._stage_watchers.setdefault(room_id, []).append(callback)
+
+        def unwatch() -> None:
+            watchers = self._stage_watchers.get(room_id, [])
+            if callback in watchers:
+                watchers.remove(callback)
+            if not watchers:
+                self._stage_watchers.pop(room_id, None)
+
+        return unwatch
+
+    def _stage_changed(self, room_id: str) -> None:
+        if room_id not in self._stage_watchers or room_id in self._stage_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._stage_pending.add(room_id)
+        loop.call_soon(self._tell_stage_watchers, room_id)
+
+    def _tell_stage_watchers(self, room_id: str) -> None:
+        self._stage_pending.discard(room_id)
+        for callback in list(self._stage_watchers.get(room_id, [])):
+            try:
+                callback()
+            except Exception:
+                logger.exception("media: a stage watcher failed")
+
+    def is_stage(self, room_id: str) -> bool:
+        room = self._rooms.get(room_id)
+        return room is not None and room.stage is not None
+
+    def local_publishers(self, room_id: str) -> dict[str, dict[str, Inbound]]:
+        """The stage's publishers connected to this node (not relayed from another), with their tracks."""
+        room = self._rooms.get(room_id)
+        if room is None or room.stage is None:
+            return {}
+        return {
+            p.participant_id: dict(p.inbound)
+            for p in room.participants.values()
+            if p.role == PUBLISHER and not p.relayed and p.inbound
+        }
+
+    def local_members(self, room_id: str) -> int:
+        """Participants of the stage connected to this node (viewers and publishers, not relayed ones)."""
+        room = self._rooms.get(room_id)
+        return 0 if room is None else sum(1 for p in room.participants.values() if not p.relayed)
+
+    def add_relayed_publisher(self, room_id: str, participant_id: str, inbound: dict[str, Inbound]) -> bool:
+        """Show a publisher of another node on this node's stage: its tracks (fed by a stage relay) are
+        forwarded to the viewers here like a local publisher's. False if that id is connected here already."""
+        room = self._stage_room(room_id)
+        if participant_id in room.participants:
+            return False
+        participant = _Participant(
+            room_id, participant_id, cast(RTCPeerConnection, _RelayedPeer()), RelayedLink(), relayed=True
+        )
+        participant.inbound = dict(inbound)
+        for track in inbound.values():
+            if track.ssrc is not None:
+                participant.inbound_by_ssrc[track.ssrc] = track
+        self._connect(room, participant)
+        recorder = self._recorders.get(room_id)
+        if recorder is not None:
+            for track in inbound.values():
+                recorder.add_track(participant_id, track)
+        self._ensure_rtcp_task()
+        logger.info("media room %s: a relayed publisher joined", room_id)
+        return True
+
+    def remove_relayed_publisher(self, room_id: str, participant_id: str) -> None:
+        room = self._rooms.get(room_id)
+        participant = room.participants.get(participant_id) if room is not None else None
+        if room is None or participant is None or not participant.relayed:
+            return
+        self._take_out(room, participant)
+        logger.info("media room %s: a relayed publisher left", room_id)
+
+    def set_label(self, room_id: str, participant_id: str, label: dict[str, str]) -> None:
+        """What a stage participant is called (name, role) where its media is relayed to: other nodes' signaling
+        knows nothing of a socket connected here."""
+        room = self._stage_room(room_id)
+        assert room.stage is not None
+        if room.stage.labels.get(participant_id) != label:
+            room.stage.labels[participant_id] = dict(label)
+            self._stage_changed(room_id)
+
+    def label(self, room_id: str, participant_id: str) -> dict[str, str]:
+        room = self._rooms.get(room_id)
+        return dict(room.stage.labels.get(participant_id, {})) if room is not None and room.stage else {}
 
     def _stage_room(self, room_id: str) -> _Room:
         room = self._rooms.get(room_id)
@@ -609,6 +728,10 @@ class MediaHub:
     def recorder(self, room_id: str) -> RoomRecorder | None:
         """The running recorder of a room (None once it stopped or failed)."""
         return self._recorders.get(room_id)
+
+    def recorded_rooms(self) -> list[str]:
+        """Rooms with a running recorder."""
+        return list(self._recorders)
 
     def _recorder_finished(self, room_id: str, recorder: RoomRecorder) -> None:
         if self._recorders.get(room_id) is recorder:
@@ -791,6 +914,8 @@ class MediaHub:
         room = self._rooms.get(participant.room_id)
         if room is None:
             return
+        if room.stage is not None:
+            self._stage_changed(participant.room_id)
         for other in room.participants.values():
             slot = other.slot_of(participant.participant_id)
             if slot is None:

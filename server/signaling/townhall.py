@@ -7,20 +7,29 @@ politicians ``thp:<event>`` (presenter view), both also ``th:<event>``.
 
 Votes and moderation do not send a message per change: they mark the event dirty, and a loop sends each
 dirty event's question list once per ``TOWNHALL_INTERVAL`` (one encoded message to the whole audience).
+
+With Redis (several nodes) every node serves the stage members whose sockets it holds: a node with publishers
+announces itself as an origin of the stage (server/media/stage_directory.py), a node with members takes one
+relay of the stage from every other origin (server/media/stage_relay.py), whose publishers then appear on its
+own stage; its viewers are sent the layout again when relayed publishers come or go.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import socketio
 
+from ..cluster import new_node_id
 from ..http.auth import Auth
 from ..media import MediaError, MediaHub
+from ..media.stage_directory import StageDirectory
+from ..media.stage_relay import StageRelays
 from ..queue.errors import InvalidInput, NotAuthorised, QueueError
 from ..queue.model import Clerk
 from ..settings import Settings
@@ -36,6 +45,16 @@ log = logging.getLogger("sprechstunde.townhall")
 
 TOWNHALL_INTERVAL = 0.25
 """Seconds between two question lists of one event (votes in between are sent together)."""
+STAGE_RELAY_INTERVAL = 1.0
+"""Seconds between two rounds of announcing this node as a stage's origin and looking for other origins."""
+
+
+def advertised_host(host: str) -> str:
+    """The address other nodes reach this node's stage relay at: the listening address, or for a wildcard
+    listener the address the host name resolves to."""
+    if host in ("", "0.0.0.0", "::"):
+        return socket.gethostbyname(socket.gethostname())
+    return host
 
 
 def sends_media(sdp: str) -> bool:
@@ -77,6 +96,17 @@ class TownHallSignaling:
         self._members: dict[str, StageMember] = {}
         self._stages: dict[str, dict[str, StageMember]] = {}
         """Per event: its stage members by participant id."""
+        self.node_id = new_node_id()
+        """This process in the stage directory (only there: stage relays need no other node registry)."""
+        self._directory: StageDirectory | None = None
+        self._relays: StageRelays | None = None
+        self._relay_address = ""
+        self._relay_lock = asyncio.Lock()
+        self._announced: set[str] = set()
+        """Events this node announced itself as an origin of."""
+        self._background: set[asyncio.Future[Any]] = set()
+        self._syncing: set[str] = set()
+        """Events whose stage relays are being synchronised right now."""
         service.on_change(self._changed)
         media_events: dict[str, Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "th_media_offer": self._media_offer, "th_media_leave": self._media_leave,
@@ -258,6 +288,10 @@ class TownHallSignaling:
         if replaced is not None and replaced.sid != sid:
             self._members.pop(replaced.sid, None)
         self._stages[event.id][participant] = member
+        if publisher:
+            hub.set_label(room, participant, {"name": name, "role": role})  # for the viewers on other nodes
+        if event.id not in self._syncing:  # a join storm shares one look-up (the rounds repeat it every second)
+            self._spawn(self._sync_stage(event.id))
         await self._send_layouts(event.id)
         log.info("town-hall event %s: %s connected to the stage", event.id, "publisher" if publisher else "viewer")
         return {"ok": True, "sdp": answer, "role": "publisher" if publisher else "viewer"}
@@ -304,11 +338,120 @@ class TownHallSignaling:
                 layout = hub.stage_layout(stage_room(event_id), participant)
             except MediaError:
                 continue
-            slots = [{"participant": other, "name": members[other].name if other in members else "",
-                      "role": members[other].role if other in members else "",
+            slots = [{"participant": other, **self._names(hub, event_id, members, other),
                       "audio_mid": remote.audio_mid, "video_mid": remote.video_mid}
                      for other, remote in layout.items()]
             await self.sio.emit("th_media_layout", {"event": event_id, "slots": slots}, to=member.sid)
+
+    @staticmethod
+    def _names(hub: MediaHub, event_id: str, members: dict[str, StageMember], other: str) -> dict[str, str]:
+        """Name and role of a publisher shown: a member here, or one relayed from another node (its label)."""
+        if other in members:
+            return {"name": members[other].name, "role": members[other].role}
+        label = hub.label(stage_room(event_id), other)
+        return {"name": label.get("name", ""), "role": label.get("role", "")}
+
+    # -- the stage across nodes --
+    def _spawn(self, coroutine: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _stage_relays(self) -> StageRelays | None:
+        """This node's stage relays (listener started on first use); None with one node (no Redis)."""
+        settings = self.settings
+        hub = self.service.hub()
+        if settings is None or not settings.redis_url or hub is None:
+            return None
+        async with self._relay_lock:
+            if self._relays is not None and self._relays.hub is hub:
+                return self._relays
+            if self._relays is not None:  # the hub was replaced (a restart of the media): start again
+                await self._relays.close()
+                self._relays = None
+            if self._directory is None:
+                self._directory = StageDirectory(settings.redis_url, settings.redis_prefix)
+            key = await self._directory.relay_key()
+            relays = StageRelays(hub, key, self.node_id, on_layout=self._relayed_layout)
+            host = settings.stage_relay_host or settings.host
+            _, port = await relays.serve(host, settings.stage_relay_port)
+            self._relay_address = f"{await asyncio.to_thread(advertised_host, host)}:{port}"  # may ask the resolver
+            self._relays = relays
+            log.info("stage relays of this node listen on port %d", port)
+            return relays
+
+    async def _sync_stage(self, event_id: str) -> None:
+        """Announce this node as an origin of the event's stage while it holds publishers; take a relay from
+        every other origin while it holds members."""
+        self._syncing.add(event_id)
+        try:
+            relays = await self._stage_relays()
+            if relays is None or self._directory is None:
+                return
+            room = stage_room(event_id)
+            if relays.hub.local_publishers(room):
+                await self._directory.announce(room, self.node_id, self._relay_address)
+                self._announced.add(event_id)
+            elif event_id in self._announced:
+                self._announced.discard(event_id)
+                await self._directory.withdraw(room, self.node_id, self._relay_address)
+            if not relays.hub.local_members(room) and relays.hub.recorder(room) is None:
+                return  # nobody here to serve, nothing recorded here
+            for node, address in (await self._directory.origins(room)).items():
+                if node != self.node_id:
+                    await relays.pull(room, node, address)
+        except Exception as e:  # noqa: BLE001 - Redis away: the next round tries again
+            if stopping():
+                raise asyncio.CancelledError from None
+            log.warning("town-hall event %s: stage relays not synchronised (%s)", event_id, type(e).__name__)
+        finally:
+            self._syncing.discard(event_id)
+
+    async def _relay_rounds(self) -> None:
+        while True:
+            await asyncio.sleep(STAGE_RELAY_INTERVAL)
+            hub = self.service.hub()
+            recorded = [r.removeprefix("s:") for r in hub.recorded_rooms() if r.startswith("s:")] if hub else []
+            for event_id in {*(e for e, members in self._stages.items() if members), *self._announced, *recorded}:
+                if await self._ended_elsewhere(event_id):
+                    continue
+                await self._sync_stage(event_id)
+
+    async def _ended_elsewhere(self, event_id: str) -> bool:
+        """An event ended on another node (its ``th_end`` ran there): this node's stage members are told and
+        its stage closes too, within a round."""
+        if not self._stages.get(event_id):
+            return False
+        try:
+            event = await self.service.event(event_id)
+        except Exception as e:  # noqa: BLE001 - Redis away, or the event deleted: the next round decides
+            if stopping():
+                raise asyncio.CancelledError from None
+            log.warning("town-hall event %s: state not read (%s)", event_id, type(e).__name__)
+            return False
+        if event.state is not EventState.ENDED:
+            return False
+        await self._stage_closed(event)
+        return True
+
+    def _relayed_layout(self, room_id: str) -> None:
+        """Relayed publishers came or went: this node's members get their layouts again."""
+        self._spawn(self._send_layouts(room_id.removeprefix("s:")))
+
+    async def _close_relays(self) -> None:
+        relays, directory, self._relays, self._directory = self._relays, self._directory, None, None
+        for task in list(self._background):
+            task.cancel()
+        if relays is not None:
+            await relays.close()
+        if directory is not None:
+            try:
+                for event_id in self._announced:
+                    await directory.withdraw(stage_room(event_id), self.node_id, self._relay_address)
+            except Exception as e:  # noqa: BLE001 - Redis away at the stop: the announcements lapse alone
+                log.warning("withdrawing stage announcements failed: %s", type(e).__name__)
+            self._announced.clear()
+            await directory.close()
 
     def _audio_only(self, room_id: str, participant_id: str) -> None:
         event_id = room_id.removeprefix("s:")
@@ -351,19 +494,28 @@ class TownHallSignaling:
     async def broadcast(self) -> None:
         """Send what changed, per event, at most every TOWNHALL_INTERVAL (one list for many votes)."""
         loop = asyncio.get_running_loop()
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            started = loop.time()
-            dirty, self._dirty = self._dirty, {}
-            for event_id, kinds in dirty.items():
-                try:
-                    await self._send(event_id, kinds)
-                except Exception:  # noqa: BLE001 - a failed broadcast must not end the loop
-                    if stopping():
-                        raise asyncio.CancelledError from None
-                    log.exception("town-hall broadcast failed")
-            await asyncio.sleep(max(0.0, TOWNHALL_INTERVAL - (loop.time() - started)))
+        relaying = None
+        if self.settings is not None and self.settings.redis_url:  # the stage across nodes: this task's lifetime
+            relaying = asyncio.create_task(self._relay_rounds(), name="stage-relays")
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                started = loop.time()
+                dirty, self._dirty = self._dirty, {}
+                for event_id, kinds in dirty.items():
+                    try:
+                        await self._send(event_id, kinds)
+                    except Exception:  # noqa: BLE001 - a failed broadcast must not end the loop
+                        if stopping():
+                            raise asyncio.CancelledError from None
+                        log.exception("town-hall broadcast failed")
+                await asyncio.sleep(max(0.0, TOWNHALL_INTERVAL - (loop.time() - started)))
+        finally:
+            if relaying is not None:
+                relaying.cancel()
+                await asyncio.gather(relaying, return_exceptions=True)
+                await self._close_relays()
 
     async def _send(self, event_id: str, kinds: set[str]) -> None:
         if "event" in kinds:
