@@ -34,11 +34,9 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)"""
 
 class StageDirectory:
     def __init__(self, url: str, prefix: str, *, ttl: float = ANNOUNCE_TTL) -> None:
-        import redis.asyncio as aioredis
+        from ..store.redis import redis_client
 
-        from ..store.redis import connection_pool
-
-        self._redis: Any = aioredis.Redis.from_pool(connection_pool(url))
+        self._redis: Any = redis_client(url)
         self.prefix = prefix
         self.ttl_ms = int(ttl * 1000)
         self._announce = self._redis.register_script(_ANNOUNCE)
