@@ -58,6 +58,11 @@ QUEUE_CHANGES = frozenset({"joined", "called", "returned", "transferred", "left"
 
 
 
+def _same_but_time(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two ``queue`` updates say the same, whenever each was made."""
+    return a.keys() == b.keys() and all(a[k] == b[k] for k in a if k != "t")
+
+
 class Signaling:
     def __init__(self, settings: Settings, room: WaitingRoom, auth: Auth) -> None:
         self.settings = settings
@@ -407,6 +412,10 @@ class Signaling:
         if cached and now - cached[0] < fresh_for and (seq is None or seq in cached[3]):
             return cached[1], cached[2]
         update = await self.room.queue_update(department)
+        if cached and _same_but_time(cached[1], update):
+            # Nothing changed since the update the department's pages hold: this page gets that one too (same
+            # ``t``), not a copy with a later time that no other page of the department will ever get.
+            return self._remember_update(department, cached[1], cached[2])
         return self._remember_update(department, update)
 
     def _remember_update(self, department: str, update: dict[str, Any], encoded: Any = None,
