@@ -73,6 +73,27 @@ async def test_deeply_nested_json_is_invalid_input_on_every_route(client, shape)
     assert await client.app[ROOM].store.waiting_counts(["buergerbuero"]) == {"buergerbuero": 0}
 
 
+@pytest.mark.parametrize("body", [
+    '{"name": "\\ud800", "consent": true}',  # half a surrogate pair: no Unicode, no UTF-8 for it
+    '{"username": "\\udfff", "password": "x"}',
+    '{"\\ud83d": 1}',  # in a key
+])
+async def test_text_that_is_not_unicode_is_invalid_input_on_every_route(client, body):
+    """Escaped halves of surrogate pairs parse as JSON but cannot be stored or sent on (the Redis client
+    refuses such a command): every route answers 400 ``invalid_input`` and nothing is stored. A whole pair
+    (an emoji) is fine."""
+    for method, path, headers in await _json_routes(client):
+        resp = await client.request(method, path, data=body.encode(),
+                                     headers={**headers, "Content-Type": "application/json"})
+        assert resp.status == 400, (path, resp.status, await resp.text())
+        assert (await resp.json())["error"]["code"] == "invalid_input", path
+    assert await client.app[ROOM].store.waiting_counts(["buergerbuero"]) == {"buergerbuero": 0}
+    resp = await client.post("/api/departments/buergerbuero/tickets",
+                             data=b'{"name": "Ana \\ud83d\\ude00", "consent": true}',
+                             headers={"Content-Type": "application/json"})
+    assert resp.status == 201, await resp.text()
+
+
 # -- X-Forwarded-For behind a trusted proxy --
 LOCAL = ("127.0.0.1", "::1")
 

@@ -227,3 +227,25 @@ async def test_a_message_nested_too_deeply_gets_a_clear_error(live_server):
         await ws.close()
     ticket = await live_server.room.store.get_ticket(joined["ticket"]["id"])
     assert ticket is not None and ticket.state.value == "waiting"
+
+
+async def test_a_message_with_text_that_is_not_unicode_gets_a_clear_error(live_server):
+    """A socket.io event carrying half a surrogate pair (valid JSON, no Unicode) is answered with
+    ``invalid_input``; nothing of it reaches the store and the page stays served."""
+    joined = await join(live_server.url)
+    async with aiohttp.ClientSession() as http:
+        ws, _ = await open_websocket(http, live_server.url)
+        await ws.send_str("40" + json.dumps({"token": joined["token"]}))
+        while not (await asyncio.wait_for(next_engineio_packet(ws), WAIT) or "").startswith("40"):
+            pass
+        await ws.send_str('427["leave",{"reason":"\\ud800"}]')
+        while not (answer := await asyncio.wait_for(next_engineio_packet(ws), WAIT) or "").startswith("437"):
+            pass
+        assert json.loads(answer[3:])[0]["error"]["code"] == "invalid_input"
+        await ws.send_str('428["subscribe",{}]')
+        while not (ack := await asyncio.wait_for(next_engineio_packet(ws), WAIT) or "").startswith("438"):
+            pass
+        assert json.loads(ack[3:])[0]["ok"] is True
+        await ws.close()
+    ticket = await live_server.room.store.get_ticket(joined["ticket"]["id"])
+    assert ticket is not None and ticket.state.value == "waiting"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from server.store.resp import RespClient
@@ -118,10 +118,19 @@ async def test_auth_and_database_from_the_url(tmp_path: Path) -> None:
             await other.aclose()
         wrong = RespClient(f"redis://:wrong@127.0.0.1:{server.port}/0")
         try:
-            with pytest.raises(ResponseError):
-                await wrong.call("GET", "k")
+            for _ in range(5):  # refused as a store that cannot be used, and no connection is left open
+                with pytest.raises(RedisConnectionError):
+                    await wrong.call("GET", "k")
         finally:
             await wrong.aclose()
+        checker = RespClient(f"redis://:geheim%20p%40ss@127.0.0.1:{server.port}/0")
+        try:
+            deadline = time.monotonic() + 10
+            while (await checker.call("CLIENT", "LIST")).count("\n") > 1:  # only the checker itself
+                assert time.monotonic() < deadline, await checker.call("CLIENT", "LIST")
+                await asyncio.sleep(0.05)  # Redis notices closed connections on its own loop
+        finally:
+            await checker.aclose()
     finally:
         stop_process(server.proc)
 
@@ -185,3 +194,22 @@ async def test_no_false_timeout_while_answers_keep_coming_or_the_loop_is_busy(re
     finally:
         await c.aclose()
     assert took > 0.2, f"the burst took {took:.2f} s: not longer than the timeout, it showed nothing"
+
+
+async def test_a_command_that_cannot_be_sent_leaves_the_connection_in_step(
+    client: RespClient, redis_prefix: str
+) -> None:
+    """Text that is not UTF-8 (a lone surrogate, as a JSON body may carry) or a None cannot be packed: that
+    command fails alone, nothing of it is written, and every later command still gets its own answer (a
+    waiting entry left behind would hand each answer to the wrong caller; half a MULTI block would leave the
+    connection inside MULTI)."""
+    key = redis_prefix + "k"
+    await client.call("SET", key, "mine")
+    for bad in ("\ud800", None, {"a": 1}):
+        with pytest.raises(DataError):
+            await client.call("GET", bad)
+    with pytest.raises(DataError):
+        await client.transaction([("SET", key, "half"), ("SET", key, "\udfff")])
+    assert await client.call("GET", key) == "mine"  # nothing of the refused block ran
+    got = await asyncio.gather(*(client.call("ECHO", str(i)) for i in range(50)))
+    assert got == [str(i) for i in range(50)]

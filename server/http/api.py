@@ -20,6 +20,7 @@ from ..errors import error_body, error_response
 from ..queue.errors import InvalidInput, JoinLimited, QueueError
 from ..queue.model import JoinRequest
 from ..settings import Settings
+from ..signaling.safejson import lone_surrogates
 from ..waitingroom import staff_view
 from .auth import SESSION_COOKIE, LoginLimited, StaffSession
 from .keys import AUTH, ROOM, SETTINGS, STORE
@@ -93,6 +94,8 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         raise InvalidInput("the body is not valid JSON") from e
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object")
+    if lone_surrogates(await request.text(), body):
+        raise InvalidInput("the body holds text that is not valid Unicode")
     return body
 
 

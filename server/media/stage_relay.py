@@ -19,7 +19,8 @@ body, at most :data:`MAX_FRAME`. Handshake (mutual, HMAC-SHA-256 under the insta
     origin -> edge  WELCOME    hex(HMAC(key, "origin" nonce room)), or REFUSED with a reason, then close
 
 Then origin -> edge: LAYOUT (JSON), RTP (track id u16 | packet), SR (track id | NTP u64 | RTP ts | packets |
-octets), PING (every second); edge -> origin: KEYFRAME (track id), BITRATE (track id | bit/s u32).
+octets), PING (every second); edge -> origin: KEYFRAME (track id), BITRATE (track id | bit/s u32), PING (the
+answer to each of the origin's: an edge silent for :data:`SILENCE_LIMIT` seconds is dropped by the origin).
 
 Faults: the edge drops its relay when its last local stage member has been gone for ``linger`` seconds
 (unless the stage is recorded here), or when its stage closes; the origin drops a relay whose connection dies
@@ -70,6 +71,8 @@ HANDSHAKE_TIMEOUT = 5.0
 PING_INTERVAL = 1.0
 SILENCE_LIMIT = 5.0
 """An edge that hears nothing (not even a ping) for this long takes the origin for gone."""
+MAX_HELLO = 1024
+"""Largest frame read before the edge has proved the key (its hello is about 250 bytes)."""
 MAX_RELAYS_PER_STAGE = 64
 """Edges one origin serves per stage (a bound: each costs one send per packet)."""
 
@@ -87,9 +90,9 @@ def frame(kind: int, body: bytes) -> bytes:
     return FRAME.pack(len(body) + 1, kind) + body
 
 
-async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> tuple[int, bytes]:
     length, kind = FRAME.unpack(await reader.readexactly(FRAME.size))
-    if not 1 <= length <= MAX_FRAME:
+    if not 1 <= length <= limit:
         raise RelayRefused(f"frame of {length} bytes")
     return kind, await reader.readexactly(length - 1)
 
@@ -336,8 +339,10 @@ class EdgeRelay:
                         inbound.on_sender_report(RtcpSrPacket(ssrc=inbound.ssrc, sender_info=info))
                 elif kind == LAYOUT:
                     self._layout(json.loads(body))
-                elif kind == PING and self._linger is None:
-                    self._check()  # once a second: a recording that ended here is no stage change
+                elif kind == PING:
+                    self.write(PING, b"")  # answered: the origin takes a silent edge for gone
+                    if self._linger is None:
+                        self._check()  # once a second: a recording that ended here is no stage change
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, RelayRefused, OSError) as e:
             logger.info("stage relay of %s from %s ended: %s", self.room_id, self.origin, type(e).__name__)
         except asyncio.CancelledError:
@@ -477,11 +482,15 @@ class StageRelays:
             ping = asyncio.create_task(self._ping(relay))
             try:
                 while not relay.closed:
-                    kind, body = await read_frame(reader)
+                    # The edge answers every ping: an edge silent this long is gone (power, network), and its
+                    # leg must not hold a slot nor cap the publishers' bitrate with its last estimate.
+                    async with asyncio.timeout(SILENCE_LIMIT):
+                        kind, body = await read_frame(reader)
                     relay.received(kind, body)
             finally:
                 ping.cancel()
-        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, RelayRefused, OSError, ValueError) as e:
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, RelayRefused, OSError, ValueError,
+                RecursionError) as e:  # RecursionError: a hello nested too deep for json.loads
             logger.info("stage relay to an edge ended: %s", type(e).__name__)
         except asyncio.CancelledError:
             pass
@@ -498,7 +507,7 @@ class StageRelays:
     async def _welcome(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[str, str]:
         challenge = secrets.token_bytes(32)
         writer.write(frame(CHALLENGE, challenge))
-        kind, body = await read_frame(reader)
+        kind, body = await read_frame(reader, MAX_HELLO)  # before authentication: small
         if kind != HELLO:
             raise RelayRefused("no hello")
         hello = json.loads(body)

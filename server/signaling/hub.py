@@ -412,6 +412,9 @@ class Signaling:
         if cached and now - cached[0] < fresh_for and (seq is None or seq in cached[3]):
             return cached[1], cached[2]
         update = await self.room.queue_update(department)
+        held = self._updates.get(department)
+        if held is not cached and held is not None and held[1].get("t", 0) >= update["t"]:
+            return held[1], held[2]  # a newer one came meanwhile (a broadcast, another node's): that one
         if cached and _same_but_time(cached[1], update):
             # Nothing changed since the update the department's pages hold: this page gets that one too (same
             # ``t``), not a copy with a later time that no other page of the department will ever get.

@@ -1,4 +1,5 @@
-"""socket.io packets whose JSON cannot be parsed within Python's recursion limit become a harmless event.
+"""socket.io packets whose JSON cannot be parsed within Python's recursion limit, or that hold text that is not
+Unicode (a lone surrogate escape), become a harmless event.
 
 A message nested thousands of levels deep fits the 48 KiB cap, and ``json.loads`` raises RecursionError
 on it; python-socketio then logs a traceback and the sender, waiting for an acknowledgement, hears
@@ -9,11 +10,30 @@ with a clear ``invalid_input`` error (server/signaling/hub.py): the sender learn
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from socketio import packet
 
 INVALID_EVENT = "invalid_payload"
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def lone_surrogates(text: str | bytes, value: Any) -> bool:
+    """Whether JSON ``text`` (parsed: ``value``) holds text that is not Unicode: an escaped half of a
+    surrogate pair without its other half. Such text cannot be stored or sent on (UTF-8 has no code for it:
+    the Redis client refuses the command), so it is refused where it comes in. Checked only when the text
+    has such an escape at all."""
+    raw = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    if not _SURROGATE_ESCAPE.search(raw):
+        return False
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 class _SafeJson:
@@ -22,9 +42,10 @@ class _SafeJson:
     @staticmethod
     def loads(text: str | bytes, *args: Any, **kwargs: Any) -> Any:
         try:
-            return json.loads(text, *args, **kwargs)
+            value = json.loads(text, *args, **kwargs)
         except RecursionError:
             return [INVALID_EVENT]
+        return [INVALID_EVENT] if lone_surrogates(text, value) else value
 
 
 class SafePacket(packet.Packet):

@@ -6,8 +6,9 @@ calling process (a pool connection taken and given back, a timeout context, the 
 answer parsed in Python) against about 25 us here (one write, one future, hiredis); commands of many pages
 meeting in one turn of the event loop (a reconnect storm) cost about 13 us each here against 35 us with
 redis-py's pipeline and 165 us without (``bench/store_ops.py``; docs/performance.md). Every store command of
-a page, a check-in and "call next" goes through this client (server/store/redis.py, server/cluster.py); the
-rarely used stores (departments, appointments, audit, statistics) and socket.io's pub/sub keep redis-py.
+a page, a check-in and "call next" goes through this client (server/store/redis.py, server/cluster.py), and
+socket.io's publishes; the other stores' single commands too (``redis_client`` in server/store/redis.py),
+while their pipelines, the statistics store and socket.io's subscription keep redis-py.
 
 Faults are answered as redis-py's errors (``redis.exceptions.ConnectionError`` / ``TimeoutError``), which the
 handlers turn into ``store_unavailable`` (server/errors.py):
@@ -34,7 +35,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 SOCKET_TIMEOUT = 1.0
@@ -86,8 +87,8 @@ class _Connection(asyncio.Protocol):
         while True:
             try:
                 reply = self._reader.gets()
-            except RedisConnectionError as e:  # the stream cannot be parsed: nothing after it can be trusted
-                self._fail(e)
+            except Exception as e:  # noqa: BLE001 - cannot be parsed (or decoded): nothing after it can be trusted
+                self._fail(e if isinstance(e, RedisConnectionError) else RedisConnectionError(f"bad answer: {e}"))
                 return
             if reply is False:
                 return
@@ -111,6 +112,14 @@ class _Connection(asyncio.Protocol):
         of the event loop, with every other command of the turn, and return one future per answer."""
         if self.closed or self._transport is None or self._transport.is_closing():
             raise RedisConnectionError("Connection to Redis closed")
+        # Packed first, all of them: a command that cannot be packed (text that is not UTF-8, a None) must
+        # leave nothing behind. A waiting entry without its command written would take the next command's
+        # answer, and every answer after it would go to the wrong caller; half a MULTI block would leave
+        # the connection inside MULTI.
+        try:
+            packed = [hiredis.pack_command(c) for c in commands]
+        except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
+            raise DataError(f"a Redis command that cannot be sent: {type(e).__name__}") from None
         loop = asyncio.get_running_loop()
         sent = time.monotonic()
         futures = []
@@ -118,7 +127,7 @@ class _Connection(asyncio.Protocol):
             future = loop.create_future()
             self._pending.append(_Pending(future, sent))
             futures.append(future)
-        self._out.extend(hiredis.pack_command(c) for c in commands)
+        self._out.extend(packed)
         if not self._flush_scheduled:  # one write (one system call) per turn of the event loop
             self._flush_scheduled = True
             loop.call_soon(self._flush)
@@ -220,11 +229,17 @@ class RespClient:
                 if self._db:
                     hello.append(("SELECT", self._db))
                 if hello:
-                    await asyncio.gather(*connection.send(hello))
+                    try:
+                        await asyncio.gather(*connection.send(hello))
+                    except BaseException:
+                        connection.close()  # not left open, unauthenticated, one per attempt
+                        raise
         except TimeoutError:
             raise RedisTimeoutError("Timeout connecting to Redis") from None
         except OSError as e:
             raise RedisConnectionError(f"Error connecting to Redis: {e}") from None
+        except ResponseError as e:  # AUTH or SELECT refused: the store cannot be used, as if it did not answer
+            raise RedisConnectionError(f"Redis refused the connection's AUTH/SELECT: {e}") from None
         return connection
 
     async def _ready(self) -> _Connection:
@@ -234,18 +249,33 @@ class RespClient:
         if self._closed:
             raise RedisConnectionError("the Redis client is closed")
         if self._connecting is None:  # one attempt for everyone waiting, not one per command
-            self._connecting = asyncio.ensure_future(self._connect())
-        attempt = self._connecting
-        try:
-            connection = await asyncio.shield(attempt)
-        finally:
-            if self._connecting is attempt and attempt.done():
-                self._connecting = None
+            attempt = asyncio.ensure_future(self._connect())
+            self._connecting = attempt
+            attempt.add_done_callback(self._attempt_done)
+        connection = await asyncio.shield(self._connecting)
         if self._closed:
             connection.close()
             raise RedisConnectionError("the Redis client is closed")
+        current = self._connection  # installed by _attempt_done (or a newer one: this waiter resumed late)
+        if current is not None and not current.closed:
+            return current
         self._connection = connection
         return connection
+
+    def _attempt_done(self, attempt: asyncio.Future[_Connection]) -> None:
+        """An attempt is over for everyone (it runs before its waiters resume): the next command after a failure
+        tries again, and a connection made is installed here, even when all its waiters were cancelled (else
+        nobody would close it); one that is not needed any more is closed."""
+        if self._connecting is attempt:
+            self._connecting = None
+        if attempt.cancelled() or attempt.exception() is not None:  # the exception is read: nothing logged
+            return
+        connection = attempt.result()
+        current = self._connection
+        if self._closed or (current is not None and not current.closed and current is not connection):
+            connection.close()
+        else:
+            self._connection = connection
 
     async def call(self, *words: Any) -> Any:
         connection = self._connection

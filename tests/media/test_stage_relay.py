@@ -177,7 +177,8 @@ async def test_an_edge_without_the_installation_key_is_refused(two_hubs):
         assert not origin_relays.served and not intruder.taken
         # garbage on the port: an oversized frame, a hello that is no object, silence; each connection is closed
         host, port = address.rsplit(":", 1)
-        for garbage in (struct.pack("!IB", 10_000_000, ord("H")), frame(ord("H"), b"[1, 2]"), b""):
+        for garbage in (struct.pack("!IB", 10_000_000, ord("H")), frame(ord("H"), b"[1, 2]"), b"",
+                        frame(ord("H"), b"{" + b" " * 2000 + b"}")):  # over the small limit before authentication
             reader, writer = await asyncio.open_connection(host, int(port))
             kind, _ = await read_frame(reader)
             assert kind == ord("C")  # the challenge
@@ -276,3 +277,28 @@ async def test_a_relayed_publisher_is_not_replaced_by_an_offer_of_the_same_parti
     finally:
         for c in (politician, viewer, again):
             await c.close()
+
+
+async def test_the_origin_drops_an_edge_that_went_silent(two_hubs, monkeypatch):
+    """An edge that vanished without closing its connection (power, network) answers no ping: the origin drops
+    its relay after the silence limit, so its leg neither holds a slot nor caps the publishers' bitrate."""
+    import json
+
+    from server.media import stage_relay
+
+    monkeypatch.setattr(stage_relay, "SILENCE_LIMIT", 0.5)
+    origin, _, origin_relays, _, address, _ = two_hubs
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        kind, challenge = await read_frame(reader)
+        assert kind == ord("C")
+        hello = {"room": STAGE, "node": "node-z", "nonce": "00" * 16,
+                 "mac": stage_relay._mac(KEY, "edge", challenge, STAGE, "node-z")}
+        writer.write(frame(ord("H"), json.dumps(hello).encode()))
+        kind, _ = await read_frame(reader)
+        assert kind == ord("W")  # welcomed: a proper edge, which from now on says nothing
+        await wait_for(lambda: STAGE in origin_relays.served, limit=5, what="the origin to serve the relay")
+        await wait_for(lambda: STAGE not in origin_relays.served, limit=10, what="the silent edge to be dropped")
+    finally:
+        writer.close()
