@@ -266,10 +266,12 @@ async def test_pause_drops_the_paused_stretch_and_resumes_at_a_keyframe(hub, tmp
     assert numbers[cut] >= resumed_at - 2, "frames sent while paused were written"
     assert frames[cut][2], "the video did not resume at a keyframe"
     assert frames[0][2]
-    # the file holds no dead time: its pts jump only by the frames not recorded, minus the pause
+    # the file holds no dead time: across the cut its time moves on by less than a third of the pause (about
+    # 1.5 s), and never backwards. (Not compared with frame numbers / 30 - pause: on a loaded machine the test's
+    # sender makes fewer than 30 frames a second, so its frame numbers do not measure time; seen in CI as a
+    # jump of 0.03 s against an "expected" -0.20 s.)
     jump = frames[cut][1] - frames[cut - 1][1]
-    expected = (numbers[cut] - numbers[cut - 1]) / 30 - pause
-    assert -0.05 < jump < 0.5 and abs(jump - expected) < 0.1, (jump, expected)
+    assert pause >= 1.0 and -0.05 < jump < pause / 3, (jump, pause)
     audio = audio_packets(directory / track(stats, "alice", "audio").file)  # type: ignore[operator]
     assert audio[-1][0] < stats.duration
     assert len(audio) < (stats.duration + 0.1) / 0.02
