@@ -115,6 +115,11 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     """A key prefix of this test alone; every key under it is deleted afterwards."""
     prefix = f"sps-test-{uuid.uuid4().hex}:"
     yield prefix
+    delete_prefix(redis_url, prefix)
+
+
+def delete_prefix(redis_url: str, prefix: str) -> None:
+    """Delete every key under ``prefix`` (in batches: a multi-node test leaves thousands)."""
     client = redis.Redis.from_url(redis_url)
     try:
         batch: list[bytes] = []

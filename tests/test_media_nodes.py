@@ -25,6 +25,7 @@ from server.signaling.relay import RELAY_TIMEOUT, MediaUnavailable, NodeGone, Re
 
 from .app_fixtures import free_port, wait_until_healthy
 from .media.peers import Client, consecutive, wait_for
+from .redis_fixtures import delete_prefix
 from .socket_clients import Recorder, citizen_socket, join, staff_socket
 
 pytestmark = pytest.mark.redis
@@ -296,15 +297,7 @@ def two_nodes(tmp_path, redis_url):
     finally:
         for node in (a, b):
             node.stop()
-        import redis
-
-        client = redis.Redis.from_url(redis_url)
-        try:
-            keys = list(client.scan_iter(match=prefix + "*", count=500))
-            if keys:
-                client.delete(*keys)
-        finally:
-            client.close()
+        delete_prefix(redis_url, prefix)
 
 
 async def offer(socket: Recorder, peer: Client, **extra: Any) -> dict[str, Any]:

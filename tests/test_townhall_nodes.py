@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from .media.peers import Client, consecutive, wait_for
+from .redis_fixtures import delete_prefix
 from .socket_clients import Recorder, staff_socket
 from .test_media_nodes import PASSWORD, ROOT, Node
 from .test_townhall_signaling import audience_socket, iso
@@ -47,15 +48,7 @@ def two_nodes(tmp_path: Path, redis_url: str) -> Any:
     finally:
         for node in (a, b):
             node.stop()
-        import redis
-
-        client = redis.Redis.from_url(redis_url)
-        try:
-            keys = list(client.scan_iter(match=prefix + "*", count=500))
-            if keys:
-                client.delete(*keys)
-        finally:
-            client.close()
+        delete_prefix(redis_url, prefix)
 
 
 async def create_live_event(url: str) -> str:

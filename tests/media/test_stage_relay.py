@@ -14,20 +14,9 @@ from server.media import MediaError, MediaHub
 from server.media.stage_relay import RelayLeg, StageRelays, frame, read_frame
 
 from .peers import Client, consecutive, wait_for
-from .test_broadcast import STAGE, PublisherProbe, received_ssrc
+from .test_broadcast import STAGE, publish, received_ssrc, watch
 
 KEY = b"k" * 32
-
-
-async def publish(hub: MediaHub, client: Client) -> PublisherProbe:
-    hub.promote(STAGE, client.name)
-    probe = PublisherProbe(client)
-    await client.accept(await hub.handle_offer(STAGE, client.name, await client.offer(), role="publisher"))
-    return probe
-
-
-async def watch(hub: MediaHub, client: Client) -> None:
-    await client.accept(await hub.handle_offer(STAGE, client.name, await client.offer(), role="viewer"))
 
 
 def mid_on(hub: MediaHub, viewer: Client, publisher: str) -> str | None:
