@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import math
 import multiprocessing
+import resource
 import secrets
 import signal
 import socket
@@ -228,7 +230,8 @@ class NginxProxy:
     """Debian's nginx with the shipped site (deploy/nginx/sprechstunde.conf) in front of the nodes, set up as
     tests/test_nodes_nginx.py does it, with the helpers of tests/test_deploy.py: a throwaway certificate, the
     site on free loopback ports, its upstream listing every node, Host with the port (the app's same-origin
-    checks). Only the size differs from the tests: enough worker connections for every page (two each)."""
+    checks). Only the size differs from the tests: enough worker connections for every page (two each), and
+    enough workers for them under the open-files limit."""
 
     def __init__(self, directory: Path, upstreams: list[int], connections: int) -> None:
         root = str(Path(__file__).resolve().parent.parent)
@@ -246,12 +249,25 @@ class NginxProxy:
         site = site.replace(first, "\n    ".join(f"server 127.0.0.1:{port} max_fails=1 fail_timeout=10s;"
                                                  for port in upstreams))
         site = site.replace("proxy_set_header Host $host;", f"proxy_set_header Host $host:{https};")
+        # A worker holds two descriptors per page (the client's connection and the node's) and can have no
+        # more than the hard open-files limit (20,000 on some hosts: one worker then failed 10,000 pages with
+        # "accept4() failed (24: Too many open files)" and a clerk's sign-in timed out). Enough workers for
+        # every page, with a margin, and `reuseport` so that the kernel spreads the connections over them.
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = connections + 1000
+        per_worker = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        self.workers = 1 if per_worker == wanted else math.ceil(wanted * 1.25 / per_worker)
+        if self.workers > 1:
+            if site.count("backlog=65535;") != 1:
+                raise RuntimeError("the shipped nginx site changed: adapt bench/_server.py NginxProxy")
+            site = site.replace("backlog=65535;", "backlog=65535 reuseport;")
         conf = _nginx_conf(directory, site, foreground=True)
         text = conf.read_text("utf-8")
-        if text.count("worker_connections 256;") != 1:
+        if text.count("worker_connections 256;") != 1 or text.count("worker_processes 1;") != 1:
             raise RuntimeError("tests/test_deploy.py _nginx_conf changed: adapt bench/_server.py NginxProxy")
-        text = text.replace("worker_connections 256;", f"worker_connections {connections};")
-        text = f"worker_rlimit_nofile {connections + 1000};\n" + text
+        text = text.replace("worker_processes 1;", f"worker_processes {self.workers};")
+        text = text.replace("worker_connections 256;", f"worker_connections {per_worker - 100};")
+        text = f"worker_rlimit_nofile {per_worker};\n" + text
         conf.write_text(text, "utf-8")
         self.url = f"https://{HOST}:{https}"
         self.nginx = Nginx(directory, conf, http, https)
