@@ -5,6 +5,7 @@ the rare full collection finds nothing. Checked on a real server process with re
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import re
@@ -134,3 +135,41 @@ def test_full_gc_interval_must_be_positive(tmp_path):
     config.write_text("[server]\nfull_gc_interval = 0\n\n[[departments]]\nid = \"a\"\nname = \"A\"\n", "utf-8")
     with pytest.raises(ConfigError, match="full_gc_interval"):
         load_settings(config, env={})
+
+
+def test_young_collection_scans_a_few_objects_and_freezes_a_burst_unscanned(monkeypatch):
+    """Below YOUNG_SCAN_LIMIT young objects a young collection frees a fresh cycle; above it (a reconnect
+    storm's burst) it only freezes them, and the full collection frees the cycle later."""
+    import weakref
+
+    from server import gcpolicy
+
+    class Node:
+        pass
+
+    def cycle() -> weakref.ref[Node]:
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # type: ignore[attr-defined]
+        return weakref.ref(a)
+
+    enabled = gc.isenabled()
+    gc.disable()
+    monkeypatch.setattr(gcpolicy, "YOUNG_SCAN_LIMIT", 1000)
+    try:
+        gc.collect()
+        skipped = gcpolicy.skipped_scans
+        small = cycle()
+        gcpolicy.young_collection()
+        assert small() is None and gcpolicy.skipped_scans == skipped
+
+        burst = [[i] for i in range(5000)]
+        big = cycle()
+        gcpolicy.young_collection()
+        assert big() is not None and gcpolicy.skipped_scans == skipped + 1
+        freed, _seconds = gcpolicy.full_collection()
+        assert big() is None and freed >= 2
+        del burst
+    finally:
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
