@@ -25,9 +25,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import resource
 import secrets
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -356,6 +359,58 @@ def storm_rows(storms: list[Storm]) -> list[Row]:
 
 
 # -- the run --
+def unsettled_tickets(redis_url: str, prefix: str) -> tuple[int, int]:
+    """Tickets of this run waiting or called with no grace period running (``disconnected_at`` null), and
+    all tickets of the run: after a node with every page stopped, the former must be 0 (each waits for its
+    page to come back within the grace period, or expires)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}t:*", count=1000))
+        unsettled = 0
+        for start in range(0, len(keys), 1000):
+            for body in client.mget(keys[start:start + 1000]):
+                if body is None:
+                    continue
+                t = json.loads(body)
+                if t["state"] in ("waiting", "called") and t.get("disconnected_at") is None:
+                    unsettled += 1
+        return unsettled, len(keys)
+    finally:
+        client.close()
+
+
+def stop_with_pages(server: ServerGroup, args: argparse.Namespace, pages: int) -> list[Row]:
+    """SIGTERM the (first) node while its pages are connected: how long it takes to exit, what it says it told
+    its sockets, and (one node on Redis) whether every ticket's grace period started."""
+    node = server.nodes[0]
+    assert node.proc is not None
+    def logs() -> list[str]:
+        return node.log_path.read_text("utf-8", "replace").splitlines()
+
+    before = len(logs())
+    t0 = time.monotonic()
+    node.proc.send_signal(signal.SIGTERM)
+    try:
+        node.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        pass
+    exited = time.monotonic() - t0 if node.proc.poll() is not None else None
+    said = [line for line in logs()[before:]
+            if "shutdown: " in line or "telling the sockets" in line or "stopping" in line or "watchdog" in line]
+    rows = [
+        Row(f"SIGTERM with {pages} pages connected: the node exits in", "within shutdown_seconds (10 s)",
+            f"{exited:.2f} s" if exited is not None else "did not exit within 60 s"),
+        Row("  what the node logged", "-", "; ".join(line.split(" ", 3)[-1] for line in said) or "nothing"),
+    ]
+    if args.redis and len(server.nodes) == 1:
+        unsettled, total = unsettled_tickets(args.redis, args.redis_prefix)
+        rows.append(Row("  waiting or called tickets left without a grace period", "0",
+                        f"{unsettled} of {total} tickets"))
+    return rows
+
+
 async def bench(args: argparse.Namespace, server: ServerGroup, clerk_accounts: list[ClerkAccount],
                 citizens: CitizenProcesses, run_dir: Path) -> None:
     say = print if not args.quiet else (lambda *a, **k: None)
@@ -440,6 +495,9 @@ async def bench(args: argparse.Namespace, server: ServerGroup, clerk_accounts: l
             storm_spy = run_dir / f"server.storm{k + 1}.pyspy.txt"
             storms.append(await reconnect_storm(server, citizens, args, storm_spy if spying_storm(args, k) else None))
         first = storms[0]
+        if args.sigterm:
+            say("SIGTERM to the server with every page connected ...", flush=True)
+            stop_rows = stop_with_pages(server, args, sum(st.ready for st in storms[-1:]))
 
         per_citizen_kb = (rss_loaded - rss_base) / max(1, ready) / 1024
         achieved = len(stats.calls) / steady_wall
@@ -482,6 +540,7 @@ async def bench(args: argparse.Namespace, server: ServerGroup, clerk_accounts: l
             Row("client CPU: citizen processes / clerk process", "-",
                 f"{clients_cpu:.2f} / {main_cpu:.2f} core-s per s ({args.processes} processes, "
                 f"{os.cpu_count()} cores)"),
+            *(stop_rows if args.sigterm else []),
         ]
         errors = {k: v for k, v in counters.items() if not k.startswith(("joins", "final_", "replaced"))}
         outcomes = dict(stats.outcomes)
@@ -543,6 +602,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", choices=("none", "py-spy", "cprofile"), default="none",
                    help="py-spy: sample the server during the calling phase (pip install py-spy into the "
                         "venv); cprofile: run the whole server under cProfile (slower), stats kept")
+    p.add_argument("--sigterm", action="store_true",
+                   help="at the end, SIGTERM the (first) server node with every page connected: its exit time, "
+                        "what it told its sockets and (one node on Redis) tickets left without a grace period")
     p.add_argument("--storms", type=int, default=1,
                    help="reconnect storms in a row (the server's memory is reported after each)")
     p.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
@@ -593,6 +655,7 @@ def run_once(args: argparse.Namespace, count: int) -> int:
     """One bench run with ``count`` server nodes; everything it started is stopped before it returns."""
     run_dir = Path(tempfile.mkdtemp(prefix="sps-bench-"))
     prefix = f"spsbench{secrets.token_hex(4)}:"
+    args.redis_prefix = prefix
     departments = department_ids(args.departments)
     proxied = count > 1 or args.nginx
     configs = []

@@ -235,8 +235,12 @@ def create_app(settings: Settings, store: Store | None = None,
             await asyncio.wait_for(signaling.shutdown(), min(5.0, settings.shutdown_seconds * 0.3))
         except Exception:  # noqa: BLE001 - the stop goes on regardless
             log.exception("telling the sockets at shutdown failed")
-        try:  # leave the node registry now (not a death): the cleanup below may be cut off by the deadline
-            await asyncio.wait_for(cluster.stop(), 2.0)
+        # Leave the node registry now (not a death): the cleanup below may be cut off by the deadline. With
+        # several nodes this also settles the pages this node still counted (grace periods, clerks offline).
+        try:
+            await asyncio.wait_for(cluster.stop(), max(2.0, settings.shutdown_seconds * 0.3))
+        except TimeoutError:  # the node stays registered with an old heartbeat: another node reaps it
+            log.warning("leaving the node registry at shutdown took too long; another node will finish it")
         except Exception:  # noqa: BLE001 - then the other nodes take this one for dead in a few seconds
             log.exception("leaving the node registry at shutdown failed")
 

@@ -197,3 +197,67 @@ async def test_no_node_is_declared_dead_until_this_one_has_beaten_for_a_while(ma
 
 async def _note(into: list[Any], item: Any) -> None:
     into.append(item)
+
+
+@pytest.mark.redis
+async def test_a_stop_settles_its_counts_side_by_side_and_a_stop_cut_off_is_finished_by_a_survivor(
+        make_node, monkeypatch) -> None:
+    """A stopping node drops what it still counts and tells its listeners (the grace periods of its pages'
+    tickets) concurrently, then leaves the registry. Cut off by its deadline halfway, it stays registered
+    with an old heartbeat, and the survivor that reaps it tells every one not told yet."""
+    import server.cluster as cluster_module
+
+    monkeypatch.setattr(cluster_module, "DROP_CHUNK", 8)
+    stopping, survivor = make_node("stopping"), make_node("survivor")
+    told: list[tuple[str, str]] = []
+    in_flight = most_in_flight = 0
+    block_after: int | None = None
+
+    async def listener(kind: str, ident: str) -> None:
+        nonlocal in_flight, most_in_flight
+        in_flight += 1
+        most_in_flight = max(most_in_flight, in_flight)
+        try:
+            await asyncio.sleep(0)  # a listener waits for its store: the others run meanwhile
+            if block_after is not None and len(told) >= block_after:
+                await asyncio.Event().wait()  # the stop's deadline falls here
+            told.append((kind, ident))
+        finally:
+            in_flight -= 1
+
+    async def survivor_listener(kind: str, ident: str) -> None:
+        told.append((kind, ident))
+
+    stopping.on_connections_dropped(listener)
+    survivor.on_connections_dropped(survivor_listener)
+    for node in (stopping, survivor):
+        await node.start()
+    for k in range(40):
+        await stopping.connected("ticket", f"t{k}")
+    await survivor.connected("ticket", "t0")  # t0 keeps a page on the survivor: never told
+    await stopping.stop()
+    assert most_in_flight > 1  # side by side
+    assert sorted(told) == sorted(("ticket", f"t{k}") for k in range(1, 40))
+    assert "stopping" not in await _all_nodes(survivor)  # left the registry last
+
+    # again, cut off after the first chunk
+    told.clear()
+    again = make_node("again")
+    again.on_connections_dropped(listener)
+    await again.start()
+    for k in range(40, 80):
+        await again.connected("ticket", f"t{k}")
+    block_after = 8
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(again.stop(), 3.0)
+    assert 8 <= len(told) < 40
+    assert "again" in await _all_nodes(survivor)  # still registered, with an old heartbeat
+    await asyncio.sleep(FAST["dead_after"] * 1.5)
+    await survivor.beat()
+    assert await survivor.reap() == ["again"]
+    assert sorted(set(told)) == sorted(("ticket", f"t{k}") for k in range(40, 80))  # every one told
+    assert await survivor.connections("ticket", "t79") == 0
+
+
+async def _all_nodes(node: RedisCluster) -> list[str]:
+    return list(await node._resp.call("ZRANGE", node._nodes, 0, -1))

@@ -97,6 +97,9 @@ class Signaling:
         self._clerk_sockets: Counter[str] = Counter()
         self._clerks: dict[str, Clerk] = {}
         self._closing = False
+        self._stopping_settled = False
+        """Stopping on a cluster that settles at its stop: pages and dashboards closing here leave their
+        bookkeeping (grace periods, going offline) to ``Cluster.stop``, which does it for all at once."""
         self._connectivity: dict[str, dict[str, float | None]] = {}
         """Per department: tickets whose page connected or disconnected since the last ``connectivity``
         message, with their ``disconnected_at`` (None: connected again)."""
@@ -238,6 +241,8 @@ class Signaling:
         self._citizen_sockets[ticket_id] -= 1
         if self._citizen_sockets[ticket_id] <= 0:
             del self._citizen_sockets[ticket_id]
+        if self._stopping_settled:
+            return
         try:
             if await self.cluster.disconnected("ticket", ticket_id) <= 0:
                 await self._no_page_left(ticket_id)
@@ -280,6 +285,8 @@ class Signaling:
         if self._clerk_sockets[username] <= 0:
             del self._clerk_sockets[username]
             self._clerks.pop(username, None)
+        if self._stopping_settled:
+            return
         if await self.cluster.disconnected("clerk", username) <= 0 and clerk is not None:
             await self.room.set_presence(clerk, Presence.OFFLINE)
 
@@ -562,6 +569,10 @@ class Signaling:
         ``retry_after`` hint and is disconnected at once, instead of noticing after its ping timeout.
         Only this node's sockets are told: with Redis, other nodes' pages stay."""
         self._closing = True  # queue events of the disconnects below are not broadcast
+        # With several nodes the cluster's stop, which follows, drops this node's counts and starts the grace
+        # periods of tickets left with no page anywhere, side by side: page by page here, a node with 10,000
+        # pages on Redis overran the stop's deadline. (One node: the bookkeeping is in memory and quick.)
+        self._stopping_settled = self.cluster.settles_on_stop
         if self.media is not None:
             tickets = self.media.tickets()
             for ticket_id in sorted(tickets):
