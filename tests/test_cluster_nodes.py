@@ -259,3 +259,42 @@ async def test_a_page_connecting_to_a_node_gets_another_node_s_latest_broadcast_
         await watcher.close()
         if late is not None:
             await late.close()
+
+
+async def test_a_node_stopped_with_sigterm_settles_its_pages_at_once(start_nodes, shared, redis_prefix):
+    """SIGTERM: the stopping node leaves its pages' bookkeeping to its cluster stop (all at once, not page by
+    page): before the node exits, a ticket whose only page was there has started its grace period and the
+    counts it held are gone; a ticket with a page on another node stays connected."""
+    import signal
+
+    store, auth, raw = shared
+    a, b = start_nodes(2)
+    await auth.add_staff("anna", "Anna", PASSWORD, ["buergerbuero"])
+    await auth.add_staff("ben", "Ben", PASSWORD, ["buergerbuero"])
+    only_on_a, on_both = await join(a.url), await join(b.url)
+    clerk = await staff_socket(b.url, "anna", PASSWORD)
+    pages: list[Recorder] = [await staff_socket(a.url, "ben", PASSWORD)]
+    try:
+        await clerk.wait_for("presence", lambda m: m["username"] == "ben" and m["status"] == "available")
+        lonely = only_on_a["ticket"]["id"]
+        pages.append(await citizen_socket(a.url, only_on_a["token"]))
+        pages.append(await citizen_socket(a.url, on_both["token"]))
+        pages.append(await citizen_socket(b.url, on_both["token"]))
+        await wait_for_counts(raw, redis_prefix, on_both["ticket"]["id"], {a.proc.pid: 1, b.proc.pid: 1})
+        await wait_for_counts(raw, redis_prefix, lonely, {a.proc.pid: 1})
+
+        a.proc.send_signal(signal.SIGTERM)
+        assert a.proc.wait(15) == 0
+        ticket = await store.get_ticket(lonely)  # settled by the stop itself, not 5 s later by a survivor
+        assert ticket is not None and ticket.disconnected_at is not None and ticket.state.value == "waiting"
+        both = await store.get_ticket(on_both["ticket"]["id"])
+        assert both is not None and both.disconnected_at is None  # its page on b still counts
+        assert await counted_on(raw, redis_prefix, on_both["ticket"]["id"]) == {b.proc.pid: 1}
+        assert await counted_on(raw, redis_prefix, lonely) == {}
+        assert await raw.hgetall(f"{redis_prefix}conn:clerk:ben") == {}  # ben's only dashboard: gone
+        log = a.log.read_text("utf-8", "replace")
+        assert "sockets told and disconnected (0 failed)" in log and "exiting now" not in log
+        assert "taken for dead" not in b.log.read_text("utf-8", "replace")  # a clean stop is not a death
+    finally:
+        for socket in (*pages, clerk):
+            await socket.close()
