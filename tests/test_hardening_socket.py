@@ -40,6 +40,23 @@ async def open_websocket(http: aiohttp.ClientSession, url: str) -> tuple[aiohttp
     return ws, json.loads(opened[1:])["sid"]
 
 
+async def packet_starting(ws: aiohttp.ClientWebSocketResponse, prefix: str) -> str:
+    """The next engine.io packet that starts with ``prefix`` (others skipped); fails if the server closes."""
+    while True:
+        packet = await asyncio.wait_for(next_engineio_packet(ws), WAIT)
+        assert packet is not None, f"the server closed the websocket before a packet {prefix!r}"
+        if packet.startswith(prefix):
+            return packet
+
+
+async def citizen_page(http: aiohttp.ClientSession, url: str, token: str) -> aiohttp.ClientWebSocketResponse:
+    """A websocket connected to socket.io as the ticket's page."""
+    ws, _ = await open_websocket(http, url)
+    await ws.send_str("40" + json.dumps({"token": token}))
+    await packet_starting(ws, "40")
+    return ws
+
+
 async def until_closed(ws: aiohttp.ClientWebSocketResponse) -> list[str]:
     """Every engine.io packet up to the server's close of the websocket."""
     packets = []
@@ -211,18 +228,13 @@ async def test_a_message_nested_too_deeply_gets_a_clear_error(live_server):
     page stays connected."""
     joined = await join(live_server.url)
     async with aiohttp.ClientSession() as http:
-        ws, _ = await open_websocket(http, live_server.url)
-        await ws.send_str("40" + json.dumps({"token": joined["token"]}))
-        while not (await asyncio.wait_for(next_engineio_packet(ws), WAIT) or "").startswith("40"):
-            pass
+        ws = await citizen_page(http, live_server.url, joined["token"])
         depth = 5000
         await ws.send_str('427["leave",' + "[" * depth + "]" * depth + "]")
-        while not (answer := await asyncio.wait_for(next_engineio_packet(ws), WAIT) or "").startswith("437"):
-            pass
+        answer = await packet_starting(ws, "437")
         assert json.loads(answer[3:])[0]["error"]["code"] == "invalid_input"
         await ws.send_str('428["subscribe",{}]')  # still connected, still served
-        while not (ack := await asyncio.wait_for(next_engineio_packet(ws), WAIT) or "").startswith("438"):
-            pass
+        ack = await packet_starting(ws, "438")
         assert json.loads(ack[3:])[0]["ok"] is True
         await ws.close()
     ticket = await live_server.room.store.get_ticket(joined["ticket"]["id"])
@@ -234,17 +246,12 @@ async def test_a_message_with_text_that_is_not_unicode_gets_a_clear_error(live_s
     ``invalid_input``; nothing of it reaches the store and the page stays served."""
     joined = await join(live_server.url)
     async with aiohttp.ClientSession() as http:
-        ws, _ = await open_websocket(http, live_server.url)
-        await ws.send_str("40" + json.dumps({"token": joined["token"]}))
-        while not (await asyncio.wait_for(next_engineio_packet(ws), WAIT) or "").startswith("40"):
-            pass
+        ws = await citizen_page(http, live_server.url, joined["token"])
         await ws.send_str('427["leave",{"reason":"\\ud800"}]')
-        while not (answer := await asyncio.wait_for(next_engineio_packet(ws), WAIT) or "").startswith("437"):
-            pass
+        answer = await packet_starting(ws, "437")
         assert json.loads(answer[3:])[0]["error"]["code"] == "invalid_input"
         await ws.send_str('428["subscribe",{}]')
-        while not (ack := await asyncio.wait_for(next_engineio_packet(ws), WAIT) or "").startswith("438"):
-            pass
+        ack = await packet_starting(ws, "438")
         assert json.loads(ack[3:])[0]["ok"] is True
         await ws.close()
     ticket = await live_server.room.store.get_ticket(joined["ticket"]["id"])
