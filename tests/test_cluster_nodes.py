@@ -5,11 +5,13 @@ dashboard was on it offline, while a clerk on the surviving node sees both."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -165,8 +167,22 @@ async def test_a_page_closing_on_one_node_leaves_the_citizen_connected_while_ano
             await socket.close()
 
 
-async def test_a_killed_node_s_citizens_start_their_grace_period_on_a_survivor(start_nodes, shared, redis_prefix):
-    store, auth, raw = shared
+@dataclass
+class Scene:
+    """Two nodes: ``lonely``'s only page and ben's only dashboard on a; ``on_both`` with a page on each;
+    anna's dashboard (``clerk``) on b."""
+
+    a: Node
+    b: Node
+    clerk: Recorder
+    pages: list[Recorder]
+    lonely: str
+    on_both: str
+
+
+@contextlib.asynccontextmanager
+async def pages_on_two_nodes(start_nodes: Any, shared: Any, prefix: str) -> AsyncIterator[Scene]:
+    _store, auth, raw = shared
     a, b = start_nodes(2)
     await auth.add_staff("anna", "Anna", PASSWORD, ["buergerbuero"])
     await auth.add_staff("ben", "Ben", PASSWORD, ["buergerbuero"])
@@ -178,10 +194,18 @@ async def test_a_killed_node_s_citizens_start_their_grace_period_on_a_survivor(s
         pages.append(await citizen_socket(a.url, only_on_a["token"]))
         pages.append(await citizen_socket(a.url, on_both["token"]))
         pages.append(await citizen_socket(b.url, on_both["token"]))
-        await wait_for_counts(raw, redis_prefix, on_both["ticket"]["id"], {a.proc.pid: 1, b.proc.pid: 1})
-        lonely = only_on_a["ticket"]["id"]
-        await wait_for_counts(raw, redis_prefix, lonely, {a.proc.pid: 1})
+        await wait_for_counts(raw, prefix, on_both["ticket"]["id"], {a.proc.pid: 1, b.proc.pid: 1})
+        await wait_for_counts(raw, prefix, only_on_a["ticket"]["id"], {a.proc.pid: 1})
+        yield Scene(a, b, clerk, pages, only_on_a["ticket"]["id"], on_both["ticket"]["id"])
+    finally:
+        for socket in (*pages, clerk):
+            await socket.close()
 
+
+async def test_a_killed_node_s_citizens_start_their_grace_period_on_a_survivor(start_nodes, shared, redis_prefix):
+    store, _auth, raw = shared
+    async with pages_on_two_nodes(start_nodes, shared, redis_prefix) as scene:
+        a, b, clerk, lonely = scene.a, scene.b, scene.clerk, scene.lonely
         a.kill()  # no goodbye: only the missing heartbeat tells
         update = await clerk.wait_for("connectivity", lambda m: (m["tickets"].get(lonely) or 0) > 0,
                                       timeout=NOTICED_WITHIN)
@@ -190,9 +214,9 @@ async def test_a_killed_node_s_citizens_start_their_grace_period_on_a_survivor(s
         assert ticket is not None and ticket.disconnected_at is not None and ticket.state.value == "waiting"
         # ben's only dashboard was on a: offline now (not only when his presence lapses, 90 s later)
         await clerk.wait_for("presence", lambda m: m["username"] == "ben" and m["status"] == "offline")
-        both = await store.get_ticket(on_both["ticket"]["id"])
+        both = await store.get_ticket(scene.on_both)
         assert both is not None and both.disconnected_at is None  # its page on b still counts
-        assert await counted_on(raw, redis_prefix, on_both["ticket"]["id"]) == {b.proc.pid: 1}
+        assert await counted_on(raw, redis_prefix, scene.on_both) == {b.proc.pid: 1}
 
         # the grace period runs out as after any disconnect: the ticket expires, the clerk is told
         expired = await clerk.wait_for("ticket", lambda m: m["ticket"]["id"] == lonely and m["kind"] == "expired",
@@ -200,9 +224,6 @@ async def test_a_killed_node_s_citizens_start_their_grace_period_on_a_survivor(s
         assert expired["ticket"]["state"] == "expired"
         assert b.proc.poll() is None
         assert "stopped heartbeating: taken for dead" in b.log.read_text("utf-8", "replace")
-    finally:
-        for socket in (*pages, clerk):
-            await socket.close()
 
 
 async def test_a_page_connecting_to_another_node_than_its_check_in_gets_a_queue_update_that_lists_it(
@@ -265,36 +286,18 @@ async def test_a_node_stopped_with_sigterm_settles_its_pages_at_once(start_nodes
     """SIGTERM: the stopping node leaves its pages' bookkeeping to its cluster stop (all at once, not page by
     page): before the node exits, a ticket whose only page was there has started its grace period and the
     counts it held are gone; a ticket with a page on another node stays connected."""
-    import signal
-
-    store, auth, raw = shared
-    a, b = start_nodes(2)
-    await auth.add_staff("anna", "Anna", PASSWORD, ["buergerbuero"])
-    await auth.add_staff("ben", "Ben", PASSWORD, ["buergerbuero"])
-    only_on_a, on_both = await join(a.url), await join(b.url)
-    clerk = await staff_socket(b.url, "anna", PASSWORD)
-    pages: list[Recorder] = [await staff_socket(a.url, "ben", PASSWORD)]
-    try:
-        await clerk.wait_for("presence", lambda m: m["username"] == "ben" and m["status"] == "available")
-        lonely = only_on_a["ticket"]["id"]
-        pages.append(await citizen_socket(a.url, only_on_a["token"]))
-        pages.append(await citizen_socket(a.url, on_both["token"]))
-        pages.append(await citizen_socket(b.url, on_both["token"]))
-        await wait_for_counts(raw, redis_prefix, on_both["ticket"]["id"], {a.proc.pid: 1, b.proc.pid: 1})
-        await wait_for_counts(raw, redis_prefix, lonely, {a.proc.pid: 1})
-
+    store, _auth, raw = shared
+    async with pages_on_two_nodes(start_nodes, shared, redis_prefix) as scene:
+        a, b, lonely = scene.a, scene.b, scene.lonely
         a.proc.send_signal(signal.SIGTERM)
         assert a.proc.wait(15) == 0
         ticket = await store.get_ticket(lonely)  # settled by the stop itself, not 5 s later by a survivor
         assert ticket is not None and ticket.disconnected_at is not None and ticket.state.value == "waiting"
-        both = await store.get_ticket(on_both["ticket"]["id"])
+        both = await store.get_ticket(scene.on_both)
         assert both is not None and both.disconnected_at is None  # its page on b still counts
-        assert await counted_on(raw, redis_prefix, on_both["ticket"]["id"]) == {b.proc.pid: 1}
+        assert await counted_on(raw, redis_prefix, scene.on_both) == {b.proc.pid: 1}
         assert await counted_on(raw, redis_prefix, lonely) == {}
         assert await raw.hgetall(f"{redis_prefix}conn:clerk:ben") == {}  # ben's only dashboard: gone
         log = a.log.read_text("utf-8", "replace")
         assert "sockets told and disconnected (0 failed)" in log and "exiting now" not in log
         assert "taken for dead" not in b.log.read_text("utf-8", "replace")  # a clean stop is not a death
-    finally:
-        for socket in (*pages, clerk):
-            await socket.close()
