@@ -7,7 +7,6 @@ The server sends the updates here itself, to the page's own room, as a node does
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,21 +14,13 @@ from playwright.async_api import Browser, expect
 
 from server.app import SIGNALING
 from server.queue.model import JoinRequest
-from tests.test_browser import CHROMIUM_ARGS, Problems, check_in, launched, new_page
+from tests import test_browser
+from tests.test_browser import Problems, check_in, new_page
 
 pytestmark = pytest.mark.browser
 
-
-@pytest.fixture
-async def browser(live_server) -> AsyncIterator[Browser]:
-    # After live_server, so that the browser closes its sockets first (as in test_browser).
-    async with launched(CHROMIUM_ARGS) as browser:
-        yield browser
-
-
-@pytest.fixture
-def problems() -> Problems:
-    return Problems()
+browser = test_browser.browser  # the same fixtures: the browser goes before live_server at teardown
+problems = test_browser.problems
 
 
 def with_seqs(update: dict[str, Any], seqs: list[int], t: float) -> dict[str, Any]:
