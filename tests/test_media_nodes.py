@@ -6,6 +6,7 @@ the pages offer again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -267,10 +269,11 @@ class Node:
     def output(self) -> str:
         return self.log.read_text("utf-8")[-4000:]
 
-    def add_staff(self, username: str) -> None:
+    def add_staff(self, username: str, *options: str) -> None:
+        """``sprechstunde staff add`` with ``options`` (``--name``, ``--roles``, ...); staff live in Redis."""
         added = subprocess.run([sys.executable, "-m", "server.cli", "--config", str(self.config), "staff", "add",
-                                username, "--password-stdin"], input=PASSWORD + "\n", capture_output=True,
-                               text=True, timeout=60, cwd=ROOT, env=self.env)
+                                username, *options, "--password-stdin"], input=PASSWORD + "\n",
+                               capture_output=True, text=True, timeout=60, cwd=ROOT, env=self.env)
         assert added.returncode == 0, added.stderr
 
     def stop(self) -> None:
@@ -283,14 +286,16 @@ class Node:
                 self.proc.wait(timeout=15)
 
 
-@pytest.fixture
-def two_nodes(tmp_path, redis_url):
+@contextlib.contextmanager
+def node_pair(tmp_path: Path, redis_url: str, add_staff: Callable[[Node], None]) -> Iterator[tuple[Node, Node]]:
+    """Two nodes on one Redis under a fresh prefix; ``add_staff(a)`` runs while they start (staff live in
+    Redis: both nodes know them). Stopped and their keys removed afterwards."""
     prefix = f"sps-test-{uuid.uuid4().hex}:"
     a, b = Node(tmp_path, "a", redis_url, prefix), Node(tmp_path, "b", redis_url, prefix)
     for node in (a, b):
         node.start()
     try:
-        a.add_staff("anna")  # while they start; staff live in Redis: both nodes know her
+        add_staff(a)
         for node in (a, b):
             node.wait_healthy()
         yield a, b
@@ -298,6 +303,12 @@ def two_nodes(tmp_path, redis_url):
         for node in (a, b):
             node.stop()
         delete_prefix(redis_url, prefix)
+
+
+@pytest.fixture
+def two_nodes(tmp_path, redis_url):
+    with node_pair(tmp_path, redis_url, lambda a: a.add_staff("anna")) as pair:
+        yield pair
 
 
 async def offer(socket: Recorder, peer: Client, **extra: Any) -> dict[str, Any]:

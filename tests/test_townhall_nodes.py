@@ -5,10 +5,7 @@ the publisher)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,39 +13,22 @@ import aiohttp
 import pytest
 
 from .media.peers import Client, consecutive, wait_for
-from .redis_fixtures import delete_prefix
 from .socket_clients import Recorder, staff_socket
-from .test_media_nodes import PASSWORD, ROOT, Node
+from .test_media_nodes import PASSWORD, Node, node_pair
 from .test_townhall_signaling import audience_socket, iso
 
 pytestmark = pytest.mark.redis
 
 
-class TownNode(Node):
-    def add_person(self, username: str, name: str, roles: str) -> None:
-        added = subprocess.run([sys.executable, "-m", "server.cli", "--config", str(self.config), "staff", "add",
-                                username, "--name", name, "--roles", roles, "--password-stdin"],
-                               input=PASSWORD + "\n", capture_output=True, text=True, timeout=60, cwd=ROOT,
-                               env=self.env)
-        assert added.returncode == 0, added.stderr
+def add_town_hall_staff(a: Node) -> None:
+    a.add_staff("mona", "--name", "Mona Moderation", "--roles", "moderator")
+    a.add_staff("paul", "--name", "Paul Politik", "--roles", "clerk")
 
 
 @pytest.fixture
 def two_nodes(tmp_path: Path, redis_url: str) -> Any:
-    prefix = f"sps-test-{uuid.uuid4().hex}:"
-    a, b = TownNode(tmp_path, "a", redis_url, prefix), TownNode(tmp_path, "b", redis_url, prefix)
-    for node in (a, b):
-        node.start()
-    try:
-        a.add_person("mona", "Mona Moderation", "moderator")  # staff live in Redis: both nodes know them
-        a.add_person("paul", "Paul Politik", "clerk")
-        for node in (a, b):
-            node.wait_healthy()
-        yield a, b
-    finally:
-        for node in (a, b):
-            node.stop()
-        delete_prefix(redis_url, prefix)
+    with node_pair(tmp_path, redis_url, add_town_hall_staff) as pair:
+        yield pair
 
 
 async def create_live_event(url: str) -> str:
@@ -85,7 +65,7 @@ def showing(layout: dict[str, Any], participant: str) -> dict[str, Any] | None:
     return next((s for s in layout["slots"] if s["participant"] == participant), None)
 
 
-async def watch_on_b(b: TownNode, event: str, clients: list[Recorder], peers: list[Client],
+async def watch_on_b(b: Node, event: str, clients: list[Recorder], peers: list[Client],
                      name: str) -> tuple[Recorder, Client, dict[str, Any]]:
     """An audience member on node B offers as a viewer and gets the politician (publishing on node A)."""
     socket = await audience_on(b.url, event)
