@@ -92,12 +92,17 @@ async def test_a_viewer_on_node_b_watches_the_politician_publishing_on_node_a(tw
     paul = await staff_socket(a.url, "paul", PASSWORD)
     clients.extend([mona, paul])
 
-    first = await create_live_event(a.url)
-    assert (await mona.call("th_start", {"event": first}))["ok"]
-    politician = Client("paul", slots=1)
-    peers.append(politician)
-    assert (await stage_offer(paul, politician, event=first))["role"] == "publisher"
-    socket, _, slot = await watch_on_b(b, first, clients, peers, "viewer1")
+    async def live_on_a_watched_on_b(viewer: str) -> tuple[str, Recorder, dict[str, Any]]:
+        """A new event started on A with Paul publishing there, and a viewer of it on B."""
+        event = await create_live_event(a.url)
+        assert (await mona.call("th_start", {"event": event}))["ok"]
+        politician = Client("paul", slots=1)
+        peers.append(politician)
+        assert (await stage_offer(paul, politician, event=event))["role"] == "publisher"
+        socket, _, slot = await watch_on_b(b, event, clients, peers, viewer)
+        return event, socket, slot
+
+    first, socket, slot = await live_on_a_watched_on_b("viewer1")
     assert slot["name"] == "Paul Politik" and slot["role"] == "politician"  # labels travel with the relay
 
     # the event ends on node A: node B's viewer is told (th_media_end) within a round
@@ -106,12 +111,7 @@ async def test_a_viewer_on_node_b_watches_the_politician_publishing_on_node_a(tw
     await socket.wait_for("th_media_end", timeout=10)
     print(f"event ended on node A: node B's viewer told after {time.monotonic() - ended_at:.2f} s")
 
-    second = await create_live_event(a.url)
-    assert (await mona.call("th_start", {"event": second}))["ok"]
-    politician2 = Client("paul", slots=1)
-    peers.append(politician2)
-    assert (await stage_offer(paul, politician2, event=second))["role"] == "publisher"
-    socket, _, _ = await watch_on_b(b, second, clients, peers, "viewer2")
+    _second, socket, _ = await live_on_a_watched_on_b("viewer2")
 
     # node A dies: node B's viewer is told within seconds (the relay's connection closes with the process)
     seen = len(socket.events)
