@@ -53,9 +53,9 @@ class Recorder:
             await self.client.disconnect()
 
 
-async def citizen_socket(url: str, token: str) -> Recorder:
+async def citizen_socket(url: str, token: str, transport: str = "websocket") -> Recorder:
     r = Recorder()
-    await r.client.connect(url, auth={"token": token}, transports=["websocket"], wait_timeout=WAIT)
+    await r.client.connect(url, auth={"token": token}, transports=[transport], wait_timeout=WAIT)
     return r
 
 

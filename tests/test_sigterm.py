@@ -14,8 +14,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from server.cli import REQUESTS_SHARE
 from server.settings import ConfigError, load_settings
 
 from .app_fixtures import free_port, wait_until_healthy
@@ -134,6 +136,37 @@ async def test_sigterm_tells_sockets_at_once_refuses_new_work_and_exits_within_t
     assert code == 0, log.read_text("utf-8")[-3000:]
     assert exited_after < SHUTDOWN_SECONDS + 0.5, (exited_after, log.read_text("utf-8")[-3000:])
     print(f"told {told_after:.3f} s, disconnected {disconnected_after:.3f} s, exited {exited_after:.3f} s")
+
+
+async def test_sigterm_with_sockets_that_do_not_hang_up_exits_without_waiting_for_them(server):
+    """The stop does not wait for clients to close what the server ended: a dashboard and pages on the
+    websocket and on long-polling whose clients keep their engine.io session open after socket.io's
+    DISCONNECT (python-socketio's client does), and a bare engine.io websocket that never connected to
+    socket.io. Before, each such connection held aiohttp's stop for its requests' share of the deadline,
+    then again while it was cancelled."""
+    proc, port, log = server
+    url = f"http://127.0.0.1:{port}"
+    dashboard = await staff_socket(url, "anna", "a long password")
+    await dashboard.wait_for("dashboard")
+    pages = [await citizen_socket(url, (await join(url))["token"], transport) for transport in ("websocket", "polling")]
+    for page in pages:
+        await page.wait_for("ticket")
+    async with aiohttp.ClientSession() as http:
+        bare = await http.ws_connect(f"{url}/socket.io/?EIO=4&transport=websocket")
+        opened = await bare.receive_str(timeout=5)
+        assert opened.startswith("0{"), opened  # engine.io's open packet; no socket.io CONNECT follows
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, SHUTDOWN_SECONDS + 5)
+        exited_after = time.monotonic() - sent
+        await bare.close()
+    for told in (dashboard, *pages):
+        assert told.last("server_stopping") is not None
+    text = log.read_text("utf-8")
+    assert code == 0, text[-3000:]
+    assert exited_after < SHUTDOWN_SECONDS * REQUESTS_SHARE, (exited_after, text[-3000:])
+    assert "did not finish" not in text and "exiting now" not in text, text[-3000:]
+    assert text.rstrip().endswith("stopped"), text[-3000:]
 
 
 def test_shutdown_seconds_is_validated(tmp_path):

@@ -588,6 +588,12 @@ class Signaling:
         results = await asyncio.gather(*(self.sio.disconnect(sid) for sid in local), return_exceptions=True)
         failed = sum(1 for r in results if isinstance(r, BaseException))
         log.info("shutdown: %d sockets told and disconnected (%d failed)", len(local), failed)
+        # socket.io's DISCONNECT leaves the engine.io session (its websocket or long poll) open until the
+        # client closes it, and aiohttp's stop waits for each open request's handler (then cancels it and
+        # waits again): one page that did not hang up held the stop for two of those shares. Close them all
+        # here; a websocket's handler then ends with its close handshake.
+        sessions = list(self.sio.eio.sockets.values())
+        await asyncio.gather(*(engineio_ws.close_now(s) for s in sessions), return_exceptions=True)
         await self.sio.shutdown()
         if isinstance(self.sio.manager, ClosingRedisManager):
             await self.sio.manager.close()
