@@ -243,6 +243,11 @@ def create_app(settings: Settings, store: Store | None = None,
             log.warning("leaving the node registry at shutdown took too long; another node will finish it")
         except Exception:  # noqa: BLE001 - then the other nodes take this one for dead in a few seconds
             log.exception("leaving the node registry at shutdown failed")
+        # What the stop settled, to the other nodes' dashboards (several nodes); then the manager's Redis closes.
+        try:
+            await asyncio.wait_for(signaling.finish_stop(), max(1.0, settings.shutdown_seconds * 0.1))
+        except Exception:  # noqa: BLE001 - they learn it with the tickets' next change or the presence's lapse
+            log.warning("telling the other nodes what the stop settled failed or took too long")
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(disconnect_sockets)

@@ -285,12 +285,18 @@ async def test_a_page_connecting_to_a_node_gets_another_node_s_latest_broadcast_
 async def test_a_node_stopped_with_sigterm_settles_its_pages_at_once(start_nodes, shared, redis_prefix):
     """SIGTERM: the stopping node leaves its pages' bookkeeping to its cluster stop (all at once, not page by
     page): before the node exits, a ticket whose only page was there has started its grace period and the
-    counts it held are gone; a ticket with a page on another node stays connected."""
+    counts it held are gone; a ticket with a page on another node stays connected. A dashboard on the other
+    node is told by the stopping node (it has no loop left to do it at the department's next slot): the
+    ticket's page is gone, and ben, whose only dashboard was there, is offline."""
     store, _auth, raw = shared
     async with pages_on_two_nodes(start_nodes, shared, redis_prefix) as scene:
-        a, b, lonely = scene.a, scene.b, scene.lonely
+        a, b, lonely, clerk = scene.a, scene.b, scene.lonely, scene.clerk
         a.proc.send_signal(signal.SIGTERM)
         assert a.proc.wait(15) == 0
+        # Already sent when a exited; the wait covers only the way through Redis and b.
+        update = await clerk.wait_for("connectivity", lambda m: (m["tickets"].get(lonely) or 0) > 0, timeout=5)
+        assert update["department"] == "buergerbuero" and update["tickets"].get(scene.on_both) is None
+        await clerk.wait_for("presence", lambda m: m["username"] == "ben" and m["status"] == "offline", timeout=5)
         ticket = await store.get_ticket(lonely)  # settled by the stop itself, not 5 s later by a survivor
         assert ticket is not None and ticket.disconnected_at is not None and ticket.state.value == "waiting"
         both = await store.get_ticket(scene.on_both)
@@ -299,5 +305,6 @@ async def test_a_node_stopped_with_sigterm_settles_its_pages_at_once(start_nodes
         assert await counted_on(raw, redis_prefix, lonely) == {}
         assert await raw.hgetall(f"{redis_prefix}conn:clerk:ben") == {}  # ben's only dashboard: gone
         log = a.log.read_text("utf-8", "replace")
-        assert "sockets told and disconnected (0 failed)" in log and "exiting now" not in log
+        assert "sockets told and disconnected (0 failed)" in log and "did not finish" not in log
+        assert "exiting now" not in log and "failed or took too long" not in log
         assert "taken for dead" not in b.log.read_text("utf-8", "replace")  # a clean stop is not a death

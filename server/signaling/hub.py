@@ -97,6 +97,9 @@ class Signaling:
         self._clerk_sockets: Counter[str] = Counter()
         self._clerks: dict[str, Clerk] = {}
         self._closing = False
+        self._others_hear = isinstance(manager, ClosingRedisManager)
+        """Emits reach other nodes' sockets too: what changes while this node stops (a grace period starting,
+        a clerk going offline, a request still running) is still told, to theirs (``finish_stop``)."""
         self._stopping_settled = False
         """Stopping on a cluster that settles at its stop: pages and dashboards closing here leave their
         bookkeeping (grace periods, going offline) to ``Cluster.stop``, which does it for all at once."""
@@ -380,7 +383,7 @@ class Signaling:
 
     # -- events from the service --
     async def _on_events(self, events: list[TicketEvent]) -> None:
-        if self._closing:  # disconnects during shutdown change state, but nobody is left to tell here
+        if self._closing and not self._others_hear:  # one node stopping: nobody is left to tell
             return
         for e in events:
             if e.kind in CONNECTIVITY:  # the dashboards hear of it with the department's next slot
@@ -397,7 +400,7 @@ class Signaling:
             )
             if e.kind in QUEUE_CHANGES:
                 self._dirty.update(e.departments)
-        if self.media is not None:
+        if self.media is not None and not self._closing:
             await self.media.on_events(events)  # the queue decides who is in which consultation
 
     async def _queue_update(self, department: str, seq: int | None = None) -> tuple[dict[str, Any], Any]:
@@ -449,7 +452,7 @@ class Signaling:
         self._remember_update(department, update, encoded, age=max(0.0, self.room.clock() - t))
 
     async def _on_presence(self, clerk: Clerk, presence: Presence) -> None:
-        if self._closing:
+        if self._closing and not self._others_hear:
             return
         await self.sio.emit(
             "presence",
@@ -490,9 +493,7 @@ class Signaling:
             for d in mine:
                 self._dirty.discard(d)
                 try:
-                    update, _ = self._remember_update(d, await self.room.queue_update(d))
-                    await self.sio.emit("queue", update, room=f"d:{d}")
-                    await self.sio.emit("load", (await self.room.load(d)).to_public(), room=f"s:{d}")
+                    await self._send_department(d)
                 except Exception as e:  # noqa: BLE001 - a failed broadcast must not end the loop
                     if stopping() or self._closing:
                         raise asyncio.CancelledError from None
@@ -504,12 +505,21 @@ class Signaling:
             pages += [d for d in self._connectivity if d not in configured]
             for d in pages:
                 try:
-                    await self.sio.emit("connectivity", {"department": d, "tickets": self._connectivity.pop(d)},
-                                        room=f"s:{d}")
+                    await self._send_connectivity(d)
                 except Exception:  # noqa: BLE001
                     if stopping():
                         raise asyncio.CancelledError from None
                     log.exception("connectivity broadcast failed")
+
+    async def _send_department(self, d: str) -> None:
+        """The department's queue update to its waiting pages, its load to its dashboards (every node's)."""
+        update, _ = self._remember_update(d, await self.room.queue_update(d))
+        await self.sio.emit("queue", update, room=f"d:{d}")
+        await self.sio.emit("load", (await self.room.load(d)).to_public(), room=f"s:{d}")
+
+    async def _send_connectivity(self, d: str) -> None:
+        """The tickets of the department whose pages came or went since the last time, to its dashboards."""
+        await self.sio.emit("connectivity", {"department": d, "tickets": self._connectivity.pop(d)}, room=f"s:{d}")
 
     async def _on_departments(self, changed: set[str], local: bool) -> None:
         """Departments were edited, closed or reopened (server/store/departments.py). Cached updates are
@@ -524,9 +534,7 @@ class Signaling:
             if not local:
                 continue
             try:
-                update, _ = self._remember_update(d, await self.room.queue_update(d))
-                await self.sio.emit("queue", update, room=f"d:{d}")
-                await self.sio.emit("load", (await self.room.load(d)).to_public(), room=f"s:{d}")
+                await self._send_department(d)
             except Exception as e:  # noqa: BLE001 - the change stands; the loop's next slot tries again
                 self._dirty.add(d)
                 if not is_store_unavailable(e):
@@ -594,6 +602,30 @@ class Signaling:
         # here; a websocket's handler then ends with its close handshake.
         sessions = list(self.sio.eio.sockets.values())
         await asyncio.gather(*(engineio_ws.close_now(s) for s in sessions), return_exceptions=True)
-        await self.sio.shutdown()
-        if isinstance(self.sio.manager, ClosingRedisManager):
-            await self.sio.manager.close()
+        await self.sio.shutdown()  # several nodes: the Redis manager stays open for ``finish_stop``
+
+    async def finish_stop(self) -> None:
+        """After the cluster's stop (several nodes): tell the other nodes' dashboards and pages what this
+        node's stop settled (grace periods started, clerks offline: the events arrived while ``_closing``)
+        and what changed since, each department's once, then close the Redis manager. A survivor reaping a
+        killed node tells them through its own loop; a stopping node has no loop left."""
+        if not self._others_hear:
+            return
+        try:
+            for d in sorted(self._dirty):
+                self._dirty.discard(d)
+                await self._guarded_send(self._send_department, d)
+            for d in sorted(self._connectivity):
+                await self._guarded_send(self._send_connectivity, d)
+        finally:
+            manager = self.sio.manager
+            assert isinstance(manager, ClosingRedisManager)
+            await manager.close()
+
+    @staticmethod
+    async def _guarded_send(send: Callable[[str], Awaitable[None]], department: str) -> None:
+        try:
+            await send(department)
+        except Exception as e:  # noqa: BLE001 - the other departments still go; the others' loops follow up
+            if not is_store_unavailable(e):
+                log.exception("telling the other nodes at the stop failed")
