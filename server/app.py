@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from .appointments.service import AppointmentService
-from .audit import AuditLog
+from .audit import TICKET_ACTIONS, AuditLog
 from .cluster import CLUSTER, make_cluster
 from .errors import json_errors
 from .http import admin as admin_routes
@@ -33,6 +33,7 @@ from .signaling import Signaling
 from .signaling.media import MediaSignaling
 from .signaling.recording import RecordingSignaling
 from .signaling.townhall import TownHallSignaling
+from .stats.log import KINDS as STATS_KINDS
 from .store.appointments import AppointmentStore, make_appointment_store
 from .store.audit import AuditStore, make_audit_store
 from .store.base import Store
@@ -142,7 +143,7 @@ def create_app(settings: Settings, store: Store | None = None,
         audit_store or make_audit_store(settings.redis_url, settings.redis_prefix, settings.data_dir),
         settings.audit_retention_days,
     )
-    room.on_events(audit.on_ticket_events)
+    room.on_events(audit.on_ticket_events, frozenset(TICKET_ACTIONS))
     recordings.on_access = audit.on_recording_access
     app[AUDIT] = audit
     stats = StatsRecorder(
@@ -150,7 +151,7 @@ def create_app(settings: Settings, store: Store | None = None,
         or make_eventlog_store(settings.redis_url, settings.redis_prefix, settings.data_dir, settings.tz),
         room, settings.stats_retention_days,
     )
-    room.on_events(stats.on_events)  # statistics without personal data (server/stats/)
+    room.on_events(stats.on_events, STATS_KINDS)  # statistics without personal data (server/stats/)
     room.on_presence(stats.on_presence)
     app[STATS] = stats
     auth.audit = audit

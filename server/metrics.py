@@ -81,7 +81,7 @@ class Metrics:
         self.registry.register(_Collector(self))
         self._snapshot = StoreSnapshot(None, True, {}, {})
         self._lock = asyncio.Lock()
-        room.on_events(self._on_events)
+        room.on_events(self._on_events, frozenset({"called"}))
 
     # -- events --
     async def _on_events(self, events: list[TicketEvent]) -> None:

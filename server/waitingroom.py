@@ -125,7 +125,7 @@ class WaitingRoom:
         self.directory = directory or DepartmentDirectory(None, settings.departments)
         """The live department directory (server/store/departments.py): edited at /admin, the same on every
         node; without a store (unit tests) it holds the configured departments."""
-        self._listeners: list[Listener] = []
+        self._listeners: list[tuple[Listener, frozenset[str] | None]] = []
         self._presence_listeners: list[PresenceListener] = []
         self._opening_cache: dict[str, tuple[Department, int, tuple[bool, datetime | None, str | None]]] = {}
         """Per department: ``opening`` as of one minute (``_opening_this_minute``)."""
@@ -147,8 +147,11 @@ class WaitingRoom:
         return self._live[name]
 
     # -- wiring --
-    def on_events(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+    def on_events(self, listener: Listener, kinds: frozenset[str] | None = None) -> None:
+        """``listener`` hears every batch of events, or with ``kinds`` only batches with one of those: a
+        page connecting or leaving (``CONNECTIVITY``) then costs no call to the audit, statistics or
+        metrics (a reconnect storm is thousands of them)."""
+        self._listeners.append((listener, kinds))
 
     def on_presence(self, listener: PresenceListener) -> None:
         self._presence_listeners.append(listener)
@@ -162,17 +165,19 @@ class WaitingRoom:
             prev = e.previous_state.value if e.previous_state else "-"
             log.log(logging.DEBUG if e.kind in CONNECTIVITY else logging.INFO, "ticket %s %s: %s -> %s (%s)",
                     e.ticket.id, e.kind, prev, e.ticket.state.value, e.ticket.department)
-        if not events or not self._listeners:
+        happened = {e.kind for e in events}
+        listeners = [listener for listener, kinds in self._listeners if kinds is None or not happened.isdisjoint(kinds)]
+        if not events or not listeners:
             if alongside is not None:
                 await alongside
             return
         # The first listener (the pages: a called citizen hears of it at once) runs here; the others (audit,
         # statistics, metrics) alongside it, so that their round trips to the store do not add up.
-        others = [asyncio.ensure_future(self._tell(listener, events)) for listener in self._listeners[1:]]
+        others = [asyncio.ensure_future(self._tell(listener, events)) for listener in listeners[1:]]
         if alongside is not None:
             others.append(asyncio.ensure_future(alongside))
         try:
-            await self._tell(self._listeners[0], events)
+            await self._tell(listeners[0], events)
         finally:
             if others:
                 await asyncio.gather(*others)

@@ -121,6 +121,29 @@ async def test_a_failing_listener_neither_fails_the_command_nor_silences_the_oth
     assert "a listener of queue events failed" in caplog.text
 
 
+async def test_a_listener_with_kinds_hears_only_batches_with_one_of_them(room):
+    """The audit, statistics and metrics listen to a few kinds: a page coming and going (thousands in a
+    reconnect storm) costs them nothing, the pages' listener hears everything."""
+    everything: list[str] = []
+    called: list[list[str]] = []
+
+    async def pages(events):
+        everything.extend(e.kind for e in events)
+
+    async def calls(events):
+        called.append([e.kind for e in events])
+
+    room.on_events(pages)
+    room.on_events(calls, frozenset({"called"}))
+    await room.set_presence(ANNA, Presence.AVAILABLE)
+    ticket, _ = await room.join("buergerbuero", JoinRequest(consent=True), "10.0.0.1")
+    await room.citizen_connected(ticket.id)
+    await room.citizen_disconnected(ticket.id)
+    await room.call_next(ANNA, "buergerbuero")
+    assert everything == ["joined", "reconnected", "disconnected", "called"]
+    assert called == [["called"]]
+
+
 async def test_a_failing_presence_listener_does_not_fail_the_presence_change(room, caplog):
     async def broken(clerk, presence):
         raise RuntimeError("listener down")

@@ -30,6 +30,8 @@ import struct
 from collections import Counter
 from typing import Any
 
+from engineio import exceptions as eio_exceptions
+from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as eio_aiohttp
 
 log = logging.getLogger("sprechstunde.signaling")
@@ -50,12 +52,16 @@ waits for the transport to drain."""
 class DirectWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
     """engine.io's aiohttp websocket, remembered on its engine.io socket, counting sends in progress."""
 
+    handler: Any
+
     def __init__(self, handler: Any, server: Any) -> None:
         super().__init__(handler, server)
         self.sending = 0
         self.owner = getattr(handler, "__self__", None)  # the engine.io socket whose _websocket_handler this is
         if self.owner is not None:
             self.owner.direct_ws = self
+            if not self.owner.connected:  # a session that starts on the websocket (an upgrade keeps engine.io's)
+                self.handler = self._session
 
     async def __call__(self, environ: dict[str, Any]) -> Any:
         try:
@@ -64,6 +70,7 @@ class DirectWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
             if getattr(self.owner, "direct_ws", None) is self:
                 self.owner.direct_ws = None
             self.owner = None
+            self.handler = None  # ws -> its bound _session -> ws, too
 
     async def close(self) -> None:
         """Close the websocket. When the page's connection has already ended (its close frame and its FIN
@@ -84,12 +91,65 @@ class DirectWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
         finally:
             self.sending -= 1
 
+    async def _session(self, ws: DirectWebSocket) -> None:
+        """engine.io's websocket handler (``AsyncSocket._websocket_handler``) for a session that starts on
+        the websocket, without a task and an ``asyncio.wait_for`` per received message: engine.io wraps each
+        wait in both (a workaround for an old asyncio bug), a cost per page in a reconnect storm.
+        ``asyncio.timeout`` gives the same deadline; otherwise as engine.io: the writer sends what the
+        socket queues (its ``poll``), a read error, a message over ``max_http_buffer_size`` or the page
+        leaving ends the session, a packet that fails is logged and the session goes on."""
+        socket = self.owner
+        assert socket is not None
+        socket.connected = socket.upgraded = True
+        server = socket.server
+        limit = server.ping_interval + server.ping_timeout
+        writer = asyncio.ensure_future(_send_queued(socket, ws))
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(limit):
+                        data = await ws.wait()
+                except Exception:  # noqa: BLE001 - silent too long, or the connection failed: as a close
+                    break
+                if data is None or len(data) > server.max_http_buffer_size:
+                    break
+                try:
+                    await socket.receive(eio_packet.Packet(encoded_packet=data))
+                except eio_exceptions.UnknownPacketError:
+                    pass
+                except eio_exceptions.SocketIsClosedError:
+                    break
+                except Exception:  # noqa: BLE001 - as engine.io: one bad packet does not end the session
+                    log.exception("engine.io: a received packet failed")
+        finally:
+            await socket.queue.put(None)  # the writer ends after what is queued
+            await writer
+            await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+
     async def wait(self) -> Any:
         """The next message, or None once the page has gone (engine.io then ends the socket as "closed by
         the client"). engine.io's driver raises OSError here instead: the exception, its traceback and
         the frames of two tasks form a cycle per closed page that only a full collection frees."""
         msg = await self._sock.receive()
         return msg.data if isinstance(msg.data, (str, bytes)) else None
+
+
+async def _send_queued(socket: Any, ws: DirectWebSocket) -> None:
+    """The session's writer, as engine.io's: what ``poll`` hands out goes to the websocket, in order;
+    nothing within the ping deadline, the close marker or a failed send ends it and closes the websocket."""
+    while True:
+        try:
+            packets = await socket.poll()
+        except eio_exceptions.QueueEmpty:
+            break
+        if not packets:
+            break
+        try:
+            for pkt in packets:
+                await ws.send(pkt.encode())
+        except Exception:  # noqa: BLE001 - the connection is gone: close below
+            break
+    await ws.close()
 
 
 def install(eio_server: Any) -> None:
