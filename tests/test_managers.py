@@ -279,3 +279,20 @@ async def test_nodes_hear_each_others_emits_and_not_their_own(redis_url: str, re
     finally:
         for node in nodes:
             await node.close()
+
+
+def test_encode_event_is_python_socketio_s_encoding_without_the_walk_for_bytes():
+    """``encode_event`` skips socket.io's walk over the data for bytes (6 % of the calling phase's CPU with
+    10,000 pages): JSON data gives python-socketio's own text packet, data with bytes its binary packet."""
+    import socketio
+    from socketio import packet
+
+    from server.signaling.managers import encode_event
+
+    sio = socketio.AsyncServer(async_mode="aiohttp")
+    update = {"d": "buergerbuero", "t": 1.5, "w": [1] * 300, "n": None, "note": "Grüße"}
+    for data in (update, None, ("a", 2), {"file": b"\x00\x01", "name": "x"}):
+        args = list(data) if isinstance(data, tuple) else ([] if data is None else [data])
+        expected = sio.packet_class(packet.EVENT, namespace="/", data=["queue", *args]).encode()
+        assert encode_event(sio, "queue", data) == expected
+    assert isinstance(encode_event(sio, "queue", {"file": b"\x00"}), list)  # binary: the packet and its attachment

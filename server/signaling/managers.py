@@ -115,7 +115,10 @@ class IndexedRoomsMixin:
 def encode_event(server: Any, event: str, data: Any, namespace: str = "/") -> Any:
     """The socket.io packet of one event, as python-socketio encodes it (a str; a list when binary)."""
     args = list(data) if isinstance(data, tuple) else ([] if data is None else [data])
-    return server.packet_class(packet.EVENT, namespace=namespace, data=[event, *args]).encode()
+    try:  # JSON only (all our events): not walked first for bytes, which took 6 % of the calling phase's CPU
+        return server.packet_class(packet.EVENT, namespace=namespace, data=[event, *args], binary=False).encode()
+    except TypeError:  # bytes in it (json cannot write them): socket.io's binary packet, as python-socketio does
+        return server.packet_class(packet.EVENT, namespace=namespace, data=[event, *args]).encode()
 
 
 async def broadcast(manager: Any, event: str, data: Any, namespace: str, room: Any, skip_sid: Any = None) -> None:
