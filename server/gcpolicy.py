@@ -94,13 +94,16 @@ def young_collection(late: bool = False) -> None:
     stops at 0: with pages closing while others connect, it said 0 while the young generation held
     100,000-290,000 objects, and scanning them stopped the loop for up to 100 ms (the tail of "call next"
     and of the storm at 10,000 pages). So the scan is skipped when the count is 0 (nothing allocated, or
-    unknown), above ``YOUNG_SCAN_LIMIT``, or when this collection is ``late`` (the loop was busy for more
-    than ``YOUNG_LATE`` past its due time: a burst, in which the young generation grows fastest)."""
+    unknown), when this collection is ``late`` (the loop was busy for more than ``YOUNG_LATE`` past its due
+    time: a burst, in which the young generation grows fastest), and when the count or the young
+    generation's real size is above ``YOUNG_SCAN_LIMIT`` (a small positive count can hide as many)."""
     global skipped_scans
     count = gc.get_count()[0]
     if late or not 0 < count <= YOUNG_SCAN_LIMIT:
         if count or late:  # (0 and on time: nothing was allocated, or nothing is known; not counted)
             skipped_scans += 1
+    elif len(gc.get_objects(0)) > YOUNG_SCAN_LIMIT:  # a small count can hide many: its real size decides
+        skipped_scans += 1  # (listing them costs about a fifth of scanning them)
     else:
         gc.collect(0)
     gc.freeze()

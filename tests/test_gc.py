@@ -212,8 +212,21 @@ def test_young_collection_does_not_trust_a_count_that_deaths_brought_to_zero_nor
         on_time = cycle()
         gcpolicy.young_collection()
         assert on_time() is None  # a few objects, on time: scanned, the cycle freed
+
+        # A small positive count over a large young generation: its size decides.
+        monkeypatch.setattr(gcpolicy, "YOUNG_SCAN_LIMIT", 1000)
+        old = [[i] for i in range(3000)]
+        gc.freeze()
+        many = [[i] for i in range(2990)]
+        crowded = cycle()
+        del old  # the count: 2,990 young objects + the cycle, minus 3,000 old ones... clamped, then a few
+        spare = [[i] for i in range(5)]  # ... allocated: a count of about 5 over some 3,000 young objects
+        assert 0 < gc.get_count()[0] <= 1000
+        gcpolicy.young_collection()
+        assert crowded() is not None and gcpolicy.skipped_scans == skipped + 2
+        del many, spare
         gcpolicy.full_collection()
-        assert hidden() is None and late() is None
+        assert hidden() is None and late() is None and crowded() is None
         del young
     finally:
         gc.unfreeze()

@@ -86,6 +86,23 @@ async def test_a_session_that_never_sends_connect_is_closed_at_the_deadline(live
     print(f"closed {waited:.2f} s after the open packet (deadline 0.5 s)")
 
 
+async def test_a_frame_that_is_no_engineio_packet_ends_the_session_without_a_traceback(live_server, clients, caplog):
+    """A connected page's websocket sends text that is no engine.io packet: the session ends at once (as
+    engine.io's own handler does), nothing is logged as an error (a client must not fill the log with
+    tracebacks), and other pages go on."""
+    joined = [await join(live_server.url) for _ in range(2)]
+    other = await citizen_socket(live_server.url, joined[1]["token"])
+    clients.append(other)
+    async with aiohttp.ClientSession() as http:
+        for garbage in ("", "x1"):
+            ws = await citizen_page(http, live_server.url, joined[0]["token"])
+            await ws.send_str(garbage)
+            async with asyncio.timeout(PROMPT):
+                await until_closed(ws)
+    assert not [r for r in caplog.records if r.levelno >= 40], caplog.text[-2000:]
+    assert (await other.call("subscribe"))["ok"]
+
+
 async def test_a_polling_session_that_never_sends_connect_is_closed_at_the_deadline(live_server, monkeypatch):
     monkeypatch.setattr(engineio_ws, "CONNECT_DEADLINE", 0.5)
     async with aiohttp.ClientSession() as http:

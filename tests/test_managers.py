@@ -281,6 +281,41 @@ async def test_nodes_hear_each_others_emits_and_not_their_own(redis_url: str, re
             await node.close()
 
 
+@pytest.mark.redis
+async def test_closing_a_manager_delivers_what_it_published_and_publishes_nothing_after(redis_url: str,
+                                                                                      redis_prefix: str) -> None:
+    """A stopping node's last updates (``Signaling.finish_stop``) are published right before the manager
+    closes: a publish is only queued when ``_publish`` returns, and closing the connection dropped what was
+    not written yet (always on a node whose listener never started). After the close an emit (a request
+    still running) publishes nothing and opens no connection."""
+    import redis.asyncio as redis_asyncio
+
+    channel = f"{redis_prefix}socketio"
+    listener = redis_asyncio.Redis.from_url(redis_url)
+    pubsub = listener.pubsub()
+    await pubsub.subscribe(channel)
+    node = ClosingRedisManager(redis_url, channel=channel)
+    node.set_server(socketio.AsyncServer(async_mode="aiohttp"))  # no listener task: never initialized
+    try:
+        for k in range(3):
+            await node._publish({"method": "emit", "event": f"last{k}", "host_id": node.host_id})
+        await node.close()
+        await node._publish({"method": "emit", "event": "after", "host_id": node.host_id})
+        assert node._publisher is None
+        heard: list[bytes] = []
+        async with asyncio.timeout(5):
+            while len(heard) < 3:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None:
+                    heard.append(message["data"])
+        assert [node.json.loads(m)["event"] for m in heard] == ["last0", "last1", "last2"]
+        assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3) is None
+    finally:
+        await node.close()
+        await pubsub.aclose()
+        await listener.aclose()
+
+
 def test_encode_event_is_python_socketio_s_encoding_without_the_walk_for_bytes():
     """``encode_event`` skips socket.io's walk over the data for bytes (6 % of the calling phase's CPU with
     10,000 pages): JSON data gives python-socketio's own text packet, data with bytes its binary packet."""

@@ -96,8 +96,9 @@ class DirectWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
         the websocket, without a task and an ``asyncio.wait_for`` per received message: engine.io wraps each
         wait in both (a workaround for an old asyncio bug), a cost per page in a reconnect storm.
         ``asyncio.timeout`` gives the same deadline; otherwise as engine.io: the writer sends what the
-        socket queues (its ``poll``), a read error, a message over ``max_http_buffer_size`` or the page
-        leaving ends the session, a packet that fails is logged and the session goes on."""
+        socket queues (its ``poll``), a read error, a message over ``max_http_buffer_size``, one that is no
+        engine.io packet or the page leaving ends the session, a packet that fails is logged and the
+        session goes on."""
         socket = self.owner
         assert socket is not None
         socket.connected = socket.upgraded = True
@@ -114,7 +115,12 @@ class DirectWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
                 if data is None or len(data) > server.max_http_buffer_size:
                     break
                 try:
-                    await socket.receive(eio_packet.Packet(encoded_packet=data))
+                    pkt = eio_packet.Packet(encoded_packet=data)
+                except ValueError:  # not an engine.io packet: the session ends, as engine.io's does (no traceback)
+                    log.debug("engine.io: an unreadable packet ended a session")
+                    break
+                try:
+                    await socket.receive(pkt)
                 except eio_exceptions.UnknownPacketError:
                     pass
                 except eio_exceptions.SocketIsClosedError:

@@ -36,6 +36,8 @@ from .engineio_ws import end_refused_session, text_frame, write_direct
 
 log = logging.getLogger("sprechstunde.signaling")
 
+CLOSE_FLUSH_SECONDS = 1.0
+"""How long closing the Redis manager waits for the publishes made before it (``ClosingRedisManager.close``)."""
 YIELD_EVERY = 128
 _sent = [0]
 delivered: Counter[str] = Counter()
@@ -190,6 +192,7 @@ class ClosingRedisManager(IndexedRoomsMixin, socketio.AsyncRedisManager):  # typ
         super().__init__(*args, **kwargs)
         self._clients: list[Any] = []
         self._publisher: RespClient | None = None
+        self._closed = False
         self.on_queue: Callable[[str, dict[str, Any], Any], None] | None = None
         """Told every department's ``queue`` update (room ``d:<department>``) that a node broadcast, this one
         included, with its encoded event: the signaling keeps the newest for pages connecting here
@@ -206,6 +209,8 @@ class ClosingRedisManager(IndexedRoomsMixin, socketio.AsyncRedisManager):  # typ
         emits three times). Publishes leave in the order of the emits, on one connection. As python-socketio
         does, a publish that fails is not the emitter's error (it was delivered here already): logged once
         per outage."""
+        if self._closed:  # an emit after the stop closed the manager (a request still running): not published
+            return
         if self._publisher is None:
             self._publisher = RespClient(self.redis_url)
         try:
@@ -251,6 +256,14 @@ class ClosingRedisManager(IndexedRoomsMixin, socketio.AsyncRedisManager):  # typ
         await super()._handle_emit(message)
 
     async def close(self) -> None:
+        """Stop listening and close every Redis connection. The publishes already made are delivered first:
+        they are only queued when ``_publish`` returns, and closing drops what is not written yet (a
+        stopping node's last updates, ``Signaling.finish_stop``); Redis answers in order, so a PING answered
+        means every earlier PUBLISH was handled."""
+        self._closed = True
+        if self._publisher is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._publisher.call("PING"), CLOSE_FLUSH_SECONDS)
         task = getattr(self, "thread", None)
         if isinstance(task, asyncio.Task):
             task.cancel()
