@@ -12,11 +12,14 @@ import re
 import socket
 import subprocess
 import sys
+import weakref
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from server import gcpolicy
 from server.settings import ConfigError, load_settings
 
 from .app_fixtures import free_port, wait_until_healthy
@@ -137,98 +140,84 @@ def test_full_gc_interval_must_be_positive(tmp_path):
         load_settings(config, env={})
 
 
-def test_young_collection_scans_a_few_objects_and_freezes_a_burst_unscanned(monkeypatch):
-    """Below YOUNG_SCAN_LIMIT young objects a young collection frees a fresh cycle; above it (a reconnect
-    storm's burst) it only freezes them, and the full collection frees the cycle later."""
-    import weakref
+class _Node:
+    pass
 
-    from server import gcpolicy
 
-    class Node:
-        pass
+def cycle() -> weakref.ref[_Node]:
+    """Two objects that only a collection frees; the weak reference tells whether one did."""
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a  # type: ignore[attr-defined]
+    return weakref.ref(a)
 
-    def cycle() -> weakref.ref[Node]:
-        a, b = Node(), Node()
-        a.other, b.other = b, a  # type: ignore[attr-defined]
-        return weakref.ref(a)
 
+@pytest.fixture
+def manual_gc() -> Iterator[None]:
+    """Automatic collection off, as in the server; frozen objects thawed and collection back on after."""
     enabled = gc.isenabled()
     gc.disable()
+    yield
+    gc.unfreeze()
+    if enabled:
+        gc.enable()
+
+
+def test_young_collection_scans_a_few_objects_and_freezes_a_burst_unscanned(monkeypatch, manual_gc):
+    """Below YOUNG_SCAN_LIMIT young objects a young collection frees a fresh cycle; above it (a reconnect
+    storm's burst) it only freezes them, and the full collection frees the cycle later."""
     monkeypatch.setattr(gcpolicy, "YOUNG_SCAN_LIMIT", 1000)
-    try:
-        gc.collect()
-        skipped = gcpolicy.skipped_scans
-        small = cycle()
-        gcpolicy.young_collection()
-        assert small() is None and gcpolicy.skipped_scans == skipped
+    gc.collect()
+    skipped = gcpolicy.skipped_scans
+    small = cycle()
+    gcpolicy.young_collection()
+    assert small() is None and gcpolicy.skipped_scans == skipped
 
-        burst = [[i] for i in range(5000)]
-        big = cycle()
-        gcpolicy.young_collection()
-        assert big() is not None and gcpolicy.skipped_scans == skipped + 1
-        freed, _seconds = gcpolicy.full_collection()
-        assert big() is None and freed >= 2
-        del burst
-    finally:
-        gc.unfreeze()
-        if enabled:
-            gc.enable()
+    burst = [[i] for i in range(5000)]
+    big = cycle()
+    gcpolicy.young_collection()
+    assert big() is not None and gcpolicy.skipped_scans == skipped + 1
+    freed, _seconds = gcpolicy.full_collection()
+    assert big() is None and freed >= 2
+    del burst
 
 
-def test_young_collection_does_not_trust_a_count_that_deaths_brought_to_zero_nor_scans_when_late(monkeypatch):
+def test_young_collection_does_not_trust_a_count_that_deaths_brought_to_zero_nor_scans_when_late(
+        monkeypatch, manual_gc):
     """CPython's young count is allocations minus deallocations of any generation: old objects dying (pages
     closing) bring it to 0 while the young generation is full (a bench run scanned 100,000-290,000 young
     objects so, stopping the loop for up to 100 ms). A count of 0 and a late collection scan nothing."""
-    import weakref
+    old = [[i] for i in range(1000)]
+    gc.collect()
+    gc.freeze()  # as in the server: what survived is frozen
+    skipped = gcpolicy.skipped_scans
+    young = [[i] for i in range(500)]  # young objects the count knows of ...
+    hidden = cycle()
+    assert len(gc.get_objects(0)) >= 500
+    del old  # ... until 1,000 old ones die: the count says 0 (nothing may allocate between these lines)
+    gcpolicy.young_collection()
+    assert hidden() is not None and gcpolicy.skipped_scans == skipped  # frozen unscanned, not counted
+    assert len(gc.get_objects(0)) == 0
 
-    from server import gcpolicy
+    late = cycle()
+    gcpolicy.young_collection(late=True)
+    assert late() is not None and gcpolicy.skipped_scans == skipped + 1
+    on_time = cycle()
+    gcpolicy.young_collection()
+    assert on_time() is None  # a few objects, on time: scanned, the cycle freed
 
-    class Node:
-        pass
+    # A small positive count over a large young generation: its size decides.
+    monkeypatch.setattr(gcpolicy, "YOUNG_SCAN_LIMIT", 1000)
+    old = [[i] for i in range(3000)]
+    gc.freeze()
+    many = [[i] for i in range(2990)]
+    crowded = cycle()
+    del old  # the count: 2,990 young objects + the cycle, minus 3,000 old ones... clamped, then a few
+    spare = [[i] for i in range(5)]  # ... allocated: a count of about 5 over some 3,000 young objects
+    assert 0 < gc.get_count()[0] <= 1000
+    gcpolicy.young_collection()
+    assert crowded() is not None and gcpolicy.skipped_scans == skipped + 2
+    del many, spare
+    gcpolicy.full_collection()
+    assert hidden() is None and late() is None and crowded() is None
+    del young
 
-    def cycle() -> weakref.ref[Node]:
-        a, b = Node(), Node()
-        a.other, b.other = b, a  # type: ignore[attr-defined]
-        return weakref.ref(a)
-
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        old = [[i] for i in range(1000)]
-        gc.collect()
-        gc.freeze()  # as in the server: what survived is frozen
-        skipped = gcpolicy.skipped_scans
-        young = [[i] for i in range(500)]  # young objects the count knows of ...
-        hidden = cycle()
-        assert len(gc.get_objects(0)) >= 500
-        del old  # ... until 1,000 old ones die: the count says 0 (nothing may allocate between these lines)
-        gcpolicy.young_collection()
-        assert hidden() is not None and gcpolicy.skipped_scans == skipped  # frozen unscanned, not counted
-        assert len(gc.get_objects(0)) == 0
-
-        late = cycle()
-        gcpolicy.young_collection(late=True)
-        assert late() is not None and gcpolicy.skipped_scans == skipped + 1
-        on_time = cycle()
-        gcpolicy.young_collection()
-        assert on_time() is None  # a few objects, on time: scanned, the cycle freed
-
-        # A small positive count over a large young generation: its size decides.
-        monkeypatch.setattr(gcpolicy, "YOUNG_SCAN_LIMIT", 1000)
-        old = [[i] for i in range(3000)]
-        gc.freeze()
-        many = [[i] for i in range(2990)]
-        crowded = cycle()
-        del old  # the count: 2,990 young objects + the cycle, minus 3,000 old ones... clamped, then a few
-        spare = [[i] for i in range(5)]  # ... allocated: a count of about 5 over some 3,000 young objects
-        assert 0 < gc.get_count()[0] <= 1000
-        gcpolicy.young_collection()
-        assert crowded() is not None and gcpolicy.skipped_scans == skipped + 2
-        del many, spare
-        gcpolicy.full_collection()
-        assert hidden() is None and late() is None and crowded() is None
-        del young
-    finally:
-        gc.unfreeze()
-        if enabled:
-            gc.enable()
