@@ -576,7 +576,7 @@ class Signaling:
         ``server_stopping``, every page and dashboard on this node gets ``server_stopping`` with a
         ``retry_after`` hint and is disconnected at once, instead of noticing after its ping timeout.
         Only this node's sockets are told: with Redis, other nodes' pages stay."""
-        self._closing = True  # queue events of the disconnects below are not broadcast
+        self._closing = True  # events while stopping: told only to other nodes' sockets (``_on_events``)
         # With several nodes the cluster's stop, which follows, drops this node's counts and starts the grace
         # periods of tickets left with no page anywhere, side by side: page by page here, a node with 10,000
         # pages on Redis overran the stop's deadline. (One node: the bookkeeping is in memory and quick.)
