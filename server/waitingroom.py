@@ -44,7 +44,15 @@ _PRESENCE_AFTER = {"called": Presence.BUSY, "finished": Presence.AVAILABLE, "no_
 log = logging.getLogger("sprechstunde.queue")
 
 Listener = Callable[[list[TicketEvent]], Awaitable[None]]
+Command = Callable[[Ticket, float], tuple[Ticket, list[TicketEvent]]]
+"""A command of the core on one ticket at ``now``."""
+ClerkCommand = Callable[[Ticket, float, Clerk], tuple[Ticket, list[TicketEvent]]]
+"""The same, decided with the clerk who gave it."""
 PresenceListener = Callable[[Clerk, Presence], Awaitable[None]]
+
+ClerkOrCheck = Clerk | Awaitable[Clerk]
+"""A clerk command's caller: the clerk, or the check of their session still to be awaited (a dashboard's
+socket event: ``_ClerkGate``)."""
 
 PRESENCE_TTL = 90.0
 """A clerk's presence lapses unless a connected dashboard renews it (every third of this)."""
@@ -421,33 +429,30 @@ class WaitingRoom:
             return int(self.live("joins_per_trusted_address"))
         return int(self.live("joins_per_address"))
 
-    async def _citizen_command(
-        self, token: str, command: Callable[[Ticket, float], tuple[Ticket, list[TicketEvent]]]
-    ) -> Ticket:
+    async def _citizen_command(self, token: str, command: Command) -> Ticket:
         ticket_id = (await self.ticket_for_token(token)).id
         return await self._apply(ticket_id, command)
 
-    async def _apply(
-        self, ticket_id: str, command: Callable[[Ticket, float], tuple[Ticket, list[TicketEvent]]],
-        clerk: Clerk | None = None, departments: frozenset[str] | None = None,
-    ) -> Ticket:
-        """Run one command of the core on one ticket, atomically, then publish what happened. With
-        ``departments`` (a clerk's), a ticket of another department looks exactly like a missing one."""
+    async def _apply(self, ticket_id: str, command: Command | ClerkCommand, gate: _ClerkGate | None = None) -> Ticket:
+        """Run one command of the core on one ticket, atomically, then publish what happened. A clerk's
+        command (``gate``) is decided with the clerk once their session is checked, and a ticket of another
+        of their departments looks exactly like a missing one."""
         now = self.clock()
 
         async def attempt(tx: Tx) -> tuple[Ticket, list[TicketEvent]]:
             ticket = await tx.ticket(ticket_id)
+            clerk = await gate.clerk() if gate is not None else None
             if ticket is None:
                 raise TicketNotFound(f"no ticket {ticket_id}")
-            if departments is not None and ticket.department not in departments:
+            if clerk is not None and ticket.department not in clerk.departments:
                 raise TicketNotFound(f"no ticket {ticket_id} in your departments")
-            new, events = command(ticket, now)
+            new, events = command(ticket, now, clerk) if clerk is not None else command(ticket, now)  # type: ignore[call-arg]
             if new is not ticket:
                 tx.put(new)
             return new, events
 
         new, events = await self.store.transaction(attempt)
-        await self._after(events, clerk)
+        await self._after(events, await gate.clerk() if gate is not None else None)
         return new
 
     async def leave_ticket(self, ticket_id: str) -> Ticket:
@@ -519,8 +524,21 @@ class WaitingRoom:
             raise NotAuthorised(f"you do not serve {d.name}")
         return d
 
-    async def call_next(self, clerk: Clerk, department_id: str) -> Ticket:
-        d = self._check_department(clerk, department_id)
+    async def call_next(self, clerk: ClerkOrCheck, department_id: str) -> Ticket:
+        return await self._gated(clerk, lambda gate: self._call_next(gate, department_id))
+
+    async def _gated(self, clerk: ClerkOrCheck, run: Callable[[_ClerkGate], Awaitable[Ticket]]) -> Ticket:
+        gate = _ClerkGate(clerk)
+        try:
+            return await run(gate)
+        except Exception:
+            await gate.settle()
+            raise
+        finally:
+            gate.close()
+
+    async def _call_next(self, gate: _ClerkGate, department_id: str) -> Ticket:
+        d = self.department(department_id)
         now = self.clock()
         # Tickets of booked appointments whose slot has begun go ahead of walk-ins (by the department's rule).
         due, every, since = await self.appointments.due(d.id, now) if self.appointments else ([], 1, 0)
@@ -529,6 +547,8 @@ class WaitingRoom:
             # Not the whole queue: its head (the earliest walk-in is among the first len(due) + 1) and the due
             # appointment tickets still waiting here, wherever they are in it. The core decides on those.
             waiting = await tx.waiting_head(d.id, len(due) + 1)
+            clerk = await gate.clerk()
+            self._check_department(clerk, d.id)
             head = {i for _, i in waiting}
             for _, due_id in due:
                 t = await tx.ticket(due_id) if due_id not in head else None
@@ -545,46 +565,49 @@ class WaitingRoom:
         new, events = await self.store.transaction(attempt)
         if self.appointments:
             await self.appointments.called(d.id, new, any(i == new.id for _, i in due))
-        await self._after(events, clerk)
+        await self._after(events, await gate.clerk())
         return new
 
-    async def call(self, clerk: Clerk, ticket_id: str) -> Ticket:
-        return await self._clerk_command(clerk, ticket_id, lambda t, now: core.call(t, clerk, now))
+    async def call(self, clerk: ClerkOrCheck, ticket_id: str) -> Ticket:
+        return await self._clerk_command(clerk, ticket_id, lambda t, now, c: core.call(t, c, now))
 
-    async def start(self, clerk: Clerk, ticket_id: str) -> Ticket:
-        return await self._clerk_command(clerk, ticket_id, lambda t, now: core.start(t, now, clerk))
+    async def start(self, clerk: ClerkOrCheck, ticket_id: str) -> Ticket:
+        return await self._clerk_command(clerk, ticket_id, lambda t, now, c: core.start(t, now, c))
 
-    async def finish(self, clerk: Clerk, ticket_id: str) -> Ticket:
-        return await self._clerk_command(clerk, ticket_id, lambda t, now: core.finish(t, clerk, now))
+    async def finish(self, clerk: ClerkOrCheck, ticket_id: str) -> Ticket:
+        return await self._clerk_command(clerk, ticket_id, lambda t, now, c: core.finish(t, c, now))
 
-    async def no_show(self, clerk: Clerk, ticket_id: str) -> Ticket:
+    async def no_show(self, clerk: ClerkOrCheck, ticket_id: str) -> Ticket:
         answer = self.live("answer_seconds")
         return await self._clerk_command(
-            clerk, ticket_id, lambda t, now: core.no_show(t, clerk, now, answer_seconds=answer)
+            clerk, ticket_id, lambda t, now, c: core.no_show(t, c, now, answer_seconds=answer)
         )
 
-    async def return_to_queue(self, clerk: Clerk, ticket_id: str) -> Ticket:
-        return await self._clerk_command(clerk, ticket_id, lambda t, now: core.return_to_queue(t, clerk, now))
+    async def return_to_queue(self, clerk: ClerkOrCheck, ticket_id: str) -> Ticket:
+        return await self._clerk_command(clerk, ticket_id, lambda t, now, c: core.return_to_queue(t, c, now))
 
-    async def transfer(self, clerk: Clerk, ticket_id: object, department_id: object, note: object,
+    async def transfer(self, clerk: ClerkOrCheck, ticket_id: object, department_id: object, note: object,
                        confirm_closed: object = False) -> Ticket:
-        target = self.department(department_id)
-        if not isinstance(note, str):
-            raise InvalidInput("note must be text")
-        if not isinstance(confirm_closed, bool):
-            raise InvalidInput("confirm_closed must be true or false")
-        return await self._clerk_command(
-            clerk, ticket_id, lambda t, now: core.transfer(
-                t, clerk, target, note, now, target_open=self.is_open(target, now), confirm_closed=confirm_closed)
-        )
+        async def run(gate: _ClerkGate) -> Ticket:
+            target = self.department(department_id)
+            if not isinstance(note, str):
+                raise InvalidInput("note must be text")
+            if not isinstance(confirm_closed, bool):
+                raise InvalidInput("confirm_closed must be true or false")
+            return await self._gated_command(
+                gate, ticket_id, lambda t, now, c: core.transfer(
+                    t, c, target, note, now, target_open=self.is_open(target, now), confirm_closed=confirm_closed)
+            )
 
-    async def _clerk_command(
-        self, clerk: Clerk, ticket_id: Any,
-        command: Callable[[Ticket, float], tuple[Ticket, list[TicketEvent]]],
-    ) -> Ticket:
+        return await self._gated(clerk, run)
+
+    async def _clerk_command(self, clerk: ClerkOrCheck, ticket_id: Any, command: ClerkCommand) -> Ticket:
+        return await self._gated(clerk, lambda gate: self._gated_command(gate, ticket_id, command))
+
+    async def _gated_command(self, gate: _ClerkGate, ticket_id: Any, command: ClerkCommand) -> Ticket:
         if not isinstance(ticket_id, str) or not ticket_id or len(ticket_id) > 64:
             raise InvalidInput("ticket id missing or malformed")
-        return await self._apply(ticket_id, command, clerk, departments=clerk.departments)
+        return await self._apply(ticket_id, command, gate)
 
     async def _after(self, events: list[TicketEvent], clerk: Clerk | None = None) -> None:
         """Publish, and the bookkeeping that follows a transition: service times, the clerk's presence.
@@ -603,11 +626,20 @@ class WaitingRoom:
         await self._publish(events, alongside=self._bookkeeping(events, clerk))
 
     async def _bookkeeping(self, events: list[TicketEvent], clerk: Clerk | None) -> None:
+        """Service times and the clerk's presence, their writes side by side (one round trip on Redis)."""
+        writes: list[Awaitable[None]] = []
+        presence = None
         for e in events:
             if "service_seconds" in e.meta:
-                await self.store.record_service(e.meta["service_department"], e.meta["service_seconds"])
+                writes.append(self.store.record_service(e.meta["service_department"], e.meta["service_seconds"]))
             if clerk is not None and e.kind in _PRESENCE_AFTER:
-                await self.set_presence(clerk, _PRESENCE_AFTER[e.kind])
+                presence = _PRESENCE_AFTER[e.kind]  # the last event's says where the clerk is now
+        if clerk is not None and presence is not None:
+            writes.append(self.set_presence(clerk, presence))
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        for r in results:  # every write was tried; the first failure is the answer, as before
+            if isinstance(r, BaseException):
+                raise r
 
     async def holds_ticket(self, clerk: Clerk) -> bool:
         """Whether the clerk has a called or in-consultation ticket in one of their departments."""
@@ -632,6 +664,40 @@ class WaitingRoom:
                 raise
             except Exception:  # noqa: BLE001
                 log.exception("a listener of clerk presence failed")
+
+
+class _ClerkGate:
+    """A clerk command's session check, run alongside the command's first read.
+
+    On Redis every awaited round trip is a turn of an event loop busy with thousands of pages: the check of
+    the dashboard's session and the command's first read (the queue's head, the ticket) leave together and
+    come back together. The command awaits the check before it decides anything (nothing is written, nothing
+    is told, before the clerk is known), and a refused check is the answer whatever else failed."""
+
+    def __init__(self, clerk: ClerkOrCheck) -> None:
+        self._clerk = clerk if isinstance(clerk, Clerk) else None
+        self._task = None if isinstance(clerk, Clerk) else asyncio.ensure_future(clerk)
+
+    async def clerk(self) -> Clerk:
+        if self._clerk is None:
+            assert self._task is not None
+            self._clerk = await self._task
+        return self._clerk
+
+    async def settle(self) -> None:
+        """After the command failed: raise the check's own refusal instead, if it was refused."""
+        if self._task is not None and not self._task.cancelled():
+            error = None
+            try:
+                await self._task
+            except Exception as e:  # noqa: BLE001 - re-raised below, outside this handler
+                error = e
+            if error is not None:
+                raise error
+
+    def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
 
 
 @functools.cache

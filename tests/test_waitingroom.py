@@ -160,3 +160,71 @@ async def test_live_settings_follow_a_replaced_configuration(room):
     assert room.live("answer_seconds") == room.settings.answer_seconds
     room.settings = dataclasses.replace(room.settings, answer_seconds=7.0)
     assert room.live("answer_seconds") == 7.0  # not the value cached from the first configuration
+
+
+async def _clerk_of(auth, session_id: str) -> Clerk:
+    return (await auth.session(session_id)).clerk
+
+
+@pytest.mark.redis
+async def test_a_clerk_command_checks_the_session_in_the_same_round_trip_as_its_first_read(
+    redis_store, clock, tmp_path
+):
+    """On Redis every awaited round trip is a turn of a busy event loop: the dashboard's session check and
+    the command's first read leave in one write. "Call next": session + the queue's head, the commit, the
+    clerk's presence; "finish": session + the ticket, the commit, the service time and the presence."""
+    from server.http.auth import Auth
+
+    settings = make_settings(tmp_path)
+    room = WaitingRoom(settings, redis_store, clock=clock)
+    auth = Auth(settings, redis_store)
+    await auth.add_staff("anna", "Anna", "correct horse", ["buergerbuero"])
+    session = await auth.login("anna", "correct horse", "10.0.0.9")
+    ticket, _ = await room.join("buergerbuero", JoinRequest(consent=True), "10.0.0.1")
+    resp = redis_store._resp
+
+    before = resp.writes
+    called = await room.call_next(_clerk_of(auth, session.session_id), "buergerbuero")
+    assert called.id == ticket.id and called.clerk == "anna"
+    assert resp.writes - before == 3
+
+    await room.start(session.clerk, ticket.id)
+    before = resp.writes
+    finished = await room.finish(_clerk_of(auth, session.session_id), ticket.id)
+    assert finished.state.value == "done"
+    assert resp.writes - before == 3  # the service time and the presence leave together
+
+
+async def test_a_refused_session_is_the_answer_to_a_clerk_command_whatever_else_is_wrong(room, clock):
+    """The session check runs alongside the command's reads; when it refuses, that refusal is the answer
+    (not "unknown department" or "no ticket"), and nothing changed."""
+    from server.queue.errors import NotAuthenticated
+
+    async def refused() -> Clerk:
+        raise NotAuthenticated("log in first")
+
+    ticket, _ = await room.join("buergerbuero", JoinRequest(consent=True), "10.0.0.1")
+    for command in (
+        lambda: room.call_next(refused(), "buergerbuero"),
+        lambda: room.call_next(refused(), "no-such-department"),
+        lambda: room.finish(refused(), "no-such-ticket"),
+        lambda: room.call(refused(), ticket.id),
+        lambda: room.transfer(refused(), ticket.id, "no-such-department", "note"),
+        lambda: room.call(refused(), 17),
+    ):
+        with pytest.raises(NotAuthenticated):
+            await command()
+    assert (await room.store.get_ticket(ticket.id)).state.value == "waiting"
+    # A clerk whose session is fine but who does not serve the department is refused as before.
+    other = Clerk("bert", "Bert", frozenset({"bauamt"}))
+
+    async def checked() -> Clerk:
+        return other
+
+    from server.queue.errors import NotAuthorised
+
+    with pytest.raises(NotAuthorised):
+        await room.call_next(checked(), "buergerbuero")
+    with pytest.raises(TicketNotFound):
+        await room.call(checked(), ticket.id)
+    assert (await room.store.get_ticket(ticket.id)).state.value == "waiting"

@@ -357,22 +357,20 @@ class Signaling:
         return {"ok": True}
 
     async def _call_next(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
-        clerk = await self._clerk(data)
-        ticket = await self.room.call_next(clerk, data.get("department"))  # type: ignore[arg-type]
+        # The session is checked alongside the command's first read (``WaitingRoom._ClerkGate``).
+        ticket = await self.room.call_next(self._clerk(data), data.get("department"))  # type: ignore[arg-type]
         return {"ok": True, "ticket": staff_view(ticket)}
 
     def _ticket_action(self, name: str) -> Handler:
         async def action(sid: str, data: dict[str, Any]) -> dict[str, Any]:
-            clerk = await self._clerk(data)
-            ticket = await getattr(self.room, name)(clerk, data.get("ticket"))
+            ticket = await getattr(self.room, name)(self._clerk(data), data.get("ticket"))
             return {"ok": True, "ticket": staff_view(ticket)}
 
         return action
 
     async def _transfer(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
-        clerk = await self._clerk(data)
-        ticket = await self.room.transfer(clerk, data.get("ticket"), data.get("department"), data.get("note", ""),
-                                          data.get("confirm_closed", False))
+        ticket = await self.room.transfer(self._clerk(data), data.get("ticket"), data.get("department"),
+                                          data.get("note", ""), data.get("confirm_closed", False))
         return {"ok": True, "ticket": staff_view(ticket)}
 
     async def _presence(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:

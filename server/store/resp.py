@@ -75,6 +75,8 @@ class _Connection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self.closed = False
+        self.writes = 0
+        """Writes made (each carries every command of one turn of the event loop)."""
 
     # -- asyncio.Protocol --
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -139,6 +141,7 @@ class _Connection(asyncio.Protocol):
         self._flush_scheduled = False
         out, self._out = self._out, []
         if out and not self.closed and self._transport is not None:
+            self.writes += 1
             self._transport.write(b"".join(out))
 
     def _check(self) -> None:
@@ -276,6 +279,12 @@ class RespClient:
             connection.close()
         else:
             self._connection = connection
+
+    @property
+    def writes(self) -> int:
+        """Writes the current connection made: commands that left together count once (tests count round
+        trips with it)."""
+        return self._connection.writes if self._connection is not None else 0
 
     async def call(self, *words: Any) -> Any:
         connection = self._connection
