@@ -20,7 +20,8 @@ So, in ``sprechstunde serve``, automatic collection is off and:
   objects of a page's life form no cycles, below) and cost 7-8 % of a 10,000-page storm's CPU; a cycle among
   them waits for the next full collection. So are they when the count cannot tell (CPython's count is net
   of deallocations: it said 0 with 290,000 young objects) and when the collection is late (a busy loop:
-  ``young_collection``);
+  ``young_collection``), and for ``YOUNG_BURST`` after any of these (a storm lasts seconds: listing its
+  young objects cost as much as scanning them);
 - every ``full_gc_interval`` seconds (configurable) one full collection over everything, frozen objects
   too, logged with what it freed and how long it took.
 
@@ -56,6 +57,14 @@ a 2-core host)."""
 YOUNG_LATE = 0.05
 """A young collection that runs this many seconds after it was due scans nothing (``young_collection``)."""
 
+YOUNG_BURST = 1.0
+"""Seconds after a young collection found a burst (late, or too many young objects) in which the young
+collections freeze without listing or scanning: in a 10,000-page reconnect storm the young generation held
+100,000 objects or more at every collection, listing them (to learn their number) cost as much as scanning
+them, about 2.5 ms, and the two together were 5 % of the storm's CPU."""
+
+_burst_until = float("-inf")
+
 skipped_scans = 0
 """Young collections that froze without scanning (for tests and the full collection's log line)."""
 
@@ -83,10 +92,10 @@ async def collections(full_interval: float) -> None:
                      "collections frozen unscanned since start", freed, seconds * 1000,
                      gc.get_freeze_count() + len(gc.get_objects()), skipped_scans)
         else:
-            young_collection(late)
+            young_collection(late, loop.time())
 
 
-def young_collection(late: bool = False) -> None:
+def young_collection(late: bool = False, now: float | None = None) -> None:
     """Scan what was allocated since the last collection when it is known to be few objects; freeze what
     is left either way.
 
@@ -96,14 +105,22 @@ def young_collection(late: bool = False) -> None:
     and of the storm at 10,000 pages). So the scan is skipped when the count is 0 (nothing allocated, or
     unknown), when this collection is ``late`` (the loop was busy for more than ``YOUNG_LATE`` past its due
     time: a burst, in which the young generation grows fastest), and when the count or the young
-    generation's real size is above ``YOUNG_SCAN_LIMIT`` (a small positive count can hide as many)."""
-    global skipped_scans
+    generation's real size is above ``YOUNG_SCAN_LIMIT`` (a small positive count can hide as many). Once a
+    burst is seen, the collections of the next ``YOUNG_BURST`` seconds freeze without looking (``now``: the
+    loop's clock)."""
+    global skipped_scans, _burst_until
+    now = time.monotonic() if now is None else now
     count = gc.get_count()[0]
-    if late or not 0 < count <= YOUNG_SCAN_LIMIT:
+    if now < _burst_until:  # in a burst: neither listing nor scanning (each costs milliseconds then)
+        if count:
+            skipped_scans += 1
+    elif late or not 0 < count <= YOUNG_SCAN_LIMIT:
         if count or late:  # (0 and on time: nothing was allocated, or nothing is known; not counted)
             skipped_scans += 1
+            _burst_until = now + YOUNG_BURST
     elif len(gc.get_objects(0)) > YOUNG_SCAN_LIMIT:  # a small count can hide many: its real size decides
-        skipped_scans += 1  # (listing them costs about a fifth of scanning them)
+        skipped_scans += 1
+        _burst_until = now + YOUNG_BURST
     else:
         gc.collect(0)
     gc.freeze()

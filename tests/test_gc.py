@@ -152,8 +152,10 @@ def cycle() -> weakref.ref[_Node]:
 
 
 @pytest.fixture
-def manual_gc() -> Iterator[None]:
-    """Automatic collection off, as in the server; frozen objects thawed and collection back on after."""
+def manual_gc(monkeypatch) -> Iterator[None]:
+    """Automatic collection off, as in the server; frozen objects thawed and collection back on after; no
+    burst seen yet."""
+    monkeypatch.setattr(gcpolicy, "_burst_until", float("-inf"))
     enabled = gc.isenabled()
     gc.disable()
     yield
@@ -199,11 +201,11 @@ def test_young_collection_does_not_trust_a_count_that_deaths_brought_to_zero_nor
     assert len(gc.get_objects(0)) == 0
 
     late = cycle()
-    gcpolicy.young_collection(late=True)
+    gcpolicy.young_collection(late=True, now=1000.0)
     assert late() is not None and gcpolicy.skipped_scans == skipped + 1
     on_time = cycle()
-    gcpolicy.young_collection()
-    assert on_time() is None  # a few objects, on time: scanned, the cycle freed
+    gcpolicy.young_collection(now=1000.0 + gcpolicy.YOUNG_BURST)
+    assert on_time() is None  # a few objects, on time, the burst over: scanned, the cycle freed
 
     # A small positive count over a large young generation: its size decides.
     monkeypatch.setattr(gcpolicy, "YOUNG_SCAN_LIMIT", 1000)
@@ -214,10 +216,37 @@ def test_young_collection_does_not_trust_a_count_that_deaths_brought_to_zero_nor
     del old  # the count: 2,990 young objects + the cycle, minus 3,000 old ones... clamped, then a few
     spare = [[i] for i in range(5)]  # ... allocated: a count of about 5 over some 3,000 young objects
     assert 0 < gc.get_count()[0] <= 1000
-    gcpolicy.young_collection()
+    gcpolicy.young_collection(now=2000.0)
     assert crowded() is not None and gcpolicy.skipped_scans == skipped + 2
     del many, spare
     gcpolicy.full_collection()
     assert hidden() is None and late() is None and crowded() is None
     del young
 
+
+
+def test_after_a_burst_young_collections_neither_list_nor_scan_for_a_while(monkeypatch, manual_gc):
+    """A reconnect storm lasts seconds and its young generation is large at every collection: once one
+    collection saw the burst, those of the next YOUNG_BURST seconds freeze without listing the young objects
+    (listing them cost as much as scanning them); then scanning resumes."""
+    monkeypatch.setattr(gcpolicy, "YOUNG_SCAN_LIMIT", 1000)
+    listed = []
+    real = gc.get_objects
+    monkeypatch.setattr(gcpolicy.gc, "get_objects", lambda *a: listed.append(a) or real(*a))
+    gc.collect()
+    gc.freeze()
+    skipped = gcpolicy.skipped_scans
+    burst = [[i] for i in range(5000)]
+    gcpolicy.young_collection(now=10.0)
+    assert gcpolicy.skipped_scans == skipped + 1
+    del burst
+    in_burst = cycle()
+    gcpolicy.young_collection(now=10.0 + gcpolicy.YOUNG_BURST / 2)
+    assert in_burst() is not None and gcpolicy.skipped_scans == skipped + 2
+    assert listed == []  # the burst was told by the count, the one in it by the time: nothing listed
+    after = cycle()
+    gcpolicy.young_collection(now=10.0 + gcpolicy.YOUNG_BURST)
+    assert after() is None and gcpolicy.skipped_scans == skipped + 2
+    assert listed == [(0,)]  # a small count, on time: its real size was looked at, then it was scanned
+    gcpolicy.full_collection()
+    assert in_burst() is None
