@@ -5,6 +5,7 @@ long-polling posts, and tickets whose page never connected."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -273,3 +274,32 @@ async def test_a_message_with_text_that_is_not_unicode_gets_a_clear_error(live_s
         await ws.close()
     ticket = await live_server.room.store.get_ticket(joined["ticket"]["id"])
     assert ticket is not None and ticket.state.value == "waiting"
+
+
+def _awaiting(task: asyncio.Task, name: str) -> bool:
+    """Whether the task's chain of awaited coroutines passes through a function called ``name``."""
+    coro = task.get_coro()
+    while coro is not None:
+        code = getattr(coro, "cr_code", None)
+        if code is not None and code.co_qualname == name:
+            return True
+        coro = getattr(coro, "cr_await", None)
+    return False
+
+
+async def test_a_websocket_session_whose_handler_is_cancelled_leaves_the_session_table(live_server):
+    """aiohttp cancels the handlers of open requests at the stop: the session still ends as engine.io's own
+    handler ended it (engine.io swallowed the cancellation), closed and out of engine.io's table, and the
+    cancellation goes on (the stop waits for it)."""
+    sio = live_server.app[SIGNALING].sio
+    async with aiohttp.ClientSession() as http:
+        ws, eio_sid = await open_websocket(http, live_server.url)
+        handlers = [t for t in asyncio.all_tasks() if _awaiting(t, "DirectWebSocket._session")]
+        assert len(handlers) == 1
+        page = asyncio.ensure_future(until_closed(ws))  # the page reads on, as a browser does
+        handlers[0].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(handlers[0]), PROMPT)
+        assert handlers[0].cancelled()
+        assert eio_sid not in sio.eio.sockets
+        assert await asyncio.wait_for(page, PROMPT) == []

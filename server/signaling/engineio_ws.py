@@ -67,8 +67,14 @@ class DirectWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
         try:
             return await super().__call__(environ)
         finally:  # socket -> direct_ws -> handler -> socket: break the cycle, or only a full collection frees it
-            if getattr(self.owner, "direct_ws", None) is self:
-                self.owner.direct_ws = None
+            owner = self.owner
+            if getattr(owner, "direct_ws", None) is self:
+                owner.direct_ws = None
+            # engine.io's request handler drops a closed session from its table after this returns; a
+            # cancellation (aiohttp's stop cancels open requests) skips that, and engine.io's own handler
+            # swallowed it: the session stayed in the table until the process exited.
+            if owner is not None and owner.closed and owner.server.sockets.get(owner.sid) is owner:
+                del owner.server.sockets[owner.sid]
             self.owner = None
             self.handler = None  # ws -> its bound _session -> ws, too
 
@@ -129,8 +135,10 @@ class DirectWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
                     log.exception("engine.io: a received packet failed")
         finally:
             await socket.queue.put(None)  # the writer ends after what is queued
-            await writer
-            await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+            try:
+                await writer
+            finally:  # also when cancelled (aiohttp's stop): the session ends closed, as engine.io's did
+                await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
 
     async def wait(self) -> Any:
         """The next message, or None once the page has gone (engine.io then ends the socket as "closed by
