@@ -68,7 +68,7 @@ class DirectWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
             return await super().__call__(environ)
         finally:  # socket -> direct_ws -> handler -> socket: break the cycle, or only a full collection frees it
             owner = self.owner
-            if getattr(owner, "direct_ws", None) is self:
+            if owner is not None and getattr(owner, "direct_ws", None) is self:
                 owner.direct_ws = None
             # engine.io's request handler drops a closed session from its table after this returns; a
             # cancellation (aiohttp's stop cancels open requests) skips that, and engine.io's own handler
