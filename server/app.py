@@ -192,6 +192,7 @@ def create_app(settings: Settings, store: Store | None = None,
             asyncio.create_task(signaling.broadcast_positions(), name="positions"),
             asyncio.create_task(signaling.renew_presence(), name="presence"),
             asyncio.create_task(signaling.settle_unanswered(), name="unsettled-disconnects"),
+            asyncio.create_task(signaling.settle_away(), name="pages-away"),
             asyncio.create_task(cluster.run(), name="cluster"),  # heartbeat; a dead node's pages start their grace
             asyncio.create_task(directory.watch(), name="departments"),  # other nodes' edits
             asyncio.create_task(_sweep(room), name="sweep"),

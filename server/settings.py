@@ -38,6 +38,11 @@ class Settings:
     recordings' media files go under ``data_dir/recordings/`` (mode 0700, never served statically)."""
     grace_seconds: float = 300.0
     """How long a disconnected citizen keeps their place."""
+    page_away_seconds: float = 15.0
+    """A citizen's page that closes and comes back within this many seconds was never away: no
+    ``disconnected`` for the ticket, no store write for the close nor for the return (a network blip or a
+    reload; a reconnect storm of thousands of pages). If it stays away, the ticket's grace period starts from
+    the moment it closed. 0: at once."""
     position_interval: float = 1.0
     """Coalescing interval of position updates per department, in seconds."""
     joins_per_address: int = 10
@@ -137,7 +142,8 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "audit_retention_days": int, "stats_retention_days": int,
     "metrics_host": str, "metrics_port": int, "metrics_token": str,
     "host": str, "port": int, "timezone": str, "redis_url": str, "redis_prefix": str, "data_dir": str,
-    "grace_seconds": (int, float), "position_interval": (int, float), "joins_per_address": int,
+    "grace_seconds": (int, float), "page_away_seconds": (int, float), "position_interval": (int, float),
+    "joins_per_address": int,
     "join_window_seconds": (int, float), "join_trusted_networks": list, "joins_per_trusted_address": int,
     "answer_seconds": (int, float), "rejoin_seconds": (int, float),
     "login_attempts_per_address": int, "session_hours": (int, float),
@@ -320,6 +326,8 @@ def settings_from_dict(raw: dict[str, Any], env: dict[str, str] | None = None,
         raise ConfigError("[server]: answer_seconds, rejoin_seconds and joins_per_trusted_address must not be negative")
     if settings.position_interval <= 0 or settings.grace_seconds < 0:
         raise ConfigError("[server]: position_interval must be positive and grace_seconds not negative")
+    if not 0 <= settings.page_away_seconds <= 120:
+        raise ConfigError("[server]: page_away_seconds must be between 0 and 120")
     if settings.max_media_rooms < 0 or settings.max_video_bitrate <= 0 or settings.turn_ttl_seconds <= 0:
         raise ConfigError(
             "[server]: max_video_bitrate and turn_ttl_seconds must be positive, max_media_rooms not negative"

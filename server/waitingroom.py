@@ -488,8 +488,12 @@ class WaitingRoom:
     async def citizen_connected(self, ticket_id: str) -> Ticket:
         return await self._apply(ticket_id, lambda t, now: core.reconnect(t))
 
-    async def citizen_disconnected(self, ticket_id: str) -> Ticket:
-        return await self._apply(ticket_id, core.disconnect)
+    async def citizen_disconnected(self, ticket_id: str, closed_at: float | None = None) -> Ticket:
+        """The ticket's last page is gone; its grace period starts now, or when that page closed
+        (``closed_at``: a page settled after its away period, ``Signaling.settle_away``)."""
+        if closed_at is None:
+            return await self._apply(ticket_id, core.disconnect)
+        return await self._apply(ticket_id, lambda t, now: core.disconnect(t, min(now, closed_at)))
 
     async def end_waiting(self, department_id: str) -> int:
         """End every waiting ticket of a department a lead closed at once, the citizens losing their place

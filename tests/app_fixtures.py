@@ -24,7 +24,8 @@ from server.waitingroom import WaitingRoom
 ALWAYS = {d: "00:00-24:00" for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
 
 TEST_CONFIG: dict[str, Any] = {
-    "server": {"timezone": "Europe/Berlin", "grace_seconds": 300, "position_interval": 0.2,
+    # A page's close settles at once here (page_away_seconds = 0); tests/test_page_away.py tests the away period.
+    "server": {"timezone": "Europe/Berlin", "grace_seconds": 300, "page_away_seconds": 0, "position_interval": 0.2,
                "joins_per_address": 1000},
     "departments": [
         {"id": "buergerbuero", "name": "Bürgerbüro", "description": "Ausweise und Meldewesen", "hours": ALWAYS,

@@ -42,6 +42,7 @@ redis_url = "{redis_url}"
 redis_prefix = "{prefix}"
 joins_per_address = 1000
 grace_seconds = {grace}
+page_away_seconds = {away}
 position_interval = {position_interval}
 shutdown_seconds = 4
 trust_forwarded_for = true
@@ -58,13 +59,13 @@ class Node:
     """One ``sprechstunde serve`` process."""
 
     def __init__(self, directory: Path, redis_url: str, prefix: str, grace: float = GRACE,
-                 position_interval: float = 0.2) -> None:
+                 position_interval: float = 0.2, away: float = 0) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = directory / "node.toml"
         config.write_text(CONFIG.format(data=directory / "var", port=self.port, redis_url=redis_url, prefix=prefix,
-                                        grace=grace, hours=ALWAYS_OPEN, position_interval=position_interval),
+                                        grace=grace, hours=ALWAYS_OPEN, position_interval=position_interval, away=away),
                           "utf-8")
         self.log = directory / "node.log"
         with open(self.log, "w") as out:
@@ -93,10 +94,11 @@ class Node:
 def start_nodes(tmp_path: Path, redis_url: str, redis_prefix: str) -> Iterator[Any]:
     started: list[Node] = []
 
-    def start(count: int, grace: float = GRACE, position_intervals: tuple[float, ...] = ()) -> list[Node]:
+    def start(count: int, grace: float = GRACE, position_intervals: tuple[float, ...] = (),
+              away: float = 0) -> list[Node]:
         """``position_intervals``: each node's own, in order (0.2 s for the others)."""
         intervals = [*position_intervals, *[0.2] * count][:count]
-        nodes = [Node(tmp_path / f"node{len(started) + i}", redis_url, redis_prefix, grace, intervals[i])
+        nodes = [Node(tmp_path / f"node{len(started) + i}", redis_url, redis_prefix, grace, intervals[i], away)
                  for i in range(count)]
         started.extend(nodes)
         return [n.wait_healthy() for n in nodes]  # they start side by side
@@ -165,6 +167,54 @@ async def test_a_page_closing_on_one_node_leaves_the_citizen_connected_while_ano
     finally:
         for socket in (page_a, page_b, clerk):
             await socket.close()
+
+
+async def test_a_page_that_closes_on_one_node_and_comes_back_on_another_within_its_away_period_was_never_away(
+        start_nodes, shared, redis_prefix):
+    """With ``page_away_seconds``, a closing page's node keeps counting it until the period is over, then
+    takes it back: the citizen's page is back on the other node by then, so the ticket was never
+    disconnected and the clerk was told nothing. A page that stays away starts the grace period from when it
+    closed."""
+    import asyncio
+    import time
+
+    store, auth, raw = shared
+    away = 2.0
+    a, b = start_nodes(2, away=away)
+    await auth.add_staff("anna", "Anna", PASSWORD, ["buergerbuero"])
+    mine = await join(a.url)
+    ticket_id = mine["ticket"]["id"]
+    clerk = await staff_socket(b.url, "anna", PASSWORD)
+    page_a = await citizen_socket(a.url, mine["token"])
+    page_b = None
+    try:
+        await wait_for_counts(raw, redis_prefix, ticket_id, {a.proc.pid: 1})
+        await page_a.close()
+        page_b = await citizen_socket(b.url, mine["token"])  # the reload lands on the other node
+        await page_b.wait_for("ticket")
+        await wait_for_counts(raw, redis_prefix, ticket_id, {a.proc.pid: 1, b.proc.pid: 1})  # a still counts it
+        await wait_for_counts(raw, redis_prefix, ticket_id, {b.proc.pid: 1})  # a's away period is over
+        ticket = await store.get_ticket(ticket_id)
+        assert ticket is not None and ticket.disconnected_at is None
+        assert not [m for name, m in clerk.events if name == "connectivity" and m["tickets"].get(ticket_id)]
+
+        closed = time.time()
+        await page_b.close()
+        await wait_for_counts(raw, redis_prefix, ticket_id, {})
+
+        async def disconnected() -> float:
+            while (t := await store.get_ticket(ticket_id)) is None or t.disconnected_at is None:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # another process writes it: polled
+            return t.disconnected_at
+
+        at = await asyncio.wait_for(disconnected(), 15)
+        assert time.time() >= closed + away  # settled after the away period ...
+        assert closed - 1 <= at <= closed + 1  # ... the grace period counted from the close
+        await clerk.wait_for("connectivity", lambda m: (m["tickets"].get(ticket_id) or 0) > 0)
+    finally:
+        for socket in (page_a, page_b, clerk):
+            if socket is not None:
+                await socket.close()
 
 
 @dataclass

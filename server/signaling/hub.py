@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from http.cookies import SimpleCookie
@@ -48,6 +49,8 @@ log = logging.getLogger("sprechstunde.signaling")
 FRESH_SECONDS = 0.1
 """How old a department's update may be for a page connecting while the department changes: at most ten
 computations a second per department, whatever the number of pages connecting (``_queue_update``)."""
+AWAY_BATCH = 200
+"""Pages settled together once their away period is over (``Signaling.settle_away``)."""
 UNSETTLED_RETRY_SECONDS = 2.0
 """How often disconnects the store did not take are tried again (``Signaling.settle_unanswered``)."""
 RETRY_AFTER = 5.0
@@ -94,6 +97,10 @@ class Signaling:
         self._citizen_sockets: Counter[str] = Counter()
         self._unsettled: set[str] = set()
         """Tickets whose page closed while the store did not answer (``_page_closed``)."""
+        self._away: dict[str, tuple[float, float]] = {}
+        """Tickets whose last page on this node closed less than ``page_away_seconds`` ago, in the order they
+        closed: when it is settled (loop time) and when it closed (wall clock). Still counted in the cluster
+        as one page of this node (``settle_away``)."""
         self._clerk_sockets: Counter[str] = Counter()
         self._clerks: dict[str, Clerk] = {}
         self._closing = False
@@ -185,7 +192,10 @@ class Signaling:
             await self.sio.save_session(sid, {"role": "citizen", "ticket": ticket.id})
             await self.sio.enter_room(sid, f"t:{ticket.id}")
             await self.sio.enter_room(sid, f"d:{ticket.department}")
-            await self.cluster.connected("ticket", ticket.id)  # pages are counted across nodes
+            # Pages are counted across nodes; a page back within its away period takes the place the closed
+            # one still holds in the count (nothing to write: the ticket never went away).
+            if self._away.pop(ticket.id, None) is None:
+                await self.cluster.connected("ticket", ticket.id)
             self._citizen_sockets[ticket.id] += 1
             try:
                 if ticket.disconnected_at is not None:
@@ -242,16 +252,44 @@ class Signaling:
         store does not answer, the ticket is settled again once it does (``settle_unanswered``): its grace
         period must not be lost with the disconnect."""
         self._citizen_sockets[ticket_id] -= 1
-        if self._citizen_sockets[ticket_id] <= 0:
+        last = self._citizen_sockets[ticket_id] <= 0
+        if last:
             del self._citizen_sockets[ticket_id]
         if self._stopping_settled:
             return
+        away = self.settings.page_away_seconds
+        if last and away > 0 and not self._closing:  # it may be back in a moment (settle_away)
+            self._away[ticket_id] = (asyncio.get_running_loop().time() + away, self.room.clock())
+            return
+        await self._page_gone(ticket_id)
+
+    async def _page_gone(self, ticket_id: str, closed_at: float | None = None) -> None:
+        """One page of the ticket fewer on this node, in the cluster's count; with none left anywhere its grace
+        period starts (from ``closed_at``, when the page closed, if given)."""
         try:
             if await self.cluster.disconnected("ticket", ticket_id) <= 0:
-                await self._no_page_left(ticket_id)
+                await self._no_page_left(ticket_id, closed_at)
         except STORE_ERRORS as e:
             store_unavailable(e)  # logged once per outage, no traceback per page
             self._unsettled.add(ticket_id)
+
+    async def settle_away(self) -> None:
+        """Pages that closed and did not come back within ``page_away_seconds``: their tickets are settled as
+        their close would have been at once (the grace period from the close), a batch at a time."""
+        while not self._closing:
+            await asyncio.sleep(max(0.05, min(1.0, self.settings.page_away_seconds / 4)))
+            await self._settle_away_due(asyncio.get_running_loop().time())
+
+    async def _settle_away_due(self, now: float) -> None:
+        due = []
+        for ticket_id, (settle_at, closed_at) in self._away.items():  # in the order they closed
+            if settle_at > now:
+                break
+            due.append((ticket_id, closed_at))
+        for ticket_id, _ in due:
+            del self._away[ticket_id]
+        for start in range(0, len(due), AWAY_BATCH):
+            await asyncio.gather(*(self._page_gone(t, closed_at) for t, closed_at in due[start:start + AWAY_BATCH]))
 
     async def settle_unanswered(self) -> None:
         """Tickets whose page closed while the store did not answer: once it answers, each whose last page is
@@ -273,9 +311,9 @@ class Signaling:
                     break
                 self._unsettled.discard(ticket_id)
 
-    async def _no_page_left(self, ticket_id: str) -> None:
+    async def _no_page_left(self, ticket_id: str, closed_at: float | None = None) -> None:
         try:
-            await self.room.citizen_disconnected(ticket_id)
+            await self.room.citizen_disconnected(ticket_id, closed_at)
             if await self.cluster.connections("ticket", ticket_id) > 0:  # a page came meanwhile, on another node
                 await self.room.citizen_connected(ticket_id)
         except QueueError:
@@ -600,6 +638,11 @@ class Signaling:
         # here; a websocket's handler then ends with its close handshake.
         sessions = list(self.sio.eio.sockets.values())
         await asyncio.gather(*(engineio_ws.close_now(s) for s in sessions), return_exceptions=True)
+        # Pages that closed shortly before and have not come back: settled now, from when they closed (on a
+        # cluster that settles at its stop, that stop does it with this node's other counts).
+        if not self._stopping_settled:
+            await self._settle_away_due(math.inf)
+        self._away.clear()
         await self.sio.shutdown()  # several nodes: the Redis manager stays open for ``finish_stop``
 
     async def finish_stop(self) -> None:
