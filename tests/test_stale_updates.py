@@ -80,6 +80,37 @@ async def test_an_update_made_again_with_nothing_changed_keeps_the_time_the_page
     assert seqs(update) == [first, late] and update["t"] > cached["t"]
 
 
+async def test_an_update_nothing_changed_since_is_shared_for_longer_than_an_interval(make_app):
+    """In a reconnect storm nothing changes: each department's update is made once and shared with every page
+    connecting for up to HELD_SECONDS (not made anew every ``position_interval``); older, or once the
+    department changed, it is made again."""
+    from server.signaling import hub
+
+    app: web.Application = make_app(position_interval=0.2)
+    signaling, room = app[SIGNALING], app[ROOM]
+    first = await check_in(room, "Erste")
+    cached, encoded = await signaling._queue_update(DEPARTMENT, first)
+    signaling._dirty.discard(DEPARTMENT)
+    held = signaling._updates[DEPARTMENT]
+    signaling._updates[DEPARTMENT] = (held[0] - 5 * 0.2, *held[1:])  # five intervals old, nothing changed
+    made = []
+    make = room.queue_update
+
+    async def counted(department: str) -> dict[str, Any]:
+        made.append(department)
+        return await make(department)
+
+    room.queue_update = counted  # type: ignore[method-assign]
+    update, again = await signaling._queue_update(DEPARTMENT, first)
+    assert update is cached and again is encoded and made == []  # not read again
+
+    signaling._updates[DEPARTMENT] = (held[0] - hub.HELD_SECONDS - 1, *held[1:])
+    late = await check_in(room, "Spät")
+    signaling._dirty.discard(DEPARTMENT)  # (a change only a fresh read sees: older than HELD_SECONDS)
+    update, _ = await signaling._queue_update(DEPARTMENT, None)
+    assert seqs(update) == [first, late] and made == [DEPARTMENT]
+
+
 @pytest.mark.parametrize(("who", "shared"), [
     ("listed", True),  # a waiting page the cached update lists: shared (a reconnect storm costs one computation)
     ("not waiting", True),  # a called or ended ticket's page (seq None) has no place to find in it

@@ -51,6 +51,11 @@ FRESH_SECONDS = 0.1
 computations a second per department, whatever the number of pages connecting (``_queue_update``)."""
 AWAY_BATCH = 200
 """Pages settled together once their away period is over (``Signaling.settle_away``)."""
+HELD_SECONDS = 10.0
+"""How old a department's update may be for a page connecting when nothing changed since, on this node
+(``_dirty``) nor on another (their broadcasts replace it, ``_heard_update``): a bound for a broadcast that
+got lost. It was ``position_interval`` (1 s): a 10,000-page reconnect storm, in which nothing changes,
+computed every department's update anew each second, 5-7 % of the storm's CPU."""
 UNSETTLED_RETRY_SECONDS = 2.0
 """How often disconnects the store did not take are tried again (``Signaling.settle_unanswered``)."""
 RETRY_AFTER = 5.0
@@ -441,9 +446,9 @@ class Signaling:
 
     async def _queue_update(self, department: str, seq: int | None = None) -> tuple[dict[str, Any], Any]:
         """The department's latest update and its encoded ``queue`` event, for a (re)connecting page: the
-        one just broadcast when it is younger than ``position_interval`` and nothing changed since (a
-        reconnect storm of thousands of pages then costs one computation and one encoding per
-        department, not one per page), else a fresh one. While the department changes (check-ins, calls),
+        one held when nothing changed since (a reconnect storm of thousands of pages then costs one
+        computation and one encoding per department, not one per page) and it is younger than
+        ``HELD_SECONDS``, else a fresh one. While the department changes (check-ins, calls),
         pages connecting within ``FRESH_SECONDS`` of a fresh one share it. A waiting page (``seq``) is only
         given an update that lists its own seq, whatever ``_dirty`` says: with several nodes another node
         changes the department without this one's ``_dirty`` knowing (a citizen checks in over HTTP on
@@ -452,7 +457,7 @@ class Signaling:
         interval anyway."""
         now = asyncio.get_running_loop().time()
         cached = self._updates.get(department)
-        fresh_for = self.settings.position_interval
+        fresh_for = max(self.settings.position_interval, HELD_SECONDS)
         if department in self._dirty:
             fresh_for = min(fresh_for, FRESH_SECONDS)
         if cached and now - cached[0] < fresh_for and (seq is None or seq in cached[3]):
