@@ -108,6 +108,10 @@ def _exit_now(deadline: float) -> None:
     os._exit(0)
 
 
+CLI_ACTOR = "cli"
+"""The audit log's actor for changes made with ``sprechstunde staff`` (the operator at the server's shell)."""
+
+
 def _read_password(args: argparse.Namespace) -> str:
     if args.password_stdin or not sys.stdin.isatty():
         return sys.stdin.readline().rstrip("\n")
@@ -119,12 +123,17 @@ def _read_password(args: argparse.Namespace) -> str:
 
 async def _staff(args: argparse.Namespace) -> int:
     from .app import make_store
+    from .audit import AuditLog
     from .http.auth import Auth
+    from .store.audit import make_audit_store
     from .store.departments import DepartmentDirectory, make_department_store
 
     settings = _settings(args)
     store = make_store(settings)
     directory = DepartmentDirectory(make_department_store(settings.redis_url, settings.redis_prefix, settings.data_dir))
+    # Changes of accounts from the command line are in the audit log like those at /admin/staff, by "cli".
+    audit = AuditLog(make_audit_store(settings.redis_url, settings.redis_prefix, settings.data_dir),
+                     settings.audit_retention_days)
     try:
         await directory.start(settings.departments)  # the departments as managed at /admin (the TOML seeds)
         auth = Auth(settings, store)
@@ -136,8 +145,14 @@ async def _staff(args: argparse.Namespace) -> int:
                 # All departments by default only for someone who serves or leads them: a moderator or an
                 # admin given no departments must not get every queue (and every citizen's concern).
                 departments = list(directory.departments)
+            existing = await store.get_staff(args.username)
             account = await auth.add_staff(args.username, args.name or args.username, _read_password(args),
                                            departments, roles)
+            await audit.record(CLI_ACTOR, "staff.created" if existing is None else "staff.updated",
+                               target=account.username,
+                               department=set(account.departments) | set(existing.departments if existing else ()),
+                               details={"roles": list(account.roles), "departments": list(account.departments),
+                                        "password_set": True})
             print(f"saved {account.username}: {', '.join(account.departments)} ({', '.join(account.roles)})")
         elif args.action == "reset-demo":
             if not settings.demo:
@@ -147,15 +162,20 @@ async def _staff(args: argparse.Namespace) -> int:
 
             print(await create_demo_staff(auth, "Demo clerks (new passwords):"))
         elif args.action == "remove":
+            existing = await store.get_staff(args.username)
             if not await store.delete_staff(args.username):
                 print(f"no staff account {args.username}", file=sys.stderr)
                 return 1
+            await audit.record(CLI_ACTOR, "staff.removed", target=args.username,
+                               department=existing.departments if existing else None,
+                               details={"roles": list(existing.roles)} if existing else None)
             print(f"removed {args.username}")
         else:
             for a in await store.list_staff():
                 print(f"{a.username}\t{a.display_name}\t{','.join(a.roles)}\t{','.join(a.departments)}")
         return 0
     finally:
+        await audit.store.close()
         if directory.store is not None:
             await directory.store.close()
         await store.close()

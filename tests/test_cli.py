@@ -53,6 +53,29 @@ def test_staff_add_list_remove_survives_between_processes(config):
     assert cli("staff", "remove", "anna", config=config).returncode == 1
 
 
+async def test_staff_changes_from_the_command_line_are_in_the_audit_log(config):
+    """As changes at /admin/staff are: who (``cli``), what, which account and departments; no password."""
+    from server.store.audit import AuditQuery, MemoryAuditStore
+
+    for args in (("add", "anna", "--departments", "bauamt"), ("add", "anna", "--departments", "buergerbuero"),
+                 ("remove", "anna")):
+        out = cli("staff", *args, "--password-stdin", stdin="a long password\n", config=config) \
+            if args[0] == "add" else cli("staff", *args, config=config)
+        assert out.returncode == 0, out.stderr
+    store = MemoryAuditStore(config.parent / "var" / "audit.sqlite3")
+    try:
+        entries = (await store.query(AuditQuery(actor="cli"))).entries
+    finally:
+        await store.close()
+    assert [(e.action, e.target, e.departments) for e in reversed(entries)] == [
+        ("staff.created", "anna", ("bauamt",)),
+        ("staff.updated", "anna", ("bauamt", "buergerbuero")),
+        ("staff.removed", "anna", ("buergerbuero",)),
+    ]
+    assert entries[-1].details["departments"] == ["bauamt"] and entries[-1].details["roles"] == ["clerk"]
+    assert "a long password" not in (config.parent / "var" / "audit.sqlite3").read_bytes().decode("utf-8", "replace")
+
+
 def test_staff_add_gives_all_departments_only_to_clerks_and_leads(config):
     """A moderator or an admin added without --departments serves no queue (review of issue 10)."""
     for username, roles in [("clara", "clerk"), ("mona", "moderator"), ("root", "admin")]:
