@@ -54,6 +54,9 @@ ClerkOrCheck = Clerk | Awaitable[Clerk]
 """A clerk command's caller: the clerk, or the check of their session still to be awaited (a dashboard's
 socket event: ``_ClerkGate``)."""
 
+WALKINS_TTL = 24 * 3600.0
+"""The count of walk-ins called since a department's last appointment lapses after a day without calls."""
+
 PRESENCE_TTL = 90.0
 """A clerk's presence lapses unless a connected dashboard renews it (every third of this)."""
 
@@ -113,12 +116,11 @@ def iso_local(moment: datetime | None) -> str | None:
 class AppointmentHooks(Protocol):
     """What the waiting room asks of booked appointments (server/appointments/service.py)."""
 
-    async def due(self, department: str, now: float) -> tuple[list[tuple[float, str]], int, int]:
+    async def due(self, department: str, now: float) -> tuple[list[tuple[float, str]], int, str | None]:
         """(appointment time, ticket id) of waiting appointment tickets whose slot has begun, the rule's
-        ``every`` and the walk-ins called since the last appointment (``server.queue.core.pick_next``)."""
-
-    async def called(self, department: str, ticket: Ticket, was_due: bool) -> None:
-        """Count a "call next" for the every-n-th rule."""
+        ``every`` and the key of the counter of walk-ins called since the last appointment (None: the
+        department has no appointments), which "call next" reads and writes in its own transaction
+        (``server.queue.core.pick_next``)."""
 
     async def today(self, department: str) -> list[dict[str, Any]]:
         """The department's appointments today, for the clerks' dashboard."""
@@ -545,12 +547,17 @@ class WaitingRoom:
         d = self.department(department_id)
         now = self.clock()
         # Tickets of booked appointments whose slot has begun go ahead of walk-ins (by the department's rule).
-        due, every, since = await self.appointments.due(d.id, now) if self.appointments else ([], 1, 0)
+        due, every, walkins = await self.appointments.due(d.id, now) if self.appointments else ([], 1, None)
 
         async def attempt(tx: Tx) -> tuple[Ticket, list[TicketEvent]]:
             # Not the whole queue: its head (the earliest walk-in is among the first len(due) + 1) and the due
-            # appointment tickets still waiting here, wherever they are in it. The core decides on those.
-            waiting = await tx.waiting_head(d.id, len(due) + 1)
+            # appointment tickets still waiting here, wherever they are in it. The core decides on those. The
+            # walk-ins counted since the last appointment are read and written within the transaction: two
+            # clerks calling at once (on two nodes) count one after the other.
+            if walkins is None:
+                waiting, since = await tx.waiting_head(d.id, len(due) + 1), 0
+            else:
+                waiting, since = await asyncio.gather(tx.waiting_head(d.id, len(due) + 1), tx.counter(walkins))
             clerk = await gate.clerk()
             self._check_department(clerk, d.id)
             head = {i for _, i in waiting}
@@ -564,11 +571,11 @@ class WaitingRoom:
                 raise TicketNotFound(f"ticket {ticket_id} vanished")
             new, events = core.call(ticket, clerk, now)
             tx.put(new)
+            if walkins is not None:
+                tx.set_counter(walkins, 0 if any(i == new.id for _, i in due) else since + 1, WALKINS_TTL)
             return new, events
 
         new, events = await self.store.transaction(attempt)
-        if self.appointments:
-            await self.appointments.called(d.id, new, any(i == new.id for _, i in due))
         await self._after(events, await gate.clerk())
         return new
 

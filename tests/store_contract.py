@@ -457,6 +457,26 @@ class StoreContract:
         assert [await store.hit("join:1.2.3.4", 60) for _ in range(3)] == [1, 2, 3]
         assert await store.hit("join:5.6.7.8", 60) == 1
 
+    async def test_a_counter_read_and_set_in_a_transaction(self, store: Store) -> None:
+        """``Tx.counter`` reads what ``Store.count`` reads, ``set_counter`` writes it at the commit, and two
+        transactions that read and set the same counter at once count one after the other."""
+        await store.hit("walkins", 60)
+
+        async def bump(tx: Tx) -> int:
+            value = await tx.counter("walkins")
+            await asyncio.sleep(0)  # the other transaction reads meanwhile (Redis: retried at its commit)
+            tx.set_counter("walkins", value + 1, 60)
+            assert await tx.counter("walkins") == value + 1  # its own write
+            return value
+
+        seen = await asyncio.gather(*(store.transaction(bump) for _ in range(3)))
+        assert sorted(seen) == [1, 2, 3] and await store.count("walkins") == 4
+
+        async def unset(tx: Tx) -> int:
+            return await tx.counter("never")
+
+        assert await store.transaction(unset) == 0
+
     async def test_count_reads_a_window_without_counting(self, store: Store) -> None:
         assert await store.count("login-account:anna") == 0
         await store.hit("login-account:anna", 0.3)

@@ -4,6 +4,7 @@ no-shows. Time is the app's clock, set by the test."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,7 @@ from server.app import create_app
 from server.appointments import service as service_module
 from server.http.appointments import APPOINTMENTS
 from server.http.keys import ROOM
+from server.queue.model import Clerk
 from server.settings import settings_from_dict
 from server.store.memory import MemoryStore
 
@@ -291,6 +293,54 @@ async def test_every_nth_call_lets_walk_ins_go_in_between(make_client: Any, cloc
         await client.post(f"/api/staff/tickets/{called['id']}/finish", headers=h)
     w = [x["ticket"]["id"] for x in walkins]
     assert order == [w[0], tickets[0], w[1], tickets[1], w[2]]  # every 2nd call serves an appointment
+
+
+async def _every_second_call_at_once(clients: list[Any], clock: Clock) -> None:
+    """Two clerks call next at the same moment, with one walk-in due before the appointment (every 2nd call):
+    one gets the walk-in, the other the appointment. One client: both clerks' calls go to its app's service
+    side by side; two clients (two nodes on one Redis): each clerk on their own node, over HTTP."""
+    first = clients[0]
+    _, booked = await book(first, {**BOOK, "name": "A1"})
+    walkins = [await join_walkin(first, f"W{i}") for i in range(2)]
+    clock.now = SLOT - 5 * 60
+    resp = await first.post("/api/appointments/me/checkin", headers=bearer(booked["token"]))
+    appointment_ticket = (await resp.json())["ticket"]["id"]
+    clock.now = SLOT + 60
+    for name in ("anna", "bert"):
+        await add_staff(first.app, name)
+    if len(clients) == 1:
+        room = first.app[ROOM]
+        clerks = [Clerk(name, name.title(), frozenset({"buergerbuero"})) for name in ("anna", "bert")]
+        picked = await asyncio.gather(*(room.call_next(c, "buergerbuero") for c in clerks))
+        called = {t.id for t in picked}
+    else:
+        headers = [{"X-CSRF-Token": await login(c, name)} for c, name in zip(clients, ("anna", "bert"), strict=True)]
+        answers = await asyncio.gather(*(c.post("/api/staff/departments/buergerbuero/call-next", headers=h)
+                                         for c, h in zip(clients, headers, strict=True)))
+        called = {(await r.json())["ticket"]["id"] for r in answers}
+    assert called == {walkins[0]["ticket"]["id"], appointment_ticket}
+
+
+async def test_every_nth_rule_holds_for_two_clerks_calling_at_once(make_client: Any, clock: Clock) -> None:
+    """The walk-ins counted since the last appointment are read and written in the call's own transaction
+    (they were read before it and written after: both clerks counted the same walk-in and took two)."""
+    client = await make_client({"priority": "every", "priority_every": 2, "parallel": 2})
+    await _every_second_call_at_once([client], clock)
+
+
+@pytest.mark.redis
+async def test_every_nth_rule_holds_for_two_nodes_calling_at_once(aiohttp_client: Any, tmp_path: Any, clock: Clock,
+                                                                  redis_url: str, redis_prefix: str) -> None:
+    clients = []
+    for node in ("a", "b"):
+        raw = config({"priority": "every", "priority_every": 2, "parallel": 2})
+        raw["server"].update({"data_dir": str(tmp_path / node), "redis_url": redis_url, "redis_prefix": redis_prefix})
+        app = create_app(settings_from_dict(raw), announce=lambda _: None)
+        app[ROOM].clock = clock
+        app[APPOINTMENTS].clock = clock
+        app[APPOINTMENTS].store.clock = clock
+        clients.append(await aiohttp_client(app))
+    await _every_second_call_at_once(clients, clock)
 
 
 async def test_no_show_and_expiry(client: Any, clock: Clock) -> None:

@@ -352,26 +352,14 @@ class AppointmentService:
         ]
 
     # -- the waiting room's hooks (server.waitingroom.AppointmentHooks) --
-    async def due(self, department: str, now: float) -> tuple[list[tuple[float, str]], int, int]:
+    async def due(self, department: str, now: float) -> tuple[list[tuple[float, str]], int, str | None]:
         d = self.room.departments.get(department)
         if d is None or d.appointments is None:
-            return [], 1, 0
+            return [], 1, None
         day = datetime.fromtimestamp(now, self.tz).date().isoformat()
         due = [(a.start, a.ticket_id) for a in await self.store.day(department, day)
                if a.state is AppointmentState.CHECKED_IN and a.ticket_id and a.start <= now]
-        generation = await self.room.store.count(f"appt-gen:{department}")
-        since = await self.room.store.count(f"appt-walkins:{department}:{generation}")
-        return due, d.appointments.every, since
-
-    async def called(self, department: str, ticket: Ticket, was_due: bool) -> None:
-        d = self.room.departments.get(department)
-        if d is None or d.appointments is None:  # no appointments here: no rule to count for (two round trips)
-            return
-        if was_due:  # a new generation: the walk-ins count starts again at 0
-            await self.room.store.hit(f"appt-gen:{department}", 7 * 24 * 3600)
-        else:
-            generation = await self.room.store.count(f"appt-gen:{department}")
-            await self.room.store.hit(f"appt-walkins:{department}:{generation}", 24 * 3600)
+        return due, d.appointments.every, f"appt-walkins:{department}"
 
     async def today(self, department: str) -> list[dict[str, Any]]:
         d = self.room.departments.get(department)

@@ -76,6 +76,14 @@ class Tx(abc.ABC):
     def put(self, ticket: Ticket) -> None:
         """Write a ticket at commit; the store keeps its indexes (waiting, active, token) in step."""
 
+    @abc.abstractmethod
+    async def counter(self, key: str) -> int:
+        """A counter (the one ``Store.count`` reads; 0 when unset or lapsed). Watched."""
+
+    @abc.abstractmethod
+    def set_counter(self, key: str, value: int, ttl: float) -> None:
+        """Set a counter at commit, lapsing ``ttl`` seconds after."""
+
 
 class Store(abc.ABC):
     """Shared live state: tickets, queues, presence, sessions, staff accounts, counters."""

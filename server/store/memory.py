@@ -28,6 +28,7 @@ class _MemoryTx(Tx):
     def __init__(self, store: MemoryStore) -> None:
         self._store = store
         self.writes: dict[str, Ticket] = {}
+        self.counters: dict[str, tuple[int, float]] = {}
 
     async def waiting(self, department: str) -> list[tuple[int, str]]:
         return list(self._store._waiting.get(department, []))
@@ -45,6 +46,14 @@ class _MemoryTx(Tx):
 
     def put(self, ticket: Ticket) -> None:
         self.writes[ticket.id] = ticket
+
+    async def counter(self, key: str) -> int:
+        if key in self.counters:
+            return self.counters[key][0]
+        return await self._store.count(key)
+
+    def set_counter(self, key: str, value: int, ttl: float) -> None:
+        self.counters[key] = (value, ttl)
 
 
 class MemoryStore(Store):
@@ -86,6 +95,8 @@ class MemoryStore(Store):
             result = await fn(tx)
             for ticket in tx.writes.values():
                 self._write(ticket)
+            for key, (value, ttl) in tx.counters.items():
+                self._hits[key] = (value, self._clock() + ttl)
             return result
 
     def _write(self, ticket: Ticket) -> None:

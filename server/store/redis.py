@@ -196,6 +196,9 @@ class _Ops:
     def set(self, key: str, value: str, ex: int | None = None) -> None:
         self._add(*(("SET", key, value) if ex is None else ("SET", key, value, "EX", ex)))
 
+    def set_px(self, key: str, value: str, ms: int) -> None:
+        self._add("SET", key, value, "PX", ms)
+
     def delete(self, key: str) -> None:
         self._add("DEL", key)
 
@@ -227,6 +230,7 @@ class _RedisTx(Tx):
         self.read: dict[str, Ticket | None] = {}
         """Tickets as stored when this attempt read them (None: did not exist)."""
         self.writes: dict[str, Ticket] = {}
+        self.counters: dict[str, tuple[int, float]] = {}
         self.seen: dict[str, str] = {}
         """Key -> what the commit script must still find there (``=value`` or ``-``)."""
 
@@ -290,6 +294,19 @@ class _RedisTx(Tx):
 
     def put(self, ticket: Ticket) -> None:
         self.writes[ticket.id] = ticket
+
+    async def counter(self, key: str) -> int:
+        if key in self.counters:
+            return self.counters[key][0]
+        rkey = self._keys.hits(key)
+        raw = cast("str | None", await self._resp.call("GET", rkey))
+        if rkey in self.seen and self.seen[rkey] != ("-" if raw is None else "=" + raw):
+            raise WatchError("the counter changed within the attempt")
+        self._saw(rkey, raw)
+        return int(raw) if raw is not None else 0
+
+    def set_counter(self, key: str, value: int, ttl: float) -> None:
+        self.counters[key] = (value, ttl)
 
 
 _waiting_since: ContextVar[float] = ContextVar("redis_pool_waiting_since", default=0.0)
@@ -427,6 +444,8 @@ class RedisStore(Store):
                 ops = _Ops()
                 for ticket in tx.writes.values():
                     self._queue_write(ops, tx.read[ticket.id], ticket)
+                for key, (value, ttl) in tx.counters.items():
+                    ops.set_px(self._keys.hits(key), str(value), _ms(ttl))
                 # Also when nothing was put: the script refuses if what fn read changed, so its result
                 # never rests on an inconsistent view.
                 if await self._commit(tx, ops):
