@@ -108,3 +108,44 @@ def test_page_away_seconds_is_validated(tmp_path):
         with pytest.raises(ConfigError, match="page_away_seconds"):
             make_settings(tmp_path, page_away_seconds=bad)
     assert make_settings(tmp_path, page_away_seconds=0).page_away_seconds == 0
+
+
+async def test_a_settling_that_fails_is_tried_again_and_the_others_still_settle(server, clients):
+    """The store refusing a write while a page is settled (Redis READONLY after a failover, OOM): that ticket
+    is settled again later, its grace period still from the close, and the pages closing after it are
+    settled as usual (the settling loop once died of such an error: those tickets never got a grace period)."""
+    first, second = await join(server.url), await join(server.url)
+    pages = [await citizen_socket(server.url, t["token"]) for t in (first, second)]
+    for p in pages:
+        await p.wait_for("ticket")
+    room = server.room
+    disconnect = room.citizen_disconnected
+    failed = []
+
+    async def refused_once(ticket_id, closed_at=None):
+        if not failed:
+            failed.append(ticket_id)
+            raise RuntimeError("READONLY You can't write against a read only replica.")
+        return await disconnect(ticket_id, closed_at)
+
+    room.citizen_disconnected = refused_once
+    closed = time.time()
+    await pages[0].close()
+    at = await asyncio.wait_for(_disconnected_at(room.store, first["ticket"]["id"]), WAIT)
+    assert failed == [first["ticket"]["id"]]  # refused once, settled on the next try ...
+    assert closed - 0.5 <= at <= closed + 0.5  # ... from the close
+    closed = time.time()
+    await pages[1].close()  # the settling goes on
+    at = await asyncio.wait_for(_disconnected_at(room.store, second["ticket"]["id"]), WAIT)
+    assert closed - 0.5 <= at <= closed + 0.5
+
+
+async def test_the_away_period_is_never_longer_than_the_grace_period(make_live_server, clients):
+    """An admin may shorten the grace period at /admin/settings (to 0 even): a page closing then is settled
+    within that, not after ``page_away_seconds``."""
+    server = await make_live_server(page_away_seconds=60, grace_seconds=0.5)
+    mine = await join(server.url)
+    page = await citizen_socket(server.url, mine["token"])
+    await page.wait_for("ticket")
+    await page.close()
+    await asyncio.wait_for(_disconnected_at(server.room.store, mine["ticket"]["id"]), WAIT)

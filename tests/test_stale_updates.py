@@ -111,6 +111,35 @@ async def test_an_update_nothing_changed_since_is_shared_for_longer_than_an_inte
     assert seqs(update) == [first, late] and made == [DEPARTMENT]
 
 
+async def test_a_department_whose_broadcast_failed_is_told_at_its_next_slot(make_app):
+    """A broadcast that fails (the store did not answer) leaves the department changed: it is sent at its next
+    slot, and meanwhile no held update is shared as if nothing had changed."""
+    app: web.Application = make_app(position_interval=0.2)
+    signaling = app[SIGNALING]
+    send = signaling._send_department
+    sent: list[str] = []
+
+    async def failing_once(department: str) -> None:
+        sent.append(department)
+        if len(sent) == 1:
+            raise RuntimeError("the store did not answer")
+        await send(department)
+
+    signaling._send_department = failing_once  # type: ignore[method-assign]
+    signaling._dirty.add(DEPARTMENT)
+    loop = asyncio.ensure_future(signaling.broadcast_positions())
+    try:
+        async def told_twice() -> None:
+            while len(sent) < 2:  # noqa: ASYNC110 - the loop runs on its own schedule
+                assert not loop.done()
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(told_twice(), 15)
+    finally:
+        loop.cancel()
+    assert sent[:2] == [DEPARTMENT, DEPARTMENT]
+
+
 @pytest.mark.parametrize(("who", "shared"), [
     ("listed", True),  # a waiting page the cached update lists: shared (a reconnect storm costs one computation)
     ("not waiting", True),  # a called or ended ticket's page (seq None) has no place to find in it
@@ -142,9 +171,17 @@ async def test_a_broadcast_heard_from_another_node_replaces_an_older_cached_upda
     assert update is theirs and encoded == "encoded by the manager"  # shared as is, not encoded again
     assert seqs(update) == [first, second]
 
-    older = {**mine, "t": mine["t"] + 0.1}  # arriving late, but made before the one held: ignored
+    older = {**mine, "t": mine["t"] + 0.1}  # arriving late, made before the one held: never handed out ...
     signaling._heard_update(DEPARTMENT, older, "older")
-    assert (await signaling._queue_update(DEPARTMENT, first))[0] is theirs
+    again, _ = await signaling._queue_update(DEPARTMENT, first)
+    assert again is not older and seqs(again) == [first, second]
+    # ... and, since it says something else than the one held, that one is not trusted either: by its time
+    # alone, a stale update held (read before another node's change, stamped after it) looks newer. The
+    # next page gets a fresh one.
+    assert again is not theirs
+    same = {**again, "t": again["t"] - 0.5}  # older, saying the same: the held one stays
+    signaling._heard_update(DEPARTMENT, same, "same")
+    assert (await signaling._queue_update(DEPARTMENT, first))[0] is again
 
 
 async def test_a_heard_update_is_as_old_as_when_it_was_made(node):

@@ -100,8 +100,9 @@ class Signaling:
             manager.on_queue = self._heard_update
         self._dirty: set[str] = set()
         self._citizen_sockets: Counter[str] = Counter()
-        self._unsettled: set[str] = set()
-        """Tickets whose page closed while the store did not answer (``_page_closed``)."""
+        self._unsettled: dict[str, float | None] = {}
+        """Tickets whose page closed while the store did not answer (or settling it failed: ``_page_gone``),
+        with when that page closed if known."""
         self._away: dict[str, tuple[float, float]] = {}
         """Tickets whose last page on this node closed less than ``page_away_seconds`` ago, in the order they
         closed: when it is settled (loop time) and when it closed (wall clock). Still counted in the cluster
@@ -199,7 +200,8 @@ class Signaling:
             await self.sio.enter_room(sid, f"d:{ticket.department}")
             # Pages are counted across nodes; a page back within its away period takes the place the closed
             # one still holds in the count (nothing to write: the ticket never went away).
-            if self._away.pop(ticket.id, None) is None:
+            away = self._away.pop(ticket.id, None)
+            if away is None:
                 await self.cluster.connected("ticket", ticket.id)
             self._citizen_sockets[ticket.id] += 1
             try:
@@ -210,7 +212,7 @@ class Signaling:
                 await deliver(self.sio.manager, (await self._queue_update(ticket.department, seq))[1], "/", sid)
             except BaseException:  # refused: the page does not count (socket.io runs no disconnect for it)
                 with contextlib.suppress(Exception):
-                    await self._page_closed(ticket.id)
+                    await self._page_closed(ticket.id, away)  # still away since the close it took over
                 raise
             return
         cookie = SimpleCookie(environ.get("HTTP_COOKIE", ""))
@@ -252,7 +254,7 @@ class Signaling:
         elif session.get("role") == "staff":
             await self._dashboard_closed(session["clerk"])
 
-    async def _page_closed(self, ticket_id: str) -> None:
+    async def _page_closed(self, ticket_id: str, away: tuple[float, float] | None = None) -> None:
         """A page of the ticket closed on this node; the grace period starts when no node holds one. When the
         store does not answer, the ticket is settled again once it does (``settle_unanswered``): its grace
         period must not be lost with the disconnect."""
@@ -262,11 +264,13 @@ class Signaling:
             del self._citizen_sockets[ticket_id]
         if self._stopping_settled:
             return
-        away = self.settings.page_away_seconds
-        if last and away > 0 and not self._closing:  # it may be back in a moment (settle_away)
-            self._away[ticket_id] = (asyncio.get_running_loop().time() + away, self.room.clock())
+        # Never longer than the grace period (an admin may shorten it at /admin/settings, to 0 even).
+        period = min(self.settings.page_away_seconds, self.room.live("grace_seconds"))
+        if last and period > 0 and not self._closing:  # it may be back in a moment (settle_away)
+            # (``away``: a refused connect hands back the close it had taken over, due as it was.)
+            self._away[ticket_id] = away or (asyncio.get_running_loop().time() + period, self.room.clock())
             return
-        await self._page_gone(ticket_id)
+        await self._page_gone(ticket_id, away[1] if away else None)
 
     async def _page_gone(self, ticket_id: str, closed_at: float | None = None) -> None:
         """One page of the ticket fewer on this node, in the cluster's count; with none left anywhere its grace
@@ -276,14 +280,24 @@ class Signaling:
                 await self._no_page_left(ticket_id, closed_at)
         except STORE_ERRORS as e:
             store_unavailable(e)  # logged once per outage, no traceback per page
-            self._unsettled.add(ticket_id)
+            self._unsettled[ticket_id] = closed_at
+        except Exception:  # noqa: BLE001 - e.g. Redis refusing a write (READONLY, OOM): settled again later
+            log.exception("settling a closed page failed")
+            self._unsettled[ticket_id] = closed_at
 
     async def settle_away(self) -> None:
         """Pages that closed and did not come back within ``page_away_seconds``: their tickets are settled as
         their close would have been at once (the grace period from the close), a batch at a time."""
         while not self._closing:
             await asyncio.sleep(max(0.05, min(1.0, self.settings.page_away_seconds / 4)))
-            await self._settle_away_due(asyncio.get_running_loop().time())
+            if self._closing:  # the stop settles them (``shutdown``)
+                break
+            try:
+                await self._settle_away_due(asyncio.get_running_loop().time())
+            except Exception:  # noqa: BLE001 - never expected (``_page_gone`` keeps what fails); the loop goes on
+                if stopping():
+                    raise asyncio.CancelledError from None
+                log.exception("settling pages away failed")
 
     async def _settle_away_due(self, now: float) -> None:
         due = []
@@ -291,30 +305,31 @@ class Signaling:
             if settle_at > now:
                 break
             due.append((ticket_id, closed_at))
-        for ticket_id, _ in due:
-            del self._away[ticket_id]
         for start in range(0, len(due), AWAY_BATCH):
-            await asyncio.gather(*(self._page_gone(t, closed_at) for t, closed_at in due[start:start + AWAY_BATCH]))
+            batch = due[start:start + AWAY_BATCH]
+            for ticket_id, _ in batch:  # taken out a batch at a time: what is left stays if this one fails
+                del self._away[ticket_id]
+            await asyncio.gather(*(self._page_gone(t, closed_at) for t, closed_at in batch))
 
     async def settle_unanswered(self) -> None:
         """Tickets whose page closed while the store did not answer: once it answers, each whose last page is
         gone (on every node) starts its grace period, as its disconnect would have."""
         while not self._closing:
             await asyncio.sleep(UNSETTLED_RETRY_SECONDS)
-            for ticket_id in list(self._unsettled):
+            for ticket_id, closed_at in list(self._unsettled.items()):
                 if self._citizen_sockets.get(ticket_id):  # a page came back here: nothing to settle
-                    self._unsettled.discard(ticket_id)
+                    self._unsettled.pop(ticket_id, None)
                     continue
                 try:
                     if await self.cluster.connections("ticket", ticket_id) <= 0:
-                        await self._no_page_left(ticket_id)
+                        await self._no_page_left(ticket_id, closed_at)
                 except Exception as e:  # noqa: BLE001 - still unanswered: the next round tries again
                     if stopping():
                         raise asyncio.CancelledError from None
                     if not is_store_unavailable(e):
                         log.exception("settling a disconnect failed")
                     break
-                self._unsettled.discard(ticket_id)
+                self._unsettled.pop(ticket_id, None)
 
     async def _no_page_left(self, ticket_id: str, closed_at: float | None = None) -> None:
         try:
@@ -488,7 +503,14 @@ class Signaling:
         change, and a broadcast of another node saves this one a computation."""
         t = update.get("t")
         cached = self._updates.get(department)
-        if not isinstance(t, int | float) or (cached is not None and cached[1].get("t", 0) >= t):
+        if not isinstance(t, int | float):
+            return
+        if cached is not None and cached[1].get("t", 0) >= t:
+            # Older by its time than the one held, yet saying something else: the one held may be the stale
+            # one (read before the other node's change, stamped after it; or the clocks differ). Neither is
+            # handed out: the next page connecting gets a fresh one.
+            if not _same_but_time(cached[1], update):
+                del self._updates[department]
             return
         self._remember_update(department, update, encoded, age=max(0.0, self.room.clock() - t))
 
@@ -536,6 +558,7 @@ class Signaling:
                 try:
                     await self._send_department(d)
                 except Exception as e:  # noqa: BLE001 - a failed broadcast must not end the loop
+                    self._dirty.add(d)  # still to be told (and no held update is shared meanwhile)
                     if stopping() or self._closing:
                         raise asyncio.CancelledError from None
                     if is_store_unavailable(e):
