@@ -148,11 +148,14 @@ async def _staff(args: argparse.Namespace) -> int:
             existing = await store.get_staff(args.username)
             account = await auth.add_staff(args.username, args.name or args.username, _read_password(args),
                                            departments, roles)
+            details: dict[str, object] = {"roles": list(account.roles), "departments": list(account.departments),
+                                          "password_set": True}  # the command always sets one
+            if existing is not None:
+                details.update(roles_before=list(existing.roles), departments_before=list(existing.departments))
             await audit.record(CLI_ACTOR, "staff.created" if existing is None else "staff.updated",
                                target=account.username,
                                department=set(account.departments) | set(existing.departments if existing else ()),
-                               details={"roles": list(account.roles), "departments": list(account.departments),
-                                        "password_set": True})
+                               details=details)
             print(f"saved {account.username}: {', '.join(account.departments)} ({', '.join(account.roles)})")
         elif args.action == "reset-demo":
             if not settings.demo:
@@ -161,6 +164,9 @@ async def _staff(args: argparse.Namespace) -> int:
             from .app import create_demo_staff
 
             print(await create_demo_staff(auth, "Demo clerks (new passwords):"))
+            for d in auth.departments():
+                await audit.record(CLI_ACTOR, "staff.password_reset", target=d.id, department=d.id,
+                                   details={"demo": True})
         elif args.action == "remove":
             existing = await store.get_staff(args.username)
             if not await store.delete_staff(args.username):

@@ -707,8 +707,12 @@ class _ClerkGate:
                 raise error
 
     def close(self) -> None:
-        if self._task is not None and not self._task.done():
+        if self._task is None:
+            return
+        if not self._task.done():
             self._task.cancel()
+        elif not self._task.cancelled():
+            self._task.exception()  # retrieved (a command cancelled after the check failed): no warning
 
 
 @functools.cache

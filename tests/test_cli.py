@@ -73,6 +73,8 @@ async def test_staff_changes_from_the_command_line_are_in_the_audit_log(config):
         ("staff.removed", "anna", ("buergerbuero",)),
     ]
     assert entries[-1].details["departments"] == ["bauamt"] and entries[-1].details["roles"] == ["clerk"]
+    assert entries[1].details["departments_before"] == ["bauamt"] and entries[1].details["departments"] == [
+        "buergerbuero"]
     assert "a long password" not in (config.parent / "var" / "audit.sqlite3").read_bytes().decode("utf-8", "replace")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from server.queue.errors import TicketNotFound
@@ -228,3 +230,24 @@ async def test_a_refused_session_is_the_answer_to_a_clerk_command_whatever_else_
     with pytest.raises(TicketNotFound):
         await room.call(checked(), ticket.id)
     assert (await room.store.get_ticket(ticket.id)).state.value == "waiting"
+
+
+async def test_a_failed_session_check_left_behind_by_a_cancelled_command_is_not_reported_unretrieved(caplog):
+    """A command cancelled after its session check failed (the client went away): closing the gate reads the
+    check's error, so asyncio does not log "Task exception was never retrieved" for it."""
+    import gc
+
+    from server.queue.errors import NotAuthenticated
+    from server.waitingroom import _ClerkGate
+
+    async def refused() -> Clerk:
+        raise NotAuthenticated("log in first")
+
+    gate = _ClerkGate(refused())
+    for _ in range(3):  # the check runs and fails
+        await asyncio.sleep(0)
+    gate.close()
+    del gate
+    gc.collect()
+    await asyncio.sleep(0)
+    assert "never retrieved" not in caplog.text

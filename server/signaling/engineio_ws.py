@@ -73,7 +73,9 @@ class DirectWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
             # engine.io's request handler drops a closed session from its table after this returns; a
             # cancellation (aiohttp's stop cancels open requests) skips that, and engine.io's own handler
             # swallowed it: the session stayed in the table until the process exited.
-            if owner is not None and owner.closed and owner.server.sockets.get(owner.sid) is owner:
+            # (``closing`` without ``closed``: a second cancellation ended its close half way.)
+            if owner is not None and (owner.closed or owner.closing) \
+                    and owner.server.sockets.get(owner.sid) is owner:
                 del owner.server.sockets[owner.sid]
             self.owner = None
             self.handler = None  # ws -> its bound _session -> ws, too
