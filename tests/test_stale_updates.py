@@ -111,6 +111,38 @@ async def test_an_update_nothing_changed_since_is_shared_for_longer_than_an_inte
     assert seqs(update) == [first, late] and made == [DEPARTMENT]
 
 
+async def test_pages_connecting_together_share_one_computation_of_the_update(node):
+    """In a storm thousands of pages connect at once: when the held update is too old, the first page's
+    computation is shared by those arriving while it runs (each made its own: a storm whose held updates had
+    aged out cost half as much again), except a waiting page that computation does not list."""
+    signaling, room = node
+    first = await check_in(room, "Erste")
+    made: list[str] = []
+    make = room.queue_update
+    gate = asyncio.Event()
+
+    async def slow(department: str) -> dict[str, Any]:
+        made.append(department)
+        update = await make(department)
+        if len(made) == 1:
+            await gate.wait()  # the store's answer takes a while
+        return update
+
+    room.queue_update = slow  # type: ignore[method-assign]
+    pages = [asyncio.ensure_future(signaling._queue_update(DEPARTMENT, seq)) for seq in (first, None, first)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    late = await changed_elsewhere(signaling, room, "Spät")  # checked in meanwhile: not in the shared one
+    pages.append(asyncio.ensure_future(signaling._queue_update(DEPARTMENT, late)))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert made == [DEPARTMENT]
+    gate.set()
+    results = await asyncio.gather(*pages)
+    assert results[0] == results[1] == results[2] and seqs(results[0][0]) == [first]
+    assert seqs(results[3][0]) == [first, late] and made == [DEPARTMENT, DEPARTMENT]
+
+
 async def test_a_department_whose_broadcast_failed_is_told_at_its_next_slot(make_app):
     """A broadcast that fails (the store did not answer) leaves the department changed: it is sent at its next
     slot, and meanwhile no held update is shared as if nothing had changed."""

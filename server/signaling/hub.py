@@ -119,6 +119,8 @@ class Signaling:
         self._connectivity: dict[str, dict[str, float | None]] = {}
         """Per department: tickets whose page connected or disconnected since the last ``connectivity``
         message, with their ``disconnected_at`` (None: connected again)."""
+        self._computing: dict[str, asyncio.Future[None]] = {}
+        """Per department: a computation of its update under way for a connecting page (``_queue_update``)."""
         self._updates: dict[str, tuple[float, dict[str, Any], Any, frozenset[int]]] = {}
         """Per department: when its latest update was made, the update, and its encoded ``queue`` event."""
         self._opening: dict[str, tuple[bool, Any, str | None]] = {}
@@ -477,9 +479,26 @@ class Signaling:
             fresh_for = min(fresh_for, FRESH_SECONDS)
         if cached and now - cached[0] < fresh_for and (seq is None or seq in cached[3]):
             return cached[1], cached[2]
+        computing = self._computing.get(department)
+        if computing is not None:  # another page's computation is under way: share it (a storm's thousands)
+            await asyncio.shield(computing)
+            held = self._updates.get(department)
+            if held is not None and held is not cached and (seq is None or seq in held[3]):
+                return held[1], held[2]
+        done = asyncio.get_running_loop().create_future()
+        self._computing[department] = done
+        try:
+            return await self._fresh_update(department, cached, seq)
+        finally:
+            if self._computing.get(department) is done:
+                del self._computing[department]
+            done.set_result(None)
+
+    async def _fresh_update(self, department: str, cached: Any, seq: int | None) -> tuple[dict[str, Any], Any]:
         update = await self.room.queue_update(department)
         held = self._updates.get(department)
-        if held is not cached and held is not None and held[1].get("t", 0) >= update["t"]:
+        if held is not cached and held is not None and held[1].get("t", 0) >= update["t"] \
+                and (seq is None or seq in held[3]):
             return held[1], held[2]  # a newer one came meanwhile (a broadcast, another node's): that one
         if cached and _same_but_time(cached[1], update):
             # Nothing changed since the update the department's pages hold: this page gets that one too (same
