@@ -698,13 +698,7 @@ class _ClerkGate:
     async def settle(self) -> None:
         """After the command failed: raise the check's own refusal instead, if it was refused."""
         if self._task is not None and not self._task.cancelled():
-            error = None
-            try:
-                await self._task
-            except Exception as e:  # noqa: BLE001 - re-raised below, outside this handler
-                error = e
-            if error is not None:
-                raise error
+            await self._task  # (its refusal, if it refused, propagates)
 
     def close(self) -> None:
         if self._task is None:

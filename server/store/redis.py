@@ -196,9 +196,6 @@ class _Ops:
     def set(self, key: str, value: str, ex: int | None = None) -> None:
         self._add(*(("SET", key, value) if ex is None else ("SET", key, value, "EX", ex)))
 
-    def set_px(self, key: str, value: str, ms: int) -> None:
-        self._add("SET", key, value, "PX", ms)
-
     def delete(self, key: str) -> None:
         self._add("DEL", key)
 
@@ -237,12 +234,16 @@ class _RedisTx(Tx):
     def _saw(self, key: str, raw: str | None) -> None:
         self.seen.setdefault(key, "-" if raw is None else "=" + raw)
 
+    def _saw_again(self, key: str, raw: str | None) -> None:
+        """As ``_saw``, for a key this attempt may read twice: two reads, two states, run it again."""
+        if key in self.seen and self.seen[key] != ("-" if raw is None else "=" + raw):
+            raise WatchError(f"{key} changed within the attempt")
+        self._saw(key, raw)
+
     async def _queue(self, department: str, read: Callable[[str], tuple[Any, ...]]) -> Any:
         key, version = self._keys.queue(department), self._keys.queue_version(department)
         raw_version, result = await self._resp.transaction([("GET", version), read(key)])
-        if version in self.seen and self.seen[version] != ("-" if raw_version is None else "=" + raw_version):
-            raise WatchError("the queue changed within the attempt")  # two reads, two states: run again
-        self._saw(version, raw_version)
+        self._saw_again(version, raw_version)
         return result
 
     async def waiting(self, department: str) -> list[tuple[int, str]]:
@@ -258,9 +259,7 @@ class _RedisTx(Tx):
         version_key = self._keys.queue_version(department)
         raw_version, flat, raws = await self._resp.script(
             _QUEUE_HEAD, [version_key, self._keys.queue(department)], [k, self._keys.ticket("")])
-        if version_key in self.seen and self.seen[version_key] != ("-" if raw_version is None else "=" + raw_version):
-            raise WatchError("the queue changed within the attempt")
-        self._saw(version_key, raw_version)
+        self._saw_again(version_key, raw_version)
         head = _pairs(flat)
         for (_, ticket_id), raw in zip(head, raws, strict=True):
             if ticket_id not in self.read:
@@ -300,9 +299,7 @@ class _RedisTx(Tx):
             return self.counters[key][0]
         rkey = self._keys.hits(key)
         raw = cast("str | None", await self._resp.call("GET", rkey))
-        if rkey in self.seen and self.seen[rkey] != ("-" if raw is None else "=" + raw):
-            raise WatchError("the counter changed within the attempt")
-        self._saw(rkey, raw)
+        self._saw_again(rkey, raw)
         return int(raw) if raw is not None else 0
 
     def set_counter(self, key: str, value: int, ttl: float) -> None:
@@ -445,7 +442,7 @@ class RedisStore(Store):
                 for ticket in tx.writes.values():
                     self._queue_write(ops, tx.read[ticket.id], ticket)
                 for key, (value, ttl) in tx.counters.items():
-                    ops.set_px(self._keys.hits(key), str(value), _ms(ttl))
+                    ops.set(self._keys.hits(key), str(value), ex=max(1, round(ttl)))
                 # Also when nothing was put: the script refuses if what fn read changed, so its result
                 # never rests on an inconsistent view.
                 if await self._commit(tx, ops):
