@@ -18,6 +18,8 @@ memory (nobody ever dies). Keys, all under the configured prefix:
 ``nodes``               zset node -> last heartbeat (ms, Redis time)
 ``conn:<kind>:<id>``    hash node -> connections (kind ``ticket`` or ``clerk``)
 ``node:<node>:conn``    set of ``<kind>:<id>`` the node counts connections of
+``node:<node>:closed``  hash ``<kind>:<id>`` -> when its last connection on the node closed (epoch seconds), for
+                        those the node still counts while they may come back (``note_closed``)
 ``inv:<ticket>``        set of usernames invited to the ticket's consultation
 ``claim:<key>``         once-only claims (``Cluster.claim``)
 """
@@ -55,7 +57,8 @@ INVITATION_TTL_SECONDS = 12 * 3600.0
 """An invitation's set lapses this long after the last invitation to the ticket (a consultation's bound)."""
 
 NodeListener = Callable[[str], Awaitable[None]]
-DroppedListener = Callable[[str, str], Awaitable[None]]
+DroppedListener = Callable[[str, str, float | None], Awaitable[None]]
+RestoredListener = Callable[[str, str], Awaitable[None]]
 
 
 def new_node_id() -> str:
@@ -70,7 +73,7 @@ class Cluster(abc.ABC):
         self.node_id = node_id or new_node_id()
         self._dead_listeners: list[NodeListener] = []
         self._dropped_listeners: list[DroppedListener] = []
-        self._restored_listeners: list[DroppedListener] = []
+        self._restored_listeners: list[RestoredListener] = []
         self._local: Counter[tuple[str, str]] = Counter()
         """This node's connections per (kind, id)."""
 
@@ -82,17 +85,21 @@ class Cluster(abc.ABC):
     settles_on_stop = False
     """Whether ``stop`` drops the counts this node still holds and tells the listeners (several nodes): a
     stopping node then leaves its pages' bookkeeping to it, all at once, instead of page by page."""
+    notes_closes = False
+    """Whether ``note_closed`` keeps anything (several nodes: for the survivor of this node's death)."""
 
     def on_connections_dropped(self, listener: DroppedListener) -> None:
-        """``listener(kind, id)``: a dead (or stopping) node's connections were dropped and none is left."""
+        """``listener(kind, id, closed_at)``: a dead (or stopping) node's connections were dropped and none is
+        left; ``closed_at`` is when the last of them had closed if the node noted it (``note_closed``), else
+        None (it was open when the node died)."""
         self._dropped_listeners.append(listener)
 
-    def on_connections_restored(self, listener: DroppedListener) -> None:
+    def on_connections_restored(self, listener: RestoredListener) -> None:
         """``listener(kind, id)``: this node was taken for dead (a stall, a Redis outage) and came back: its
         counts are written again, and this is called for each (kind, id) it holds connections of."""
         self._restored_listeners.append(listener)
 
-    async def _tell(self, listeners: list[Any], *args: str) -> None:
+    async def _tell(self, listeners: list[Any], *args: Any) -> None:
         for listener in listeners:
             try:
                 await listener(*args)
@@ -137,6 +144,12 @@ class Cluster(abc.ABC):
     @abc.abstractmethod
     async def connections(self, kind: str, ident: str) -> int:
         """The total across nodes."""
+
+    async def note_closed(self, kind: str, closed: dict[str, float], reopened: list[str]) -> None:  # noqa: B027
+        """Connections this node still counts although they closed (at the time given): they may come back in a
+        moment, and are settled later (server/signaling/hub.py, pages away). If the node dies meanwhile, the
+        survivor that drops its counts tells the listeners when they closed. ``reopened``: no longer so (back,
+        or settled). One node (memory): nothing to note, it never dies with counts held."""
 
     def local_connections(self, kind: str, ident: str) -> int:
         return self._local[(kind, ident)]
@@ -240,6 +253,7 @@ return 1"""
 
 class RedisCluster(Cluster):
     settles_on_stop = True
+    notes_closes = True
 
     def __init__(self, url: str, prefix: str = "sps:", node_id: str | None = None, *,
                  heartbeat: float = HEARTBEAT_SECONDS, dead_after: float = DEAD_AFTER_SECONDS) -> None:
@@ -262,6 +276,9 @@ class RedisCluster(Cluster):
 
     def _node_set(self, node_id: str) -> str:
         return f"{self.prefix}node:{node_id}:conn"
+
+    def _node_closed(self, node_id: str) -> str:
+        return f"{self.prefix}node:{node_id}:closed"
 
     # -- lifecycle --
     async def start(self) -> None:
@@ -289,7 +306,7 @@ class RedisCluster(Cluster):
                 left = await self._resp.script(_DROP, [self._conn(kind, ident)], [self.node_id, "0"])
                 await self._resp.call("SREM", self._mine, member)
                 if left == 0:
-                    await self._tell(self._dropped_listeners, kind, ident)
+                    await self._tell(self._dropped_listeners, kind, ident, None)
         for kind, ident in list(self._local):
             count = self._local.get((kind, ident), 0)  # now, not when the loop began
             if count > 0:
@@ -332,17 +349,19 @@ class RedisCluster(Cluster):
         is finished by the next (the survivor that reaps the node); one cut off between telling and leaving
         tells that member again (the listeners do nothing the second time)."""
         node_set = self._node_set(node)
+        flat = await self._resp.call("HGETALL", self._node_closed(node))
+        closed = {member: float(at) for member, at in zip(flat[::2], flat[1::2], strict=True)}
 
         async def drop(member: str) -> None:
             kind, _, ident = member.partition(":")
             if await self._resp.script(_DROP, [self._conn(kind, ident)], [node, "1"]) == 0:
-                await self._tell(self._dropped_listeners, kind, ident)
+                await self._tell(self._dropped_listeners, kind, ident, closed.get(member))
             await self._resp.call("SREM", node_set, member)
 
         members = list(await self._resp.call("SMEMBERS", node_set))
         for start in range(0, len(members), DROP_CHUNK):
             await asyncio.gather(*(drop(m) for m in members[start:start + DROP_CHUNK]))
-        await self._resp.call("DEL", node_set)
+        await self._resp.calls([("DEL", node_set), ("DEL", self._node_closed(node))])
 
     async def stop(self) -> None:
         if self._stopped:
@@ -386,6 +405,16 @@ class RedisCluster(Cluster):
 
     async def connected(self, kind: str, ident: str) -> int:
         return await self._change(kind, ident, 1)
+
+    async def note_closed(self, kind: str, closed: dict[str, float], reopened: list[str]) -> None:
+        key = self._node_closed(self.node_id)
+        commands: list[tuple[Any, ...]] = []
+        if reopened:
+            commands.append(("HDEL", key, *(f"{kind}:{i}" for i in reopened)))
+        if closed:
+            commands.append(("HSET", key, *(w for i, at in closed.items() for w in (f"{kind}:{i}", repr(at)))))
+        if commands:
+            await self._resp.transaction(commands)
 
     async def disconnected(self, kind: str, ident: str) -> int:
         if self._local[(kind, ident)] <= 0:  # never counted here (its connect failed): nothing to take back

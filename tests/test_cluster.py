@@ -112,7 +112,7 @@ async def test_a_dead_node_is_claimed_by_exactly_one_survivor_and_its_counts_dro
     seen: dict[str, list[object]] = {"b": [], "c": []}
     for name, node in (("b", b), ("c", c)):
         node.on_node_dead(lambda n, name=name: _note(seen[name], ("dead", n)))
-        node.on_connections_dropped(lambda k, i, name=name: _note(seen[name], (k, i)))
+        node.on_connections_dropped(lambda k, i, _at, name=name: _note(seen[name], (k, i)))
     for node in (dead, b, c):
         await node.start()
     await dead.connected("ticket", "only-on-dead")
@@ -160,7 +160,7 @@ async def test_a_node_taken_for_dead_that_comes_back_counts_its_connections_agai
 async def test_a_disconnect_lost_in_a_redis_outage_is_set_right_at_the_next_heartbeat(make_node) -> None:
     a = make_node("a")
     dropped: list[tuple[str, str]] = []
-    a.on_connections_dropped(lambda k, i: _note(dropped, (k, i)))
+    a.on_connections_dropped(lambda k, i, _at: _note(dropped, (k, i)))
     await a.start()
     await a.connected("ticket", "gone")
     await a.connected("ticket", "kept")
@@ -213,7 +213,7 @@ async def test_a_stop_settles_its_counts_side_by_side_and_a_stop_cut_off_is_fini
     in_flight = most_in_flight = 0
     block_after: int | None = None
 
-    async def listener(kind: str, ident: str) -> None:
+    async def listener(kind: str, ident: str, _closed_at: float | None) -> None:
         nonlocal in_flight, most_in_flight
         in_flight += 1
         most_in_flight = max(most_in_flight, in_flight)
@@ -225,7 +225,7 @@ async def test_a_stop_settles_its_counts_side_by_side_and_a_stop_cut_off_is_fini
         finally:
             in_flight -= 1
 
-    async def survivor_listener(kind: str, ident: str) -> None:
+    async def survivor_listener(kind: str, ident: str, _closed_at: float | None) -> None:
         told.append((kind, ident))
 
     stopping.on_connections_dropped(listener)
@@ -257,6 +257,34 @@ async def test_a_stop_settles_its_counts_side_by_side_and_a_stop_cut_off_is_fini
     assert await survivor.reap() == ["again"]
     assert sorted(set(told)) == sorted(("ticket", f"t{k}") for k in range(40, 80))  # every one told
     assert await survivor.connections("ticket", "t79") == 0
+
+
+@pytest.mark.redis
+async def test_a_dead_node_s_noted_closes_reach_the_survivor_s_listeners(make_node) -> None:
+    """Connections a node still counts although they closed (pages away) are noted with their close time; the
+    survivor that drops a dead node's counts passes it on (the grace period starts from the close), and
+    ``None`` for those still open. Noted again or taken back, in one write; the notes go with the node."""
+    dead, survivor = make_node("dead"), make_node("survivor")
+    dropped: dict[str, float | None] = {}
+    survivor.on_connections_dropped(lambda k, i, at: _note_at(dropped, i, at))
+    for node in (dead, survivor):
+        await node.start()
+    for t in ("away", "back", "open", "moved"):
+        await dead.connected("ticket", t)
+    await dead.note_closed("ticket", {"away": 1000.25, "back": 1001.5, "moved": 1002.0}, [])
+    await dead.note_closed("ticket", {"moved": 1003.75}, ["back"])  # back: taken back; moved: closed again
+    flat = await dead._resp.call("HGETALL", dead._node_closed("dead"))
+    assert dict(zip(flat[::2], flat[1::2], strict=True)) == {"ticket:away": "1000.25", "ticket:moved": "1003.75"}
+    await dead.note_closed("ticket", {}, [])  # nothing changed: nothing written
+    await asyncio.sleep(FAST["dead_after"] * 1.5)  # the dead node never beats again
+    await survivor.beat()
+    assert await survivor.reap() == ["dead"]
+    assert dropped == {"away": 1000.25, "back": None, "open": None, "moved": 1003.75}
+    assert await survivor._resp.call("EXISTS", survivor._node_closed("dead")) == 0
+
+
+async def _note_at(into: dict[str, float | None], ident: str, at: float | None) -> None:
+    into[ident] = at
 
 
 async def _all_nodes(node: RedisCluster) -> list[str]:

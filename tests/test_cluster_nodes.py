@@ -126,6 +126,11 @@ def pid_of(node_id: str) -> int:
     return int(node_id.rsplit("-", 2)[1])
 
 
+async def node_id_of(raw: Any, prefix: str, pid: int) -> str:
+    """The registered node id of the process."""
+    return next(n for n in await raw.zrange(f"{prefix}nodes", 0, -1) if pid_of(n) == pid)
+
+
 async def counted_on(raw: Any, prefix: str, ticket_id: str) -> dict[int, int]:
     """Pages of the ticket per node process (pid), as counted in Redis."""
     return {pid_of(node): int(count) for node, count in (await raw.hgetall(f"{prefix}conn:ticket:{ticket_id}")).items()}
@@ -358,3 +363,46 @@ async def test_a_node_stopped_with_sigterm_settles_its_pages_at_once(start_nodes
         assert "sockets told and disconnected (0 failed)" in log and "did not finish" not in log
         assert "exiting now" not in log and "failed or took too long" not in log
         assert "taken for dead" not in b.log.read_text("utf-8", "replace")  # a clean stop is not a death
+
+
+@pytest.mark.parametrize("end", ["kill", "sigterm"])
+async def test_a_page_away_on_a_node_that_ends_starts_its_grace_period_from_its_close(
+        start_nodes, shared, redis_prefix, end):
+    """A page that closed on a node and is still within its away period when the node is killed (or stopped):
+    its grace period starts from when it closed, not when a survivor noticed (or the node stopped), up to
+    ``page_away_seconds`` (here 60 s) later. Killed: the node noted the close in Redis within a second."""
+    import asyncio
+    import time
+
+    store, _auth, raw = shared
+    a, _b = start_nodes(2, away=60.0)
+    mine = await join(a.url)
+    ticket_id = mine["ticket"]["id"]
+    page = await citizen_socket(a.url, mine["token"])
+    await page.wait_for("ticket")
+    await wait_for_counts(raw, redis_prefix, ticket_id, {a.proc.pid: 1})
+    closed = time.time()
+    await page.close()
+
+    async def noted() -> None:
+        key = f"{redis_prefix}node:{await node_id_of(raw, redis_prefix, a.proc.pid)}:closed"
+        while not await raw.hexists(key, f"ticket:{ticket_id}"):  # noqa: ASYNC110 - another process
+            await asyncio.sleep(0.05)  # node a writes it in its own loop: polled
+
+    await asyncio.wait_for(noted(), 10)
+    assert (await store.get_ticket(ticket_id)).disconnected_at is None  # still away: nothing settled
+    if end == "kill":
+        a.kill()
+    else:
+        a.proc.send_signal(signal.SIGTERM)
+        assert a.proc.wait(15) == 0
+
+    async def disconnected() -> float:
+        while (t := await store.get_ticket(ticket_id)) is None or t.disconnected_at is None:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # another process writes it: polled
+        return t.disconnected_at
+
+    at = await asyncio.wait_for(disconnected(), NOTICED_WITHIN)
+    assert closed - 1 <= at <= closed + 1  # from the close
+    assert await counted_on(raw, redis_prefix, ticket_id) == {}
+    assert not [key async for key in raw.scan_iter(f"{redis_prefix}node:*:closed")]  # gone with the node

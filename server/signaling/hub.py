@@ -107,6 +107,9 @@ class Signaling:
         """Tickets whose last page on this node closed less than ``page_away_seconds`` ago, in the order they
         closed: when it is settled (loop time) and when it closed (wall clock). Still counted in the cluster
         as one page of this node (``settle_away``)."""
+        self._noted: dict[str, float] = {}
+        """Close times of pages away (and unsettled) as last noted in the cluster (``_note_closes``), so that a
+        survivor of this node's death starts their grace periods from their close, as this node would have."""
         self._clerk_sockets: Counter[str] = Counter()
         self._clerks: dict[str, Clerk] = {}
         self._closing = False
@@ -300,6 +303,35 @@ class Signaling:
                 if stopping():
                     raise asyncio.CancelledError from None
                 log.exception("settling pages away failed")
+            try:
+                await self._note_closes()
+            except Exception as e:  # noqa: BLE001 - the store is down: noted at a later round
+                if stopping():
+                    raise asyncio.CancelledError from None
+                if not is_store_unavailable(e):
+                    log.exception("noting closed pages failed")
+
+    def _closes(self) -> dict[str, float]:
+        """When the last page closed of each ticket this node still counts a page of (away, or its settling
+        unanswered)."""
+        closes = {t: closed_at for t, closed_at in self._unsettled.items() if closed_at is not None}
+        closes.update((t, closed_at) for t, (_, closed_at) in self._away.items())
+        return closes
+
+    async def _note_closes(self) -> None:
+        """Tell the cluster what changed in ``_closes`` since the last round: one write a round, whatever the
+        number of pages (a write per close would cost what the away period saves)."""
+        if not self.cluster.notes_closes:
+            return
+        closes = self._closes()
+        new = {t: at for t, at in closes.items() if self._noted.get(t) != at}
+        gone = [t for t in self._noted if t not in closes]
+        if not new and not gone:
+            return
+        await self.cluster.note_closed("ticket", new, gone)
+        for t in gone:
+            del self._noted[t]
+        self._noted.update(new)
 
     async def _settle_away_due(self, now: float) -> None:
         due = []
@@ -353,11 +385,15 @@ class Signaling:
         if await self.cluster.disconnected("clerk", username) <= 0 and clerk is not None:
             await self.room.set_presence(clerk, Presence.OFFLINE)
 
-    async def _connections_dropped(self, kind: str, ident: str) -> None:
+    async def _connections_dropped(self, kind: str, ident: str, closed_at: float | None = None) -> None:
         """A dead (or stopping) node held the last page of a ticket, or the last dashboard of a clerk (this
-        runs on the one node that claimed the dead node: server/cluster.py)."""
+        runs on the one node that claimed the dead node: server/cluster.py). A page that had closed there
+        (``closed_at``, noted by that node; or known here: this node's own stop) starts the grace period
+        from its close; one still open, from now."""
         if kind == "ticket":
-            await self._no_page_left(ident)
+            if closed_at is None:
+                closed_at = self._closes().get(ident)
+            await self._no_page_left(ident, closed_at)
         elif kind == "clerk":
             account = await self.room.store.get_staff(ident)
             if account is not None and await self.cluster.connections("clerk", ident) <= 0:
@@ -366,6 +402,7 @@ class Signaling:
     async def _connections_restored(self, kind: str, ident: str) -> None:
         """This node had been taken for dead and is back: its pages' tickets are connected again (its
         clerks' presence comes back with ``renew_presence``)."""
+        self._noted.clear()  # the survivor that dropped this node's counts dropped its notes too: noted again
         if kind == "ticket" and self._citizen_sockets.get(ident):
             with contextlib.suppress(QueueError):
                 await self.room.citizen_connected(ident)
@@ -689,7 +726,8 @@ class Signaling:
         # cluster that settles at its stop, that stop does it with this node's other counts).
         if not self._stopping_settled:
             await self._settle_away_due(math.inf)
-        self._away.clear()
+            self._away.clear()
+        # (Otherwise they stay in ``_away`` for the cluster's stop: ``_connections_dropped`` finds their close.)
         await self.sio.shutdown()  # several nodes: the Redis manager stays open for ``finish_stop``
 
     async def finish_stop(self) -> None:
