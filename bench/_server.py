@@ -233,7 +233,7 @@ class NginxProxy:
     checks). Only the size differs from the tests: enough worker connections for every page (two each), and
     enough workers for them under the open-files limit."""
 
-    def __init__(self, directory: Path, upstreams: list[int], connections: int) -> None:
+    def __init__(self, directory: Path, upstreams: list[int], connections: int, tls: bool = True) -> None:
         root = str(Path(__file__).resolve().parent.parent)
         if root not in sys.path:
             sys.path.insert(0, root)
@@ -261,6 +261,13 @@ class NginxProxy:
             if site.count("backlog=65535;") != 1:
                 raise RuntimeError("the shipped nginx site changed: adapt bench/_server.py NginxProxy")
             site = site.replace("backlog=65535;", "backlog=65535 reuseport;")
+        if not tls:
+            # The load generator's side without TLS (``--proxy-tls off``): in a deployment the clients' TLS costs
+            # their own machines; here the generator's (Python's) share of it took most of a core in a storm.
+            listen = f"listen 127.0.0.1:{https} ssl http2 backlog=65535"
+            if site.count(listen) != 1:
+                raise RuntimeError("the shipped nginx site changed: adapt bench/_server.py NginxProxy")
+            site = site.replace(listen, f"listen 127.0.0.1:{https} backlog=65535")
         conf = _nginx_conf(directory, site, foreground=True)
         text = conf.read_text("utf-8")
         if text.count("worker_connections 256;") != 1 or text.count("worker_processes 1;") != 1:
@@ -269,7 +276,7 @@ class NginxProxy:
         text = text.replace("worker_connections 256;", f"worker_connections {per_worker - 100};")
         text = f"worker_rlimit_nofile {per_worker};\n" + text
         conf.write_text(text, "utf-8")
-        self.url = f"https://{HOST}:{https}"
+        self.url = f"{'https' if tls else 'http'}://{HOST}:{https}"
         self.nginx = Nginx(directory, conf, http, https)
         self.nginx.wait_listening()
 
@@ -292,9 +299,10 @@ class ServerGroup:
     asked), seen by the bench as one server: its URL (nginx's or the one node's), CPU and RSS summed over
     the nodes. py-spy samples the first node."""
 
-    def __init__(self, nodes: list[ServerProcess], proxy_dir: Path | None) -> None:
+    def __init__(self, nodes: list[ServerProcess], proxy_dir: Path | None, proxy_tls: bool = True) -> None:
         self.nodes = nodes
         self.proxy_dir = proxy_dir
+        self.proxy_tls = proxy_tls
         self.proxy: NginxProxy | None = None
         self.url = nodes[0].url
         self.log_path = nodes[0].log_path
@@ -303,7 +311,7 @@ class ServerGroup:
         for node in self.nodes:
             node.start()
         if self.proxy_dir is not None:
-            self.proxy = NginxProxy(self.proxy_dir, [n.port for n in self.nodes], connections)
+            self.proxy = NginxProxy(self.proxy_dir, [n.port for n in self.nodes], connections, self.proxy_tls)
             self.url = self.proxy.url
 
     @property

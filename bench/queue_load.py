@@ -544,10 +544,11 @@ async def bench(args: argparse.Namespace, server: ServerGroup, clerk_accounts: l
         ]
         errors = {k: v for k, v in counters.items() if not k.startswith(("joins", "final_", "replaced"))}
         outcomes = dict(stats.outcomes)
+        where = (" behind nginx" + ("" if args.proxy_tls == "on" else " (no TLS to it)")) if proxied else " (direct)"
         print(f"\nconfig: {args.citizens} citizens, {args.departments} departments, "
               f"{len(clerks)} clerks, {args.calls_per_second:g} calls/s for {args.duration:g} s, "
               f"{'redis' if args.redis else 'memory'} store, {nodes} server node{'s' if nodes > 1 else ''}"
-              f"{' behind nginx' if proxied else ' (direct)'}, {args.processes} citizen processes "
+              f"{where}, {args.processes} citizen processes "
               f"({args.client} client); host reference workload {host_ms:.0f} ms; "
               f"replaced citizens: {counters.get('replaced', 0)}")
         print_table("results (goals are for 10,000 citizens / 20 departments / 50 calls per s)", rows)
@@ -591,6 +592,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "run one after the other")
     p.add_argument("--nginx", action="store_true",
                    help="also put nginx in front of a single node (--nodes 1 is direct otherwise)")
+    p.add_argument("--proxy-tls", choices=("on", "off"), default="on",
+                   help="off: nginx listens for the load generator without TLS (the clients' side of TLS, on "
+                        "their own machines in a deployment, took most of a core of this one in a storm)")
     p.add_argument("--call-via", choices=("socket", "http"), default="socket",
                    help="clerks call next with the socket event or the HTTP route")
     p.add_argument("--client", choices=_citizens.CLIENTS, default="lean",
@@ -665,7 +669,7 @@ def run_once(args: argparse.Namespace, count: int) -> int:
         configs.append(write_config(node_dir, departments, args.redis, prefix, args.full_gc_interval,
                                     behind_proxy=proxied))
     server = ServerGroup([ServerProcess(c, free_port(), c.parent / "server.log", args.profile) for c in configs],
-                         run_dir / "nginx" if proxied else None)
+                         run_dir / "nginx" if proxied else None, args.proxy_tls == "on")
     citizens = CitizenProcesses()
     code = 0
     try:
