@@ -103,3 +103,6 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status, "http_error")
         return error_response(code, e.reason, e.status)
+    except Exception:  # noqa: BLE001 - a bug: logged with its traceback, answered in the one shape, never plain text
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        return error_response("internal", "internal error", 500)

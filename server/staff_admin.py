@@ -28,7 +28,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .queue.core import BIDI_CONTROLS
+from .queue.core import BIDI_CONTROLS, NOT_WHITESPACE
 from .queue.errors import Conflict, InvalidInput, NotAuthorised, QueueError
 from .store.base import StaffAccount
 
@@ -119,6 +119,7 @@ def clean_display_name(value: str) -> str:
     """A display name from elsewhere (an identity provider's claim) made to follow the same rule as one
     typed at /admin/staff: whitespace folded, control characters dropped, cut to ``MAX_DISPLAY_NAME``.
     Empty when nothing is left (the caller falls back to the username)."""
+    value = "".join(c for c in value if c not in NOT_WHITESPACE)  # controls, though str.split folds them
     kept = "".join(c for c in " ".join(value.split()) if not is_control_char(c))
     return " ".join(kept.split())[:MAX_DISPLAY_NAME].strip()
 
@@ -126,6 +127,8 @@ def clean_display_name(value: str) -> str:
 def _display_name(value: object) -> str:
     if not isinstance(value, str):
         raise InvalidInput("display_name must be text")
+    for char in NOT_WHITESPACE.intersection(value):
+        raise InvalidInput(f"display_name contains a control character (U+{ord(char):04X}); please remove it")
     name = " ".join(value.split())
     if not name or len(name) > MAX_DISPLAY_NAME:
         raise InvalidInput(f"display_name: 1-{MAX_DISPLAY_NAME} characters")

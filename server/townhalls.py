@@ -63,19 +63,26 @@ class Audience:
     """Public id of this browser in this event (never the token)."""
 
 
+EARLIEST_TIME, LATEST_TIME = 946684800.0, 32503680000.0
+"""2000-01-01 and 3000-01-01 (UTC): the times an event may have (beyond them dates overflow when shown)."""
+
+
 def _time(value: object, what: str) -> float:
-    """An ISO 8601 date-time with offset, or epoch seconds."""
+    """An ISO 8601 date-time with offset, or epoch seconds, between 2000 and 3000."""
+    seconds: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
+        seconds = float(value)
+    elif isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
             pass
         else:
             if parsed.tzinfo is not None:
-                return parsed.timestamp()
-    raise InvalidInput(f"{what} must be an ISO 8601 date-time with a time zone offset")
+                seconds = parsed.timestamp()
+    if seconds is not None and EARLIEST_TIME <= seconds <= LATEST_TIME:  # (NaN is not)
+        return seconds
+    raise InvalidInput(f"{what} must be an ISO 8601 date-time with a time zone offset, in the years 2000 to 2999")
 
 
 class TownHallService:

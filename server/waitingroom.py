@@ -444,10 +444,8 @@ class WaitingRoom:
         async def attempt(tx: Tx) -> tuple[Ticket, list[TicketEvent]]:
             ticket = await tx.ticket(ticket_id)
             clerk = await gate.clerk() if gate is not None else None
-            if ticket is None:
-                raise TicketNotFound(f"no ticket {ticket_id}")
-            if clerk is not None and ticket.department not in clerk.departments:
-                raise TicketNotFound(f"no ticket {ticket_id} in your departments")
+            if ticket is None or (clerk is not None and ticket.department not in clerk.departments):
+                raise TicketNotFound("ticket not found or expired")  # one answer for unknown and foreign ids
             new, events = command(ticket, now, clerk) if clerk is not None else command(ticket, now)  # type: ignore[call-arg]
             if new is not ticket:
                 tx.put(new)
@@ -616,8 +614,11 @@ class WaitingRoom:
         return await self._gated(clerk, lambda gate: self._gated_command(gate, ticket_id, command))
 
     async def _gated_command(self, gate: _ClerkGate, ticket_id: Any, command: ClerkCommand) -> Ticket:
-        if not isinstance(ticket_id, str) or not ticket_id or len(ticket_id) > 64:
-            raise InvalidInput("ticket id missing or malformed")
+        if not isinstance(ticket_id, str) or not ticket_id:
+            raise InvalidInput("ticket id missing")
+        if len(ticket_id) > 64:  # malformed: the same answer as an unknown id (docs/protocol.md), once signed in
+            await gate.clerk()
+            raise TicketNotFound("ticket not found or expired")
         return await self._apply(ticket_id, command, gate)
 
     async def _after(self, events: list[TicketEvent], clerk: Clerk | None = None) -> None:

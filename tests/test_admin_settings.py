@@ -136,7 +136,9 @@ async def test_bad_input_and_stale_revisions_change_nothing(aiohttp_client, app)
         assert (resp.status, body["error"]["code"]) == (400, "invalid_input"), bad
         assert body["error"]["message"], bad
     stale = await adam.patch(API, json={"revision": 0, "answer_seconds": 5}, headers=headers)
-    assert (stale.status, (await stale.json())["error"]["code"]) == (409, "edit_conflict")
+    stale_body = await stale.json()
+    assert (stale.status, stale_body["error"]["code"]) == (409, "edit_conflict")
+    assert "the settings" in stale_body["error"]["message"]  # not "this department" (probing)
     no_csrf = await adam.patch(API, json={"revision": 1, "answer_seconds": 5})
     assert no_csrf.status == 403
     body = await (await adam.get(API)).json()

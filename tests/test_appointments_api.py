@@ -225,8 +225,9 @@ async def test_unknown_tokens_malformed_bodies_and_foreign_origins(client: Any) 
     resp = await client.post("/api/appointments/me/move", json={"start": at(3, 9), "x": 1},
                              headers=bearer(body["token"]))
     assert (resp.status, (await resp.json())["error"]["code"]) == (400, "invalid_input")
-    resp = await client.get("/api/appointments/buergerbuero/slots?day=gestern")
-    assert (resp.status, (await resp.json())["error"]["code"]) == (400, "invalid_input")
+    for day in ("gestern", "9999-12-31", "0001-01-01"):  # 9999-12-31 overflowed (a plain-text 500, probing)
+        resp = await client.get(f"/api/appointments/buergerbuero/slots?day={day}")
+        assert (resp.status, (await resp.json())["error"]["code"]) == (400, "invalid_input"), day
 
 
 async def join_walkin(client: Any, name: str) -> dict[str, Any]:

@@ -342,6 +342,9 @@ CONTROL_CASES = [
     ("concern", "Pass\x07verlängern", None),
     ("concern", "Reisepass\nverlängern\r\n\tbitte", "Reisepass verlängern bitte"),  # line breaks, tabs: one space
     ("name", "Ada\x85L\u2028M", "Ada L M"),        # NEL and the line separator are whitespace too
+    ("name", "Ada\x0bL\x0cM", "Ada L M"),          # so are the vertical tab and the form feed (Unicode's White_Space)
+    ("name", "Ada\x1fL", None),                    # an information separator (U+001C-U+001F) is not (probing:
+    ("concern", "Pass\x1cport", None),             # Python's str.split took them for whitespace)
     ("name", MEHRAN + " \u200fA", MEHRAN + " \u200fA"),  # a zero-width non-joiner and a right-to-left mark stay
     ("name", "👩\u200d💻 Ada", "👩\u200d💻 Ada"),  # a joiner in an emoji stays
 ]

@@ -95,7 +95,7 @@ async def test_a_frame_that_is_no_engineio_packet_ends_the_session_without_a_tra
     other = await citizen_socket(live_server.url, joined[1]["token"])
     clients.append(other)
     async with aiohttp.ClientSession() as http:
-        for garbage in ("", "x1"):
+        for garbage in ("", "x1", "7", "8x", "9abc"):  # 7-9: no packet type either (engine.io's are 0-6)
             ws = await citizen_page(http, live_server.url, joined[0]["token"])
             await ws.send_str(garbage)
             async with asyncio.timeout(PROMPT):
@@ -238,6 +238,31 @@ def test_engineio_and_socketio_internals_the_deadline_and_the_post_fix_rest_on()
     handle = inspect.getsource(async_server.AsyncServer.handle_request)
     assert "await socket.handle_post_request(environ)" in handle and "await self.disconnect(sid)" in handle
     assert "'Session is disconnected'" in inspect.getsource(async_server.AsyncServer._get_socket)
+
+
+async def test_an_event_no_handler_takes_is_answered(live_server, caplog):
+    """Every event is answered (docs/protocol.md): one with a name no handler takes gets ``unknown_event``
+    instead of silence (found by probing: the client waited for its own timeout); the page stays served."""
+    joined = await join(live_server.url)
+    async with aiohttp.ClientSession() as http:
+        ws = await citizen_page(http, live_server.url, joined["token"])
+        await ws.send_str('425["nonexistent_event",{}]')
+        answer = json.loads((await packet_starting(ws, "435"))[3:])[0]
+        assert answer == {"error": {"code": "unknown_event", "message": "no such event"}}
+        # Reserved names are no events a client may send: python-socketio ran the server's own disconnect
+        # handler for a client's "disconnect" (the page's bookkeeping, while it stayed connected); no name, or
+        # one that is no text, failed with a traceback and no answer.
+        for k, packet in enumerate(('["connect"]', '["disconnect"]', '["disconnecting", 1]', "[]", "[5]",
+                                    '[{"a": 1}]', '{"a": 1}', '"leave"')):
+            await ws.send_str(f"42{k}{packet}")
+            answer = json.loads((await packet_starting(ws, f"43{k}"))[len(f"43{k}"):])[0]
+            assert answer["error"]["code"] == "unknown_event", packet
+        assert live_server.app[SIGNALING]._citizen_sockets[joined["ticket"]["id"]] == 1  # still one page
+        await ws.send_str('428["subscribe",{}]')
+        ack = await packet_starting(ws, "438")
+        assert json.loads(ack[3:])[0]["ok"] is True
+        await ws.close()
+    assert not [r for r in caplog.records if r.levelno >= 40], caplog.text[-2000:]
 
 
 async def test_a_message_nested_too_deeply_gets_a_clear_error(live_server):

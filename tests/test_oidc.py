@@ -639,6 +639,7 @@ def test_identity_names_issuer_and_subject():
     ("Anna \u202eAmt", "Anna Amt"),  # a bidi override would turn what citizens read around
     ("\u2066Anna\u2069 Amt", "Anna Amt"),  # isolates
     ("Anna\x00\x1b[31m Amt\x7f\x85", "Anna[31m Amt"),  # C0/C1 controls (NEL is whitespace: folded)
+    ("An\x1fna Amt", "Anna Amt"),  # an information separator is a control, not whitespace
     ("Anna\ud800 Amt", "Anna Amt"),  # a lone surrogate
     ("\u202e\x07", "u"),  # nothing left: the username
     ("Zoë\u200d Ünal\u200f", "Zoë\u200d Ünal\u200f"),  # ZWJ and RLM stay, as for names typed at /admin

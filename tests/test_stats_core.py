@@ -292,7 +292,8 @@ def test_queries(params: dict[str, str], expected: tuple[Any, ...]) -> None:
 @pytest.mark.parametrize("params", [
     {"granularity": "month"}, {"from": "2026-13-01"}, {"to": "yesterday"}, {"from": "2026-3-1"},
     {"from": "2026-03-05", "to": "2026-03-04"}, {"granularity": "hour", "from": "2026-01-01", "to": "2026-03-01"},
-    {"from": "2020-01-01", "to": "2026-01-01"},
+    {"from": "2020-01-01", "to": "2026-01-01"}, {"from": "9999-12-30", "to": "9999-12-31"},
+    {"granularity": "week", "from": "0001-01-01", "to": "0001-01-02"},
 ])
 def test_bad_queries(params: dict[str, str]) -> None:
     with pytest.raises(InvalidInput):

@@ -67,3 +67,16 @@ async def test_publishing_needs_a_composed_recording_of_an_ended_recorded_event(
             await service.publish(MONA, unrecorded, True)
     finally:
         await service.close()
+
+
+@pytest.mark.parametrize("starts_at", [
+    "9999-12-31T23:59:00-12:00",  # found by probing dates: a year 10000 in UTC overflows when shown
+    1e300, float("nan"), float("inf"), -1, "1999-12-31T23:00:00+00:00", "2026-03-01T10:00:00",  # no offset
+])
+def test_event_times_out_of_range_are_invalid_input(starts_at: object) -> None:
+    from server.queue.errors import InvalidInput
+    from server.townhalls import _time
+
+    with pytest.raises(InvalidInput):
+        _time(starts_at, "starts_at")
+    assert _time("2026-03-01T10:00:00+01:00", "starts_at") == 1772355600.0

@@ -64,10 +64,12 @@ class AppointmentService:
         return [d for d in self.room.departments.values() if d.appointments is not None]
 
     def _parse_day(self, raw: object) -> date:
+        """A day like 2026-03-01 (years 2000 to 2999: further, date arithmetic overflows), else ``date.min``."""
         try:
-            return date.fromisoformat(raw) if isinstance(raw, str) and len(raw) == 10 else date.min
+            day = date.fromisoformat(raw) if isinstance(raw, str) and len(raw) == 10 else date.min
         except ValueError:
             return date.min
+        return day if 2000 <= day.year <= 2999 else date.min
 
     async def days(self, department_id: str) -> list[dict[str, Any]]:
         """Days with at least one free place, with their counts."""

@@ -112,9 +112,11 @@ class Auth:
     async def login(self, username: object, password: object, address: str) -> StaffSession:
         if not self.local_logins:
             raise LocalLoginsDisabled("password logins are switched off; sign in with your organisation's account")
+        if not isinstance(username, str) or not isinstance(password, str):  # bad input: refused, not counted
+            raise InvalidInput("username and password must be text")
         if await self.store.hit(f"login:{address}", LOGIN_WINDOW) > self.settings.login_attempts_per_address:
             raise LoginLimited("too many login attempts from this address", LOGIN_WINDOW)
-        if not isinstance(username, str) or not isinstance(password, str) or len(password) > 1024:
+        if len(password) > 1024:
             raise NotAuthenticated("wrong username or password")
         plausible = 0 < len(username) <= 64
         # Failed attempts count per account (unknown usernames alike, so the answer reveals nothing); once

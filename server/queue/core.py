@@ -48,11 +48,18 @@ screen differently from what it is. The marks U+200E/U+200F and the joiners U+20
 such as Arabic and Persian need, are allowed."""
 
 
+NOT_WHITESPACE = frozenset("\x1c\x1d\x1e\x1f")
+"""The information separators: control characters Python's ``str.split`` takes for whitespace, which Unicode
+does not (its White_Space among the controls: tab, line feed, U+000B, U+000C, carriage return, U+0085)."""
+
+
 def _clean(text: str, limit: int, what: str) -> str:
     """One line of plain text: whitespace runs (line breaks and tabs included) become one space; any other
     control character (C0, C1, DEL, a bidi override; also a lone surrogate) is refused, naming the field."""
     if not isinstance(text, str):
         raise InvalidInput(f"{what} must be text")
+    for char in NOT_WHITESPACE.intersection(text):
+        raise InvalidInput(f"{what} contains a control character (U+{ord(char):04X}); please remove it")
     text = " ".join(text.split())
     if len(text) > limit:
         raise InvalidInput(f"{what} is longer than {limit} characters")

@@ -127,6 +127,9 @@ class DirectWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
                 except ValueError:  # not an engine.io packet: the session ends, as engine.io's does (no traceback)
                     log.debug("engine.io: an unreadable packet ended a session")
                     break
+                if not 0 <= pkt.packet_type < len(eio_packet.packet_names):  # "7", "9x": no packet type either
+                    log.debug("engine.io: a packet of no known type ended a session")
+                    break
                 try:
                     await socket.receive(pkt)
                 except eio_exceptions.UnknownPacketError:

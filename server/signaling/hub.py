@@ -30,7 +30,7 @@ import socketio
 from ..cluster import Cluster, MemoryCluster
 from ..errors import STORE_ERRORS, error_body, is_store_unavailable, store_unavailable
 from ..http.auth import SESSION_COOKIE, Auth
-from ..queue.errors import QueueError
+from ..queue.errors import QueueError, UnknownDepartment
 from ..queue.model import Clerk, Presence, TicketEvent, TicketState
 from ..settings import Settings
 from ..tasks import stopping
@@ -162,6 +162,7 @@ class Signaling:
         self.sio.on("connect", self._connect)
         self.sio.on("disconnect", self._disconnect)
         self.sio.on(INVALID_EVENT, self._invalid_payload)
+        self.sio.on("*", self._unknown_event)  # every event no handler took (town hall and media register theirs)
         citizen_events: dict[str, Handler] = {
             "subscribe": self._subscribe,
             "answer": self._answer,
@@ -408,6 +409,12 @@ class Signaling:
                 await self.room.citizen_connected(ident)
 
     @staticmethod
+    async def _unknown_event(event: Any, sid: str, *args: Any) -> dict[str, Any]:
+        """Every event is answered: one with no handler too (a client that mistyped a name does not wait for its
+        own timeout). The name is not echoed: it is the client's text."""
+        return error_body("unknown_event", "no such event")
+
+    @staticmethod
     async def _invalid_payload(sid: str, *args: Any) -> dict[str, Any]:
         return error_body("invalid_input", "the message is nested too deeply to read")
 
@@ -613,6 +620,12 @@ class Signaling:
                 self._dirty.discard(d)
                 try:
                     await self._send_department(d)
+                except UnknownDepartment:  # removed meanwhile (at /admin): nobody left to tell, nothing to retry
+                    if d not in self.room.departments:
+                        self._updates.pop(d, None)
+                        self._opening.pop(d, None)
+                        continue
+                    self._dirty.add(d)  # (added again since, under the same id: its next slot)
                 except Exception as e:  # noqa: BLE001 - a failed broadcast must not end the loop
                     self._dirty.add(d)  # still to be told (and no held update is shared meanwhile)
                     if stopping() or self._closing:

@@ -280,8 +280,10 @@ class MediaSignaling:
         return position is not None and position <= 2 * available
 
     async def _staff_offer(self, sid: str, clerk: Clerk, ticket_id: Any, sdp: str) -> dict[str, Any]:
-        if not isinstance(ticket_id, str) or not ticket_id or len(ticket_id) > 64:
-            raise InvalidInput("ticket id missing or malformed")
+        if not isinstance(ticket_id, str) or not ticket_id:
+            raise InvalidInput("ticket id missing")
+        if len(ticket_id) > 64:  # malformed: the same answer as an unknown id
+            raise TicketNotFound("ticket not found or expired")
         async with self._ticket_lock(ticket_id):
             ticket, role = await self._staff_access(clerk, ticket_id)
             room_id = consultation_room(ticket_id)
@@ -423,8 +425,10 @@ class MediaSignaling:
             raise NotAuthorised("only the clerk holding the ticket can invite")
         clerk = await self._clerk(data)
         ticket_id, username = data.get("ticket"), data.get("username")
-        if not isinstance(ticket_id, str) or not ticket_id or len(ticket_id) > 64:
-            raise InvalidInput("ticket id missing or malformed")
+        if not isinstance(ticket_id, str) or not ticket_id:
+            raise InvalidInput("ticket id missing")
+        if len(ticket_id) > 64:  # malformed: the same answer as an unknown id
+            raise TicketNotFound("ticket not found or expired")
         if not isinstance(username, str) or not username or len(username) > 64 or username == clerk.username:
             raise InvalidInput("username of a colleague expected")
         ticket, role = await self._staff_access(clerk, ticket_id)

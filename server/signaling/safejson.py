@@ -16,6 +16,13 @@ from typing import Any
 from socketio import packet
 
 INVALID_EVENT = "invalid_payload"
+NO_EVENT = "\x00no event"
+"""What an event packet that names no event a client may send becomes: no handler takes it, the catch-all
+answers ``unknown_event`` (server/signaling/hub.py)."""
+RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconnecting", "newListener",
+                             "removeListener"})
+"""Names socket.io keeps for itself: python-socketio would run the server's own connect or disconnect handler
+for a client's event of that name (a page's bookkeeping while it stays connected)."""
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -50,6 +57,19 @@ class _SafeJson:
 
 class SafePacket(packet.Packet):
     """python-socketio's packet with the guarded JSON decoder (our subclass only: the library's own
-    ``Packet`` class, which its clients use too, is left as it is)."""
+    ``Packet`` class, which its clients use too, is left as it is). An event packet whose first element is
+    no event name a client may send (missing, not text, or reserved) names ``NO_EVENT`` instead: the library
+    would run the server's own ``disconnect`` handler for ``["disconnect"]``, and fail with a traceback on
+    ``[]``, ``[5]`` or ``{}``."""
 
     json = _SafeJson
+
+    def decode(self, encoded_packet: Any) -> int:
+        attachments: int = super().decode(encoded_packet)
+        if self.packet_type in (packet.EVENT, packet.BINARY_EVENT):
+            data: Any = getattr(self, "data")  # noqa: B009 - the library's attribute has no declared type
+            if not isinstance(data, list) or not data:
+                self.data = [NO_EVENT]
+            elif not isinstance(data[0], str) or data[0] in RESERVED_EVENTS:
+                self.data = [NO_EVENT, *data[1:]]
+        return attachments

@@ -117,12 +117,14 @@ def count_duty(marks: Iterable[tuple[str, int, int, str]], departments: Sequence
 
 
 def _date(value: str | None) -> date | None:
+    """A date of the years 2000 to 2999 (further, the periods' arithmetic overflows), else None."""
     if not value or len(value) != 10:
         return None
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         return None
+    return day if 2000 <= day.year <= 2999 else None
 
 
 def parse_query(params: Mapping[str, str], *, now: float, tz: tzinfo, allowed: Sequence[str],
@@ -149,7 +151,7 @@ def parse_query(params: Mapping[str, str], *, now: float, tz: tzinfo, allowed: S
         raw = params.get(key)
         parsed = _date(raw)
         if raw and parsed is None:
-            raise InvalidInput(f"{key} must be a date (YYYY-MM-DD)")
+            raise InvalidInput(f"{key} must be a date (YYYY-MM-DD) of the years 2000 to 2999")
         dates[key] = parsed
     span = timedelta(days=DEFAULT_DAYS[granularity] - 1)
     last = dates["to"] or (today if dates["from"] is None else dates["from"] + span)

@@ -40,6 +40,7 @@ POLL_SECONDS = 1.0
 """How often a node asks the shared store whether the directory changed (one GET of the version)."""
 MODIFY_ATTEMPTS = 20
 """Read-modify-write attempts of ``DepartmentDirectory.modify`` before it gives up with ``EditConflict``."""
+SETTINGS_CONFLICT = "Someone else changed the settings meanwhile; reload them and make the change again."
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ class MemoryDepartmentStore(DepartmentStore):
 
     async def put_settings(self, values: dict[str, Any], revision: int) -> int:
         if revision != self._settings_revision:
-            raise EditConflict()
+            raise EditConflict(SETTINGS_CONFLICT)
         self._settings = dict(values)
         self._settings_revision += 1
         self._version += 1
@@ -303,7 +304,7 @@ class RedisDepartmentStore(DepartmentStore):
         body = json.dumps(values, separators=(",", ":"))
         result = int(await self._put_settings(keys=self._settings_keys, args=[revision, body]))
         if result < 0:
-            raise EditConflict()
+            raise EditConflict(SETTINGS_CONFLICT)
         return result
 
     async def close(self) -> None:
