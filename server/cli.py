@@ -139,15 +139,23 @@ async def _staff(args: argparse.Namespace) -> int:
         auth = Auth(settings, store)
         auth.departments = lambda: directory.departments.values()
         if args.action == "add":
-            departments = [d for d in (args.departments or "").split(",") if d]
-            roles = [r for r in (args.roles or "clerk").split(",") if r]
-            if not departments and {"clerk", "lead"} & set(roles):
+            existing = await store.get_staff(args.username)
+            # An existing account keeps what the command does not give (a clerk of one department must not get
+            # every department's citizens because the update left --departments out).
+            roles = ([r for r in args.roles.split(",") if r] if args.roles is not None
+                     else list(existing.roles) if existing is not None else ["clerk"])
+            if args.departments is not None:
+                departments = [d for d in args.departments.split(",") if d]
+            elif existing is not None:
+                departments = list(existing.departments)
+            elif {"clerk", "lead"} & set(roles):
                 # All departments by default only for someone who serves or leads them: a moderator or an
                 # admin given no departments must not get every queue (and every citizen's concern).
                 departments = list(directory.departments)
-            existing = await store.get_staff(args.username)
-            account = await auth.add_staff(args.username, args.name or args.username, _read_password(args),
-                                           departments, roles)
+            else:
+                departments = []
+            name = args.name or (existing.display_name if existing is not None else args.username)
+            account = await auth.add_staff(args.username, name, _read_password(args), departments, roles)
             details: dict[str, object] = {"roles": list(account.roles), "departments": list(account.departments),
                                           "password_set": True}  # the command always sets one
             if existing is not None:

@@ -89,6 +89,42 @@ def test_staff_add_gives_all_departments_only_to_clerks_and_leads(config):
                       "root\troot\tadmin\t"]
 
 
+async def test_staff_add_of_an_existing_account_ends_its_sessions_and_keeps_what_it_does_not_give(config):
+    """Found by probing: ``staff add`` of an existing account set a new password but left its sessions open
+    (the epoch went back to 0: even a session an admin had ended at /admin/staff came back), and an update
+    without --departments or --roles gave a clerk of one department every department."""
+    from server.http.auth import Auth
+    from server.queue.errors import NotAuthenticated
+    from server.settings import load_settings
+    from server.store.memory import MemoryStore
+
+    def add(*extra: str, password: str = "a long password") -> None:
+        out = cli("staff", "add", "anna", *extra, "--password-stdin", stdin=f"{password}\n", config=config)
+        assert out.returncode == 0, out.stderr
+
+    add("--name", "Anna Amt", "--departments", "bauamt", "--roles", "clerk,lead")
+    settings = load_settings(config)
+
+    store = MemoryStore(settings.data_dir / "staff.json")  # what a running server reads (again on a change)
+    auth = Auth(settings, store)
+    auth.departments = lambda: settings.departments
+
+    async def valid(session_id: str) -> bool:
+        try:
+            await auth.session(session_id)
+        except NotAuthenticated:
+            return False
+        return True
+
+    session = (await auth.login("anna", "a long password", "127.0.0.1")).session_id
+    assert await valid(session)
+    add(password="a new long password")  # the compromised account's password reset from the command line
+    assert not await valid(session)  # the old login is out
+    assert cli("staff", "list", config=config).stdout.strip() == "anna\tAnna Amt\tclerk,lead\tbauamt"
+    add("--departments", "buergerbuero,bauamt", "--roles", "clerk", "--name", "Anna B")
+    assert cli("staff", "list", config=config).stdout.strip() == "anna\tAnna B\tclerk\tbuergerbuero,bauamt"
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["staff", "add", "anna", "--departments", "nope", "--password-stdin"], "unknown department"),
     (["staff", "add", "an na", "--password-stdin"], "username"),

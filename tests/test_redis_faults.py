@@ -236,3 +236,39 @@ async def test_a_page_closing_while_redis_hangs_still_starts_its_grace_period(fa
         assert time.monotonic() < deadline, "the lost disconnect was never settled"
         await asyncio.sleep(0.1)  # polling the store; there is no event to wait on
     assert ticket is not None and ticket.disconnected_at is not None
+
+
+async def test_connections_pooled_before_a_restart_of_redis_fail_no_command_after_it(private_redis):
+    """Found by probing: after a restart of Redis each connection that sat in a pool failed its next command
+    ("Connection closed by server"), a ``store_unavailable`` for one request per connection, however long
+    after the restart (redis-py skips its own check while its maintenance notifications are on)."""
+    from server.store.redis import redis_client
+
+    client = redis_client(private_redis.url)
+    try:
+        async def pipelines() -> None:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.get("x")
+                pipe.get("y")
+                await pipe.execute()
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.set("x", 1)
+                pipe.get("y")
+                await pipe.execute()
+
+        await asyncio.gather(*(pipelines() for _ in range(4)))  # several connections in the pool
+        pooled = list(client.connection_pool._available_connections)
+        assert len(pooled) >= 2
+        await asyncio.to_thread(private_redis.kill)
+
+        async def closed_seen() -> None:  # the loop has read each connection's end (as in the minutes after)
+            while not all(c._reader is None or c._reader.at_eof() for c in pooled):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)  # the transports read what the kernel has: polled
+
+        await asyncio.wait_for(closed_seen(), 10)
+        await asyncio.to_thread(private_redis.start)
+        for _ in range(4):  # every pooled connection in turn: none fails
+            await pipelines()
+        assert await client.get("x") == "1"
+    finally:
+        await client.aclose()

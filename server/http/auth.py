@@ -204,9 +204,12 @@ class Auth:
         unknown = set(departments) - configured
         if unknown:
             raise InvalidInput(f"unknown department(s): {', '.join(sorted(unknown))}")
+        existing = await self.store.get_staff(username)
+        # An existing account's password is set anew: every session it had ends (as at /admin/staff; an
+        # operator resetting a compromised account from the command line must lock the old login out).
         account = StaffAccount(
             username, display_name or username, await asyncio.to_thread(hash_password, password),
-            tuple(roles), tuple(departments),
+            tuple(roles), tuple(departments), existing.session_epoch + 1 if existing is not None else 0,
         )
         await self.store.put_staff(account)
         return account

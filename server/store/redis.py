@@ -346,6 +346,17 @@ class _FailFastPool(aioredis.BlockingConnectionPool):
         if not self._answering and _waiting_since.get() < self._down_since:
             await connection.disconnect()  # handed back dropped, so that it does not count as an answer
             raise RedisConnectionError("No connection available.")
+        if connection.is_connected:
+            # A connection Redis closed while it sat in the pool (a restart of Redis) reads as at its end:
+            # connected again here. redis-py's own check of this is skipped while its "maintenance
+            # notifications" are on, which they are by default since redis-py 7 ("auto"): each such
+            # connection then failed one command, however long after the restart (found by probing).
+            try:
+                stale = await connection.can_read()
+            except (RedisConnectionError, OSError):
+                stale = True
+            if stale:
+                await connection.disconnect()
         await super().ensure_connection(connection)
 
     async def release(self, connection: Any) -> None:
