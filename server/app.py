@@ -12,7 +12,7 @@ from aiohttp import web
 from .appointments.service import AppointmentService
 from .audit import TICKET_ACTIONS, AuditLog
 from .cluster import CLUSTER, make_cluster
-from .errors import json_errors
+from .errors import is_store_unavailable, json_errors, store_unavailable
 from .http import admin as admin_routes
 from .http import admin_settings as admin_settings_routes
 from .http import admin_staff as admin_staff_routes
@@ -261,10 +261,13 @@ async def _every(interval: float, job: Callable[[], Awaitable[object]], what: st
     while True:
         try:
             await job()
-        except Exception:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001
             if stopping():
                 raise asyncio.CancelledError from None
-            log.exception("%s failed", what)
+            if is_store_unavailable(e):
+                store_unavailable(e)  # an outage: logged once per 10 s, no traceback
+            else:
+                log.exception("%s failed", what)
         await asyncio.sleep(interval)
 
 
@@ -276,7 +279,10 @@ async def _sweep(room: WaitingRoom) -> None:
             expired = await room.sweep()
             if expired:
                 log.info("expired %d tickets", expired)
-        except Exception:  # noqa: BLE001 - keep sweeping after a store hiccup
+        except Exception as e:  # noqa: BLE001 - keep sweeping after a store hiccup
             if stopping():
                 raise asyncio.CancelledError from None
-            log.exception("sweep failed")
+            if is_store_unavailable(e):
+                store_unavailable(e)  # an outage: logged once per 10 s, no traceback
+            else:
+                log.exception("sweep failed")

@@ -13,6 +13,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from . import gcpolicy
+from .errors import STORE_ERRORS
 from .queue.errors import QueueError
 from .settings import ConfigError, Settings, load_settings
 
@@ -227,6 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, QueueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except STORE_ERRORS as e:  # Redis not there at the start: a message, not a traceback (the URL may hold a password)
+        print(f"error: the shared store (Redis, redis_url / REDIS_URL) does not answer: {type(e).__name__}: {e}",
+              file=sys.stderr)
+        return 1
+    except OSError as e:  # e.g. a host that does not resolve, a port taken or not ours to listen on
+        print(f"error: cannot start: {e} (check host and port: [server], --host/--port or SPRECHSTUNDE_HOST / "
+              "SPRECHSTUNDE_PORT)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -253,7 +253,10 @@ def settings_from_dict(raw: dict[str, Any], env: dict[str, str] | None = None,
     if env.get("SPRECHSTUNDE_HOST"):
         server["host"] = env["SPRECHSTUNDE_HOST"]
     if env.get("SPRECHSTUNDE_PORT"):
-        server["port"] = int(env["SPRECHSTUNDE_PORT"])
+        try:
+            server["port"] = int(env["SPRECHSTUNDE_PORT"])
+        except ValueError:
+            raise ConfigError("SPRECHSTUNDE_PORT must be a port number (1-65535)") from None
     server.update({k: v for k, v in overrides.items() if v is not None})
     departments_raw = raw.get("departments", [])
     if not isinstance(departments_raw, list) or not departments_raw:
@@ -312,6 +315,24 @@ def settings_from_dict(raw: dict[str, Any], env: dict[str, str] | None = None,
         raise ConfigError(f"[server]: unknown timezone {settings.timezone!r}") from e
     if settings.full_gc_interval <= 0 or settings.ping_interval <= 0:
         raise ConfigError("[server]: full_gc_interval and ping_interval must be positive")
+    if not 1 <= settings.port <= 65535:
+        raise ConfigError("[server]: port must be between 1 and 65535 (or SPRECHSTUNDE_PORT)")
+    if settings.redis_url and not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("[server]: redis_url (or REDIS_URL) must start with redis://, rediss:// or unix://")
+    from .live_settings import FIELDS, _check  # the values /admin/settings accepts, checked alike in the file
+    from .queue.errors import InvalidInput
+
+    for name, rule in FIELDS.items():
+        try:
+            _check(name, rule, getattr(settings, name))
+        except InvalidInput as e:
+            raise ConfigError(f"[server]: {e}") from None
+    if not 0 < settings.session_hours <= 24 * 31:
+        raise ConfigError("[server]: session_hours must be more than 0 and at most 744 (31 days)")
+    if settings.login_attempts_per_address < 1:
+        raise ConfigError("[server]: login_attempts_per_address must be at least 1")
+    if settings.max_body_bytes < 1024 or settings.max_socket_message_bytes < 1024:
+        raise ConfigError("[server]: max_body_bytes and max_socket_message_bytes must be at least 1024")
     if not 0 <= settings.metrics_port <= 65535 or (settings.metrics_port and settings.metrics_port == settings.port):
         raise ConfigError("[server]: metrics_port must be 0 (none) or a port other than port")
     if not 0 <= settings.stage_relay_port <= 65535:

@@ -147,6 +147,41 @@ def test_bad_config_is_a_clear_error(tmp_path):
     assert out.returncode == 2 and "port has the wrong type" in out.stderr
 
 
+DEPARTMENT = '[[departments]]\nid = "x"\nname = "X"\n'
+
+
+@pytest.mark.parametrize(("server", "env", "message"), [
+    # found by probing from the README ("a bad configuration stops the start with a message naming the key")
+    ("port = 70000", {}, "port must be between 1 and 65535"),
+    ("", {"SPRECHSTUNDE_PORT": "99999"}, "port must be between 1 and 65535"),  # it listened on 34463
+    ("", {"SPRECHSTUNDE_PORT": "abc"}, "SPRECHSTUNDE_PORT must be a port number"),  # was a traceback
+    ("", {"REDIS_URL": "notaurl"}, "redis_url (or REDIS_URL) must start with redis://"),
+    ("joins_per_address = -5", {}, "joins_per_address must be between 0 and 100000"),  # every check-in refused
+    ("join_window_seconds = 0", {}, "join_window_seconds must be between 1 and 86400"),
+    ("grace_seconds = 100000", {}, "grace_seconds must be between 0 and 86400"),
+    ("session_hours = -1", {}, "session_hours must be more than 0"),  # a login whose session was never valid
+    ("login_attempts_per_address = 0", {}, "login_attempts_per_address must be at least 1"),
+    ("max_body_bytes = 10", {}, "max_body_bytes and max_socket_message_bytes must be at least 1024"),
+])
+def test_a_bad_value_stops_the_start_with_a_message_naming_the_key(tmp_path, server, env, message):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f"[server]\n{server}\n{DEPARTMENT}", "utf-8")
+    out = cli("serve", config=bad, env=env)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(("server", "message"), [
+    ('host = "no-such-host.invalid"', "error: cannot start:"),  # was a socket.gaierror traceback
+    ('redis_url = "redis://127.0.0.1:{closed}/0"', "error: the shared store (Redis"),  # was a ConnectionError one
+])
+def test_a_start_that_fails_says_why_without_a_traceback(tmp_path, server, message):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f"[server]\ndata_dir = \"{tmp_path / 'var'}\"\nport = {free_port()}\n"
+                   f"{server.format(closed=free_port())}\n{DEPARTMENT}", "utf-8")
+    out = cli("serve", config=bad)
+    assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
 def test_serve_answers_health_and_creates_demo_clerks_once(tmp_path):
     port = free_port()
     config = tmp_path / "demo.toml"

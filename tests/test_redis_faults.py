@@ -272,3 +272,22 @@ async def test_connections_pooled_before_a_restart_of_redis_fail_no_command_afte
         assert await client.get("x") == "1"
     finally:
         await client.aclose()
+
+
+async def test_an_outage_is_logged_once_in_a_while_with_no_traceback(private_redis, make_live_server, caplog):
+    """README: in an outage "the log says so once per 10 s ... never a traceback". Found by probing: the media
+    relay's listener logged a warning ten times a second (36,000 lines an hour per node, also on a node with no
+    client) and the sweep a traceback at every round. Three seconds of outage are watched: a bound on what
+    is logged (fewer rounds on a slow machine only log less)."""
+    import logging
+
+    node = await make_live_server(None, redis_url=private_redis.url, redis_prefix=PREFIX, grace_seconds=4)
+    await node.add_staff("anna", PASSWORD, ["buergerbuero"])  # the store answered once
+    caplog.clear()
+    caplog.set_level(logging.WARNING)
+    await asyncio.to_thread(private_redis.kill)
+    await asyncio.sleep(3.0)  # an outage of this length is what is observed (no condition to wait on)
+    records = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [r for r in records if r.exc_info], caplog.text[-3000:]  # no traceback
+    assert len(records) <= 8, "\n".join(r.getMessage() for r in records)
+    assert not [r for r in records if "sweep failed" in r.getMessage()]

@@ -71,6 +71,13 @@ def _same_but_time(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.keys() == b.keys() and all(a[k] == b[k] for k in a if k != "t")
 
 
+def _library_logger(name: str) -> logging.Logger:
+    logger = logging.getLogger(name)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)  # their info lines (every event received) are per message
+    return logger
+
+
 class Signaling:
     def __init__(self, settings: Settings, room: WaitingRoom, auth: Auth) -> None:
         self.settings = settings
@@ -92,8 +99,11 @@ class Signaling:
             max_http_buffer_size=settings.max_socket_message_bytes,
             serializer=SafePacket,  # JSON nested too deeply becomes an "invalid_payload" event, answered below
             ping_interval=settings.ping_interval,
-            logger=False,
-            engineio_logger=False,
+            # The libraries' own loggers in our hierarchy, warnings and up: with ``False`` they add a handler of
+            # their own to stderr, and each of their errors (python-socketio's "Cannot receive from redis" in
+            # a Redis outage) was printed twice, once without a timestamp.
+            logger=_library_logger("sprechstunde.socketio"),
+            engineio_logger=_library_logger("sprechstunde.engineio"),
         )
         engineio_ws.install(self.sio.eio)
         if isinstance(manager, ClosingRedisManager):  # other nodes' broadcasts refresh the cached update

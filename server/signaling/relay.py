@@ -24,7 +24,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import STORE_ERRORS, error_payload
+from ..errors import STORE_ERRORS, error_payload, is_store_unavailable, store_unavailable
 from ..queue.errors import QueueError
 
 if TYPE_CHECKING:
@@ -41,6 +41,8 @@ RESUBSCRIBE_GRACE = 0.5
 """Seconds a node waits before taking over the room of a node that still heartbeats but did not receive the
 request (its relay listener may be subscribing again): a second silence means it is gone."""
 RESUBSCRIBE_DELAY = 0.1
+RESUBSCRIBE_MAX_DELAY = 2.0
+"""Subscribing again after a failure waits RESUBSCRIBE_DELAY, doubled per failure up to this."""
 """Seconds between two attempts of a relay listener to subscribe again after Redis went away."""
 
 HAND_OFF_RETRY_AFTER = 0.5
@@ -112,19 +114,25 @@ class Relay:
                     await client.aclose()
 
     async def _listen(self) -> None:
+        delay = RESUBSCRIBE_DELAY
         while True:
             try:
                 if self._pubsub is None:
                     await self._subscribe()
                 async for message in self._pubsub.listen():
+                    delay = RESUBSCRIBE_DELAY  # listening again
                     if message.get("type") == "message":
                         self._received(message["data"])
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - Redis went away: subscribe again
-                log.warning("media relay: listening failed (%s); subscribing again", type(e).__name__)
+                if is_store_unavailable(e):
+                    store_unavailable(e)  # an outage: logged once per 10 s with the rest, not per attempt
+                else:
+                    log.warning("media relay: listening failed (%s); subscribing again", type(e).__name__)
                 await self._unsubscribe()
-                await asyncio.sleep(RESUBSCRIBE_DELAY)
+                await asyncio.sleep(delay)
+                delay = min(RESUBSCRIBE_MAX_DELAY, delay * 2)  # while Redis is away: not ten attempts a second
 
     async def close(self) -> None:
         if self._task is not None:
