@@ -79,6 +79,14 @@ def error_response(code: str, message: str, status: int) -> web.Response:
     return web.json_response(error_body(code, message), status=status)
 
 
+_NOT_PAGES = ("/api/", "/static/", "/socket.io/", "/metrics", "/healthz", "/readyz", "/media/", "/auth/")
+
+
+def _wants_page(request: web.Request) -> bool:
+    return (request.method == "GET" and not request.path.startswith(_NOT_PAGES)
+            and "text/html" in request.headers.get("Accept", ""))
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """Map typed errors and aiohttp's own HTTP errors to the JSON error shape under /api/, and a store
@@ -88,8 +96,15 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except QueueError as e:
         return error_response(e.code, str(e), e.status)
     except STORE_ERRORS as e:
-        # Every route, pages included: a clear JSON 503 within the socket timeout, not a 500 with a stack.
-        response = web.json_response(store_unavailable(e), status=503)
+        # Every route: a clear 503 within the socket timeout, not a 500 with a stack. JSON, except for a page a
+        # browser asked for (a citizen would read the JSON text): the page saying so, in their language.
+        body = store_unavailable(e)
+        if _wants_page(request):
+            from .http.pages import render
+
+            response = render(request, "unavailable.html", status=503)
+        else:
+            response = web.json_response(body, status=503)
         response.headers["Retry-After"] = "2"
         return response
     except web.HTTPRequestEntityTooLarge:

@@ -87,6 +87,7 @@ async def test_the_token_is_required(make_app, aiohttp_client):
                     {"Authorization": f"Basic {TOKEN}"}):
         resp = await client.get("/metrics", headers=headers)
         assert resp.status == 401, headers
+        assert (await resp.json())["error"]["code"] == "unauthenticated"  # the one error shape (was plain text)
         assert resp.headers["WWW-Authenticate"].startswith("Bearer")
         assert "sprechstunde" not in await resp.text()
     samples = await scrape(client)

@@ -209,6 +209,16 @@ async def test_a_refusing_redis_gets_every_request_a_quick_json_503_and_a_restar
     private_redis.kill()
     _assert_unavailable(await _probe(node.url, citizen))
     _assert_unavailable(await _probe(node.url, citizen))
+    # A page a browser asks for meanwhile says so in the visitor's language (a citizen would read the JSON
+    # text: found by probing); a client that does not ask for HTML gets the JSON error.
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{node.url}/join/buergerbuero", headers={"Accept": "text/html,*/*;q=0.8",
+                                                                       "Accept-Language": "en"}) as resp:
+            page = await resp.text()
+            assert (resp.status, resp.content_type, resp.headers["Retry-After"]) == (503, "text/html", "2")
+            assert "Briefly unavailable" in page and "Your place in the queue is kept" in page
+        async with http.get(f"{node.url}/join/buergerbuero") as resp:
+            assert (resp.status, (await resp.json())["error"]["code"]) == (503, "store_unavailable")
     private_redis.start()  # same port, same directory: the AOF is replayed
     await _wait_ready(node.url)
     # A killed redis-server had written every acknowledged command to its AOF (the fsync only matters for a

@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from ..errors import error_response
 from ..metrics import Metrics, Sources, run_loop_lag
 from ..waitingroom import WaitingRoom
 from .keys import SETTINGS
@@ -40,7 +41,9 @@ async def metrics_on_main_port(request: web.Request) -> web.Response:
         raise web.HTTPNotFound()
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), token.encode()):
-        raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+        refused = error_response("unauthenticated", "a bearer token is needed for /metrics", 401)
+        refused.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return refused
     return await _exposition(request.app[METRICS])
 
 
