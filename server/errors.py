@@ -94,6 +94,11 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)
     except QueueError as e:
+        retry_after = getattr(e, "retry_after", None)
+        if isinstance(retry_after, int):  # a limit that knows when it lifts: the page can say so
+            body = error_body(e.code, str(e))
+            body["error"]["retry_after"] = retry_after
+            return web.json_response(body, status=e.status, headers={"Retry-After": str(retry_after)})
         return error_response(e.code, str(e), e.status)
     except STORE_ERRORS as e:
         # Every route: a clear 503 within the socket timeout, not a 500 with a stack. JSON, except for a page a

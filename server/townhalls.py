@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -261,7 +262,9 @@ class TownHallService:
                         author=who.audience, now=self.clock())
         # counted after validation: a mistyped question does not use up a citizen's allowance
         if await self.shared.hit(f"thq:{address}", QUESTION_WINDOW_SECONDS) > QUESTIONS_PER_ADDRESS:
-            raise RateLimited("too many questions from this address; try again in a few minutes")
+            refused = RateLimited("too many questions from this address; try again in a few minutes")
+            refused.retry_after = max(1, math.ceil(await self.shared.window_left(f"thq:{address}")))
+            raise refused
         if not await self.store.add_question(q, MAX_QUESTIONS_PER_EVENT):
             raise InvalidInput("this event has reached its number of questions")
         log.info("town-hall event %s: question %s sent", event.id, q.id)

@@ -265,6 +265,18 @@ async def test_an_event_no_handler_takes_is_answered(live_server, caplog):
     assert not [r for r in caplog.records if r.levelno >= 40], caplog.text[-2000:]
 
 
+async def test_flags_of_the_wrong_type_are_invalid_input(live_server, clients):
+    """Found by probing: ``media_offer`` with ``"check": "yes"`` was taken for false, and ``th_stage_accept``
+    with ``"publication_consent": "yes"`` acknowledged and stored as no consent. Wrong types are
+    ``invalid_input`` (docs/protocol.md), and nothing changes."""
+    joined = await join(live_server.url)
+    page = await citizen_socket(live_server.url, joined["token"])
+    clients.append(page)
+    await page.wait_for("ticket")
+    answer = await page.call("media_offer", {"sdp": "v=0", "check": "yes"})
+    assert answer["error"] == {"code": "invalid_input", "message": "check must be true or false"}
+
+
 async def test_a_message_nested_too_deeply_gets_a_clear_error(live_server):
     """A socket.io event whose JSON is nested 5,000 levels deep (it fits the size cap) is answered with
     ``invalid_input`` instead of a RecursionError traceback and silence; the ticket is untouched and the

@@ -182,7 +182,8 @@ LEGAL: list[tuple[str, str, Move, S, list[str], str | None]] = [
      "left"),
     ("anna agreed", "the only pending one leaves: start", lambda r: core.left(r, CIT, T), S.RECORDING,
      ["started"], None),
-    ("asking", "a pending one leaves, another still pending", lambda r: core.left(r, CIT, T), S.ASKING, [], None),
+    ("asking", "a pending one leaves, another still pending", lambda r: core.left(r, CIT, T), S.ASKING, ["left"],
+     None),  # told, so that pages stop showing them as awaited (found by probing)
     ("asking", "clerk stops", lambda r: core.stop(r, ANNA, "clerk", T), S.STOPPED, ["stopped"], "stopped"),
     ("recording", "clerk stops", lambda r: core.stop(r, ANNA, "clerk", T), S.STOPPED, ["stopped"], "stopped"),
     ("paused", "clerk stops", lambda r: core.stop(r, ANNA, "clerk", T), S.STOPPED, ["stopped"], "stopped"),

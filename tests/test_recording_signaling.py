@@ -126,6 +126,11 @@ async def test_recording_starts_only_after_every_consent_and_is_found_by_the_cle
         assert past.headers["Content-Range"] == f"bytes */{rec.size}"
         bad = await http.get(media, headers={"Range": "bytes=abc"})
         assert bad.status == 416 and (await bad.json())["error"]["code"] == "range_not_satisfiable"
+        tail = await http.get(media, headers={"Range": "bytes=-50"})  # the last 50 bytes (probing: was a 416)
+        assert tail.status == 206 and await tail.read() == body[-50:]
+        assert tail.headers["Content-Range"] == f"bytes {rec.size - 50}-{rec.size - 1}/{rec.size}"
+        empty = await http.get(media, headers={"Range": "bytes=-0"})
+        assert empty.status == 416 and (await empty.json())["error"]["code"] == "range_not_satisfiable"
         download = await http.get(media + "?download=1")
         assert "attachment" in download.headers["Content-Disposition"]
         exported = await (await http.get(f"{live_server.url}/api/staff/recordings/{rec_id}/consent")).json()
@@ -159,6 +164,8 @@ async def test_bad_requests_change_nothing(live_server, clients, peers):
     assert unknown["error"]["code"] == "recording_not_found"
     typed = await c.citizen.call("recording_answer", {"recording": rec_id, "agree": "yes", "sha256": sha(asked)})
     assert typed["error"]["code"] == "invalid_input"
+    unshown = await c.citizen.call("recording_answer", {"recording": rec_id, "agree": True})  # no text named
+    assert unshown["error"]["code"] == "invalid_input"  # (probing: was consent_text_mismatch)
     assert (await c.citizen.call("recording_stop", {"recording": rec_id}))["error"]["code"] == "forbidden"
     rec = await service_of(live_server).store.get(rec_id)
     assert rec is not None and rec.state is RecordingState.ASKING

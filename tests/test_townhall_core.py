@@ -132,6 +132,11 @@ def test_create_event_accepts(over: dict[str, Any]) -> None:
         ({"retention_days": 0}, InvalidInput),
         ({"recording_purpose": 5}, InvalidInput),
         ({"recording_purpose": "x" * (core.MAX_DESCRIPTION + 1)}, InvalidInput),
+        ({"retention_days": core.MAX_RETENTION_DAYS + 1}, InvalidInput),  # probing: 10**12 was taken
+        ({"title": "Bürger\u202efragen"}, InvalidInput),  # control characters, by the check-in's rule (probing)
+        ({"title": "Bürger\x07fragen"}, InvalidInput),
+        ({"description": "Zeile 1\nZeile\u202e 2"}, InvalidInput),
+        ({"recording_purpose": "Website\x1b"}, InvalidInput),
     ],
 )
 def test_create_event_refusals(over: dict[str, Any], error: type[Exception]) -> None:

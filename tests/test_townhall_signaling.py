@@ -209,13 +209,24 @@ async def test_bad_questions_change_nothing(live_server, clients) -> None:
             assert resp.status == 400 and (await resp.json())["error"]["code"] == code
         resp = await town.ask(token, "ok", name="n" * 61)
         assert resp.status == 400
+        # control characters, as at the check-in (found by probing: a BEL was stored, a bidi override shown)
+        for text, name in (("a\u0007b", ""), ("ok", "a\u202eb"), ("a\x1fb", "")):
+            resp = await town.ask(token, text, name=name)
+            body = await resp.json()
+            assert resp.status == 400 and "control character" in body["error"]["message"], (text, name)
         async with aiohttp.ClientSession() as http:
-            resp = await http.post(f"{town.url}/api/townhall/events/{event['id']}/questions", json={"text": "x"})
-            assert resp.status == 404 and (await resp.json())["error"]["code"] == "event_not_found"  # no token
+            # missing, unknown: one answer, as for another event's token (probing: 404 event_not_found here)
+            for headers in ({}, {"Authorization": "Bearer " + "x" * 32}):
+                resp = await http.post(f"{town.url}/api/townhall/events/{event['id']}/questions", json={"text": "x"},
+                                       headers=headers)
+                assert resp.status == 401 and (await resp.json())["error"]["code"] == "unauthenticated"
         for i in range(5):
             assert (await town.ask(token, f"Frage {i}")).status == 201
         resp = await town.ask(token, "noch eine")
-        assert resp.status == 429 and (await resp.json())["error"]["code"] == "rate_limited"
+        body = await resp.json()
+        assert resp.status == 429 and body["error"]["code"] == "rate_limited"
+        assert 0 < int(resp.headers["Retry-After"]) <= 600 and body["error"]["retry_after"] == int(
+            resp.headers["Retry-After"])  # when to try again (probing: neither was there)
         watched = await town.mona.call("th_watch", {"event": event["id"]})
         assert len(watched["moderation"]) == 5
 
@@ -265,6 +276,8 @@ async def test_live_event_answers_hands_and_stage(live_server, clients) -> None:
             "code"] == "not_invited"
         assert await town.mona.call("th_invite", {"event": event["id"], "audience": alice_id}) == {"ok": True}
         await alice.wait_for("th_invited")
+        typed = await alice.call("th_stage_accept", {"publication_consent": "yes"})  # probing: was ok, no consent
+        assert typed["error"]["code"] == "invalid_input"
         assert await alice.call("th_stage_accept", {"publication_consent": True}) == {"ok": True}
         on_stage = await bob.wait_for("th_event", lambda e: e["stage"] and e["stage"][0]["state"] == "on_stage")
         assert on_stage["stage"][0]["audience"] == alice_id and on_stage["hands"] == 0

@@ -9,6 +9,7 @@ statically, and recording ids are checked against their pattern before any path 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from aiohttp import web
@@ -98,11 +99,13 @@ def check_range(request: web.Request, path: Path) -> web.Response | None:
         wanted = request.http_range
     except ValueError:
         return _unsatisfiable("malformed Range header", size)
-    start = wanted.start or 0
-    if wanted.start is not None and (start < 0 or start >= size):
+    if re.fullmatch(r"bytes=-0+", request.headers.get("Range", "").strip(), re.IGNORECASE):
+        return _unsatisfiable("empty suffix range", size)  # (aiohttp reads "-0" as the whole file)
+    start = wanted.start
+    if start is not None and start < 0:  # a suffix range, bytes=-N: the last N bytes (found by probing: was 416)
+        return None if size > 0 else _unsatisfiable("the file is empty", size)
+    if start is not None and start >= size:
         return _unsatisfiable("the range starts past the end of the file", size)
-    if wanted.start is None and wanted.stop is not None and wanted.stop <= 0:  # bytes=-0
-        return _unsatisfiable("empty suffix range", size)
     return None
 
 

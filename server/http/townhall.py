@@ -14,9 +14,9 @@ from aiohttp import web
 
 from ..queue.errors import InvalidInput, NotAuthenticated
 from ..townhall import core
-from ..townhall.errors import NoRecording
+from ..townhall.errors import EventNotFound, NoRecording
 from ..townhall.model import EventState, TownHallEvent
-from ..townhalls import event_view
+from ..townhalls import Audience, event_view
 from .api import bearer, client_address, json_body, staff_session
 from .auth import SESSION_COOKIE
 from .keys import AUTH, TOWNHALL
@@ -64,9 +64,13 @@ async def join_audience(request: web.Request) -> web.Response:
 @routes.post("/api/townhall/events/{event_id}/questions")
 async def ask(request: web.Request) -> web.Response:
     service = request.app[TOWNHALL]
-    who = await service.audience(bearer(request))
-    if who.event != request.match_info["event_id"]:
-        raise NotAuthenticated("this audience token belongs to another event")
+    try:
+        who: Audience | None = await service.audience(bearer(request))
+    except EventNotFound:
+        who = None
+    if who is None or who.event != request.match_info["event_id"]:  # one answer: missing, unknown or foreign
+        await service.event(request.match_info["event_id"])  # (an unknown event is event_not_found)
+        raise NotAuthenticated("an audience token of this event is needed (POST .../audience)")
     body = await json_body(request)
     unknown = set(body) - {"text", "name"}
     if unknown:

@@ -151,12 +151,32 @@ def _enlarge_receive_buffers(connection: Any) -> None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
 
 
-def _viewer_offer_check(offer_sdp: str) -> None:
-    """A viewer may only receive: every audio/video section of its offer must be recvonly (or inactive)."""
+SDP_ERRORS = (ValueError, IndexError, KeyError, AttributeError, TypeError)
+"""What aiortc's SDP parser (and ``setRemoteDescription`` on what it parsed) raises for a malformed offer: a
+client's text, answered ``UnsupportedOffer``, never a traceback (found by probing: half an offer, or
+``a=setup:bogus``, was a 500 with aiortc's AttributeError or KeyError in the log)."""
+
+
+def _offer_check(offer_sdp: str) -> SessionDescription:
+    """Every offer: it parses, each audio/video section has its DTLS and ICE parameters, and one BUNDLE group
+    holds them all (an offer without one was served with a group it never proposed)."""
     try:
         description = SessionDescription.parse(offer_sdp)
-    except (ValueError, IndexError, KeyError) as exc:
+    except SDP_ERRORS as exc:
         raise UnsupportedOffer("offer cannot be parsed") from exc
+    media = [m for m in description.media if m.kind in ("audio", "video")]
+    for m in media:
+        if m.dtls is None or not m.dtls.fingerprints or m.ice is None or not m.ice.usernameFragment \
+                or not m.ice.password:
+            raise UnsupportedOffer(f"offer's {m.kind} section lacks its DTLS fingerprint or ICE credentials")
+    mids = {m.rtp.muxId for m in media}
+    if media and not any(g.semantic == "BUNDLE" and mids <= {str(i) for i in g.items} for g in description.group):
+        raise UnsupportedOffer("offer does not BUNDLE its media")
+    return description
+
+
+def _viewer_offer_check(description: SessionDescription) -> None:
+    """A viewer may only receive: every audio/video section of its offer must be recvonly (or inactive)."""
     for media in description.media:
         if media.kind not in ("audio", "video"):
             continue
@@ -235,10 +255,11 @@ class MediaHub:
             raise ValueError(f"unknown role {role!r}")
         existing = self._rooms.get(room_id)
         stage = existing.stage if existing is not None else None
+        description = _offer_check(offer_sdp)
         if role == VIEWER:
             if stage is None:
                 raise UnknownStage(f"room {room_id!r} is not a stage")
-            _viewer_offer_check(offer_sdp)
+            _viewer_offer_check(description)
         elif stage is not None and participant_id not in stage.promoted:
             raise NotOnStage("only promoted participants publish on a stage: call promote() first")
         room = self._rooms.setdefault(room_id, _Room())
@@ -250,7 +271,10 @@ class MediaHub:
 
         pc = RTCPeerConnection(RTCConfiguration(iceServers=self._ice_servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            except SDP_ERRORS as exc:
+                raise UnsupportedOffer("offer cannot be parsed") from exc
             transceivers = pc.getTransceivers()
             if not transceivers:
                 raise UnsupportedOffer("offer has no audio or video")

@@ -53,7 +53,7 @@ NOT_WHITESPACE = frozenset("\x1c\x1d\x1e\x1f")
 does not (its White_Space among the controls: tab, line feed, U+000B, U+000C, carriage return, U+0085)."""
 
 
-def _clean(text: str, limit: int, what: str) -> str:
+def _clean(text: object, limit: int, what: str) -> str:
     """One line of plain text: whitespace runs (line breaks and tabs included) become one space; any other
     control character (C0, C1, DEL, a bidi override; also a lone surrogate) is refused, naming the field."""
     if not isinstance(text, str):

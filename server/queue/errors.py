@@ -93,10 +93,12 @@ class AlreadyQueued(QueueError):
 
 
 class RateLimited(QueueError):
-    """Too many requests from this address; try again later."""
+    """Too many requests from this address; try again later. ``retry_after``: in how many seconds, if known
+    (the answer then carries it as ``Retry-After`` and ``error.retry_after``: server/errors.py)."""
 
     code = "rate_limited"
     status = 429
+    retry_after: int | None = None
 
 
 class Conflict(QueueError):

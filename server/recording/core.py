@@ -249,7 +249,10 @@ def left(rec: Recording, participant: str, now: float) -> Result:
     )
     if not rec.participants:
         return _stop(rec, "left", now, events), events
-    return _settle(rec, now, events), events
+    rec = _settle(rec, now, events)
+    if not events:  # still asking (or paused): the others' pages stop showing them as awaited (probing)
+        events.append(RecordingEvent("left", rec, participant))
+    return rec, events
 
 
 def stop(rec: Recording, participant: str, role: str, now: float) -> Result:

@@ -165,6 +165,7 @@ class RecordingEvent:
     """Something that happened to a recording; the shell turns it into messages and media actions."""
 
     kind: str
-    """``asked`` (``participant`` must answer), ``started``, ``paused``, ``resumed``, ``stopped``."""
+    """``asked`` (``participant`` must answer), ``started``, ``paused``, ``resumed``, ``stopped``, ``left``
+    (``participant``, who had not answered, left and is no longer waited for)."""
     recording: Recording
     participant: str | None = None

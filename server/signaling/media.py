@@ -250,7 +250,10 @@ class MediaSignaling:
         if session["role"] == "citizen":
             if "ticket" in data:
                 raise NotAuthorised("a citizen's connection is always for their own ticket")
-            return await self._citizen_offer(sid, session["ticket"], sdp, data.get("check") is True)
+            check = data.get("check", False)
+            if not isinstance(check, bool):  # wrong types are invalid_input (probing: "yes" was taken for false)
+                raise InvalidInput("check must be true or false")
+            return await self._citizen_offer(sid, session["ticket"], sdp, check)
         clerk = await self._clerk(data)
         return await self._staff_offer(sid, clerk, data.get("ticket"), sdp)
 

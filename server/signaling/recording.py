@@ -74,6 +74,8 @@ class RecordingSignaling:
         agree = data.get("agree")
         if not isinstance(agree, bool):
             raise InvalidInput("agree must be true or false")
+        if agree and not isinstance(data.get("sha256"), str):
+            raise InvalidInput("sha256 of the consent text shown is needed to agree")
         rec = await self.service.answer(member.ticket, data.get("recording"), member.participant, agree,
                                         data.get("sha256"))
         return {"ok": True, "recording": view(rec, time.time())}

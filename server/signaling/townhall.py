@@ -176,7 +176,10 @@ class TownHallSignaling:
 
     async def _accept(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         who = self._who(data)
-        await self.service.accept(who, data.get("publication_consent"))
+        consent = data.get("publication_consent", False)
+        if not isinstance(consent, bool):  # (probing: "yes" was acknowledged and stored as no consent)
+            raise InvalidInput("publication_consent must be true or false")
+        await self.service.accept(who, consent)
         return {"ok": True}
 
     async def _leave(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:

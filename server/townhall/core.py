@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from ..queue.core import _clean as one_line
 from ..queue.errors import InvalidInput, NotAuthorised
 from ..queue.model import Clerk
 from .errors import (
@@ -43,17 +44,17 @@ MAX_AUTHOR = 60
 MAX_POLITICIANS = 5
 MAX_AUDIENCE = 10_000
 MAX_STAGE_GUESTS = 2
+MAX_RETENTION_DAYS = 3650
+"""As for a department's recordings (server/rooms/directory.py): ten years at most."""
 P, A, AD = QuestionState.PUBLISHED, QuestionState.ANSWERING, QuestionState.ANSWERED
 
 
 def _clean(text: object, limit: int, what: str, required: bool = False) -> str:
-    if not isinstance(text, str):
-        raise InvalidInput(f"{what} must be text")
-    text = " ".join(text.split())
+    """One line of plain text, by the check-in's rule (whitespace folded, any other control character or bidi
+    override refused, naming the field: found by probing, a question's BEL and a name's U+202E were kept)."""
+    text = one_line(text, limit, what)
     if required and not text:
         raise InvalidInput(f"{what} must not be empty")
-    if len(text) > limit:
-        raise InvalidInput(f"{what} is longer than {limit} characters")
     return text
 
 
@@ -88,6 +89,8 @@ def create_event(
     title = _clean(title, MAX_TITLE, "title", required=True)
     if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
         raise InvalidInput(f"description must be text of at most {MAX_DESCRIPTION} characters")
+    for line in description.splitlines():  # several lines may be, each of them plain text
+        one_line(line, MAX_DESCRIPTION, "description")
     if (not isinstance(politicians, list | tuple) or not politicians or len(politicians) > MAX_POLITICIANS
             or not all(isinstance(p, str) and p for p in politicians) or len(set(politicians)) != len(politicians)):
         raise InvalidInput(f"politicians: 1 to {MAX_POLITICIANS} different staff usernames")
@@ -98,8 +101,8 @@ def create_event(
     if not 1 <= audience_limit <= MAX_AUDIENCE:
         raise InvalidInput(f"audience_limit: 1 to {MAX_AUDIENCE}")
     purpose = _clean(recording_purpose, MAX_DESCRIPTION, "recording_purpose")
-    if recorded and (not purpose or retention_days < 1):
-        raise InvalidInput("a recorded event needs recording_purpose and retention_days (at least 1)")
+    if recorded and (not purpose or not 1 <= retention_days <= MAX_RETENTION_DAYS):
+        raise InvalidInput(f"a recorded event needs recording_purpose and retention_days (1 to {MAX_RETENTION_DAYS})")
     return TownHallEvent(
         id=event_id, title=title, description=description.strip(), politicians=tuple(politicians),
         moderators=(creator.username,), starts_at=starts_at, ends_at=ends_at,

@@ -239,6 +239,32 @@ async def test_offer_without_vp8_is_refused(hub):
         await client.close()
 
 
+@pytest.mark.parametrize("damage", ["half", "bogus_setup", "no_bundle", "no_fingerprint", "no_ice"])
+async def test_a_malformed_or_unbundled_offer_is_refused_as_unsupported(hub, damage):
+    """Found by probing: half an offer, or ``a=setup:bogus``, escaped as aiortc's AttributeError or KeyError (a
+    500 and a traceback per offer), and an offer without a BUNDLE group was answered with one it never
+    proposed. Each is ``UnsupportedOffer`` (``no_media`` to the page), and nothing is left behind."""
+    from server.media import UnsupportedOffer
+
+    client = Client(f"broken-{damage}")
+    try:
+        sdp = await client.offer()
+        broken = {
+            "half": sdp[: len(sdp) // 2],
+            "bogus_setup": sdp.replace("a=setup:actpass", "a=setup:bogus"),
+            "no_bundle": "\r\n".join(line for line in sdp.split("\r\n") if not line.startswith("a=group:BUNDLE")),
+            "no_fingerprint": "\r\n".join(line for line in sdp.split("\r\n")
+                                           if not line.startswith("a=fingerprint")),
+            "no_ice": "\r\n".join(line for line in sdp.split("\r\n") if not line.startswith("a=ice-pwd")),
+        }[damage]
+        assert broken != sdp
+        with pytest.raises(UnsupportedOffer):
+            await hub.handle_offer(ROOM, client.name, broken)
+        assert hub.participants(ROOM) == []
+    finally:
+        await client.close()
+
+
 async def test_peer_that_disappears_is_removed(hub):
     """A client closing its connection without signaling leaves the room; the others' slot frees up."""
     alice, bob = Client("alice"), Client("bob")
