@@ -36,6 +36,9 @@ def serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
     settings = _settings(args)
+    # Everything this process (and the ffmpeg it starts) creates is its own: recordings, composed files and
+    # their chapters came out 0644 (inside 0700 directories; found by probing). Nothing it writes is for others.
+    os.umask(0o077)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     gcpolicy.tune()

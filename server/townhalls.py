@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .queue.errors import InvalidInput, RateLimited
 from .queue.model import Clerk
 from .store.base import Store
+from .store.files import write_private
 from .store.townhall import Decision, TownHallStore
 from .townhall import core
 from .townhall.errors import AlreadyVoted, AudienceFull, EventNotFound, NoRecording, NotVoted, QuestionNotFound
@@ -351,9 +352,7 @@ class TownHallService:
         directory = self.directory(event_id)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         meta = self._meta(event_id) | changes
-        tmp = directory / ".meta.json.tmp"
-        tmp.write_text(json.dumps(meta), "utf-8")
-        os.replace(tmp, directory / "meta.json")
+        write_private(directory / "meta.json", json.dumps(meta))
 
     def _start_recording(self, event: TownHallEvent) -> None:
         hub = self.hub()
@@ -395,23 +394,23 @@ class TownHallService:
             return False
         everyone = json.loads((directory / "tracks.all.json").read_text("utf-8")) if (
             directory / "tracks.all.json").exists() else manifest
-        (directory / "tracks.all.json").write_text(json.dumps(everyone), "utf-8")
+        write_private(directory / "tracks.all.json", json.dumps(everyone))
         consents = meta.get("consents", {})
         shown = [t for t in everyone["tracks"] if not t["participant"].startswith("audience:")
                  or consents.get(t["participant"].removeprefix("audience:")) is True]
-        (directory / "tracks.json").write_text(json.dumps({**everyone, "tracks": shown}), "utf-8")
+        write_private(directory / "tracks.json", json.dumps({**everyone, "tracks": shown}))
         started = float(meta.get("started_at", event.live_since or 0.0))
         ended = float(meta.get("ended_at", event.ended_at or started))
         # the recorder's timeline is the file's: it may end a little before the event did
         ended = min(ended, started + float(everyone.get("duration") or ended - started))
         chapters = core.chapters(event, await self.store.questions(event_id), started, ended)
-        (directory / "chapters.json").write_text(json.dumps(chapters), "utf-8")
+        write_private(directory / "chapters.json", json.dumps(chapters))
         ok, result, error = await run_composer(self.composer, directory)
         if not ok:
             self._write_meta(event_id, composition="failed")
             log.error("town-hall event %s: composition failed: %s", event_id, error[-500:])
             return False
-        (directory / "chapters.vtt").write_text(core.webvtt(chapters), "utf-8")
+        write_private(directory / "chapters.vtt", core.webvtt(chapters))
         youtube = None
         with contextlib.suppress(NoRecording):
             youtube = core.youtube_description(chapters)

@@ -195,5 +195,7 @@ def test_serve_answers_health_and_creates_demo_clerks_once(tmp_path):
         proc.terminate()
         output = proc.communicate(timeout=30)[0]
     assert "Demo clerks created" in output and "user bauamt" in output
+    made = [p for p in (tmp_path / "var").rglob("*")]
+    assert made and all(p.stat().st_mode & 0o077 == 0 for p in made), [(p, oct(p.stat().st_mode)) for p in made]
     listed = cli("staff", "list", config=config).stdout
     assert "buergerbuero\tDemo Bürgerbüro" in listed and "bauamt\tDemo Bauamt" in listed

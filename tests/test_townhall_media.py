@@ -108,6 +108,9 @@ async def test_audience_watches_a_guest_comes_on_stage_and_the_recording_is_publ
             assert loop.time() < deadline, "the recording was not composed"
             await asyncio.sleep(0.1)  # polling the job's metadata; it sends no event
         assert service._meta(event["id"])["composition"] == "done"
+        made = [p for p in service.directory(event["id"]).rglob("*") if p.is_file()]
+        assert made and all(p.stat().st_mode & 0o077 == 0 for p in made), [(p.name, oct(p.stat().st_mode))
+                                                                           for p in made]  # probing: 0644
         async with aiohttp.ClientSession() as http:
             base = f"{live_server.url}/townhall/{event['id']}"
             assert (await http.get(f"{base}/recording.webm")).status == 409  # not published yet

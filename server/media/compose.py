@@ -321,6 +321,7 @@ def compose(
             raise ComposeError(f"ffmpeg failed with exit code {done.returncode}:\n{_tail(done.stderr)}")
         with partial.open("rb") as written:
             os.fsync(written.fileno())  # the rename must not outlive the data after a crash
+        partial.chmod(0o600)  # ffmpeg creates it by the umask: readable by the server's user only, as the tracks
         os.replace(partial, output)
     finally:
         partial.unlink(missing_ok=True)

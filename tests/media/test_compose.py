@@ -278,6 +278,7 @@ def test_two_participants_side_by_side_in_time(tmp_path: Path) -> None:
     result = compose(directory)
     assert isinstance(result, ComposeResult)
     assert result.output == directory / "recording.webm" and result.output.is_file()
+    assert result.output.stat().st_mode & 0o077 == 0  # the server's user's only (probing: was 0644)
     assert (result.video_tracks, result.audio_tracks) == (2, 2)
     assert result.duration == pytest.approx(10.5)
     assert [p.name for p in directory.iterdir() if p.name.startswith(".")] == []
