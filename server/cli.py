@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import getpass
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from typing import TYPE_CHECKING
@@ -99,6 +101,8 @@ async def _run(app: web.Application, settings: Settings) -> None:
         log.info("stopped")
 
 
+LISTEN_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+"""What listening on a host and port fails with when they are wrong (taken, not this machine's, privileged)."""
 REQUESTS_SHARE = 0.4
 """Share of ``shutdown_seconds`` that open HTTP requests get to finish before they are cancelled."""
 CLEANUP_SHARE = 0.85
@@ -150,8 +154,8 @@ async def _staff(args: argparse.Namespace) -> int:
                      else list(existing.roles) if existing is not None else ["clerk"])
             if args.departments is not None:
                 departments = [d for d in args.departments.split(",") if d]
-            elif existing is not None:
-                departments = list(existing.departments)
+            elif existing is not None:  # (those removed at /admin since are dropped, not a reason to refuse)
+                departments = [d for d in existing.departments if d in directory.departments]
             elif {"clerk", "lead"} & set(roles):
                 # All departments by default only for someone who serves or leads them: a moderator or an
                 # admin given no departments must not get every queue (and every citizen's concern).
@@ -235,7 +239,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the shared store (Redis, redis_url / REDIS_URL) does not answer: {type(e).__name__}: {e}",
               file=sys.stderr)
         return 1
-    except OSError as e:  # e.g. a host that does not resolve, a port taken or not ours to listen on
+    except OSError as e:
+        # A host that does not resolve, a port taken or not ours to listen on: said plainly. Any other OSError
+        # (a data_dir not writable, a full disk) keeps its traceback: the hint below would mislead.
+        if not (isinstance(e, socket.gaierror) or e.errno in LISTEN_ERRNOS):
+            raise
         print(f"error: cannot start: {e} (check host and port: [server], --host/--port or SPRECHSTUNDE_HOST / "
               "SPRECHSTUNDE_PORT)", file=sys.stderr)
         return 1

@@ -124,5 +124,7 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status, "http_error")
         return error_response(code, e.reason, e.status)
     except Exception:  # noqa: BLE001 - a bug: logged with its traceback, answered in the one shape, never plain text
+        if request.writer.output_size > 0:  # an answer had begun (a websocket, a stream): aiohttp's to end it
+            raise
         log.exception("unexpected error in %s %s", request.method, request.path)
         return error_response("internal", "internal error", 500)

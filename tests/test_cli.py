@@ -123,6 +123,14 @@ async def test_staff_add_of_an_existing_account_ends_its_sessions_and_keeps_what
     assert cli("staff", "list", config=config).stdout.strip() == "anna\tAnna Amt\tclerk,lead\tbauamt"
     add("--departments", "buergerbuero,bauamt", "--roles", "clerk", "--name", "Anna B")
     assert cli("staff", "list", config=config).stdout.strip() == "anna\tAnna B\tclerk\tbuergerbuero,bauamt"
+    # a department removed at /admin since: dropped from the account, not a reason to refuse the reset (review)
+    from server.store.departments import DepartmentDirectory, make_department_store
+
+    directory = DepartmentDirectory(make_department_store(None, "", settings.data_dir))
+    await directory.start(settings.departments)
+    await directory.delete("bauamt", directory.revision("bauamt"))
+    add(password="yet another long password")
+    assert cli("staff", "list", config=config).stdout.strip() == "anna\tAnna B\tclerk\tbuergerbuero"
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -168,6 +176,17 @@ def test_a_bad_value_stops_the_start_with_a_message_naming_the_key(tmp_path, ser
     bad.write_text(f"[server]\n{server}\n{DEPARTMENT}", "utf-8")
     out = cli("serve", config=bad, env=env)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_start_that_fails_for_another_reason_is_not_blamed_on_host_and_port(tmp_path):
+    """Only the errors of listening get the host-and-port hint; another OSError (here a data_dir that is a file)
+    keeps its traceback (review: every OSError was said to be about the host and port)."""
+    blocker = tmp_path / "var"
+    blocker.write_text("not a directory", "utf-8")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f"[server]\ndata_dir = \"{blocker}\"\nport = {free_port()}\n{DEPARTMENT}", "utf-8")
+    out = cli("serve", config=bad)
+    assert out.returncode != 0 and "check host and port" not in out.stderr and "Traceback" in out.stderr
 
 
 @pytest.mark.parametrize(("server", "message"), [

@@ -289,3 +289,12 @@ async def _note_at(into: dict[str, float | None], ident: str, at: float | None) 
 
 async def _all_nodes(node: RedisCluster) -> list[str]:
     return list(await node._resp.call("ZRANGE", node._nodes, 0, -1))
+
+
+def test_a_relay_listener_subscribes_again_within_the_others_patience() -> None:
+    """A relay listener backing off after failures must be listening again before another node, whose message
+    found no listener, takes its media rooms over (review: a 2 s backoff against 0.5 s of patience split
+    consultations over two nodes after an outage of Redis)."""
+    from server.signaling import relay
+
+    assert relay.RESUBSCRIBE_DELAY <= relay.RESUBSCRIBE_MAX_DELAY < relay.RESUBSCRIBE_GRACE

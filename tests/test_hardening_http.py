@@ -336,3 +336,29 @@ async def test_a_login_of_the_wrong_types_is_invalid_input_and_not_counted(aioht
         resp = await client.post("/api/session", json=body)
         assert (resp.status, (await resp.json())["error"]["code"]) == (400, "invalid_input"), body
     assert (await client.post("/api/session", json={"username": "anna", "password": PASSWORD})).status == 200
+
+
+async def test_an_error_after_an_answer_began_is_not_answered_a_second_time(aiohttp_client, caplog):
+    """The JSON 500 is for an answer not begun: after a streamed answer (or a websocket) started, a second
+    one would write headers into it (review). aiohttp ends such a connection itself."""
+    import aiohttp
+    from aiohttp import web
+
+    from server.errors import json_errors
+
+    async def streams_then_fails(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"part of it")
+        raise RuntimeError("a bug halfway")
+
+    app = web.Application(middlewares=[json_errors])
+    app.router.add_get("/stream", streams_then_fails)
+    client = await aiohttp_client(app)
+    resp = await client.get("/stream")
+    assert resp.status == 200
+    try:
+        body = await resp.read()
+    except aiohttp.ClientPayloadError:
+        body = b"part of it"  # cut off: what an answer that broke halfway is
+    assert body.startswith(b"part of it") and b'"internal"' not in body

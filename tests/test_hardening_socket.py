@@ -179,6 +179,40 @@ async def test_an_oversized_polling_post_is_refused_at_once(live_server):
     print(f"oversized POST answered in {answered * 1000:.1f} ms")
 
 
+async def test_a_polling_post_of_no_known_packet_type_ends_the_session_without_a_traceback(live_server, caplog):
+    """As on the websocket: a long-polling POST of packet type 7-9 ends the session with a 400 (review: engine.io
+    looked its name up and logged an IndexError traceback per POST)."""
+    async with aiohttp.ClientSession() as http:
+        for body in (b"7", b"9abc"):
+            resp = await http.get(f"{live_server.url}{EIO}&transport=polling")
+            eio_sid = json.loads((await resp.text())[1:])["sid"]
+            async with asyncio.timeout(PROMPT):
+                resp = await http.post(f"{live_server.url}{EIO}&transport=polling&sid={eio_sid}", data=body,
+                                       headers={"Content-Type": "text/plain"})
+                await resp.read()
+            assert resp.status == 400, body
+            resp = await http.get(f"{live_server.url}{EIO}&transport=polling&sid={eio_sid}")
+            assert resp.status == 400  # the session is gone
+    assert not [r for r in caplog.records if r.exc_info], caplog.text[-2000:]  # no traceback
+
+
+async def test_frames_of_a_namespace_never_joined_log_nothing(live_server, caplog):
+    """python-socketio warns once per such frame, with the namespace's text: anyone could fill the log and forge
+    lines in it (review). The libraries log errors only."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    joined = await join(live_server.url)
+    async with aiohttp.ClientSession() as http:
+        ws = await citizen_page(http, live_server.url, joined["token"])
+        for _ in range(20):
+            await ws.send_str('42/x\n2026-12-01 10:00:00 WARNING sprechstunde.auth: forged,["x"]')
+        await ws.send_str('428["subscribe",{}]')  # answered in order, after those frames
+        assert json.loads((await packet_starting(ws, "438"))[3:])[0]["ok"] is True
+        await ws.close()
+    assert "forged" not in caplog.text
+
+
 async def test_a_refused_polling_connect_is_told_then_closed_at_the_deadline(live_server, monkeypatch):
     """Long-polling: the refusal reaches the client with its next GET (closing at once would swallow it),
     the session ends at the deadline. Also: a POST within the cap is still taken."""
@@ -253,7 +287,7 @@ async def test_an_event_no_handler_takes_is_answered(live_server, caplog):
         # handler for a client's "disconnect" (the page's bookkeeping, while it stayed connected); no name, or
         # one that is no text, failed with a traceback and no answer.
         for k, packet in enumerate(('["connect"]', '["disconnect"]', '["disconnecting", 1]', "[]", "[5]",
-                                    '[{"a": 1}]', '{"a": 1}', '"leave"')):
+                                    '[{"a": 1}]', '{"a": 1}', '"leave"', '["*"]', '["*", "x"]')):
             await ws.send_str(f"42{k}{packet}")
             answer = json.loads((await packet_starting(ws, f"43{k}"))[len(f"43{k}"):])[0]
             assert answer["error"]["code"] == "unknown_event", packet
@@ -266,9 +300,9 @@ async def test_an_event_no_handler_takes_is_answered(live_server, caplog):
 
 
 async def test_flags_of_the_wrong_type_are_invalid_input(live_server, clients):
-    """Found by probing: ``media_offer`` with ``"check": "yes"`` was taken for false, and ``th_stage_accept``
-    with ``"publication_consent": "yes"`` acknowledged and stored as no consent. Wrong types are
-    ``invalid_input`` (docs/protocol.md), and nothing changes."""
+    """Found by probing: ``media_offer`` with ``"check": "yes"`` was taken for false. Wrong types are
+    ``invalid_input`` (docs/protocol.md). (``th_stage_accept``'s ``publication_consent``: tests/
+    test_townhall_signaling.py.)"""
     joined = await join(live_server.url)
     page = await citizen_socket(live_server.url, joined["token"])
     clients.append(page)

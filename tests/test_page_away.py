@@ -149,3 +149,23 @@ async def test_the_away_period_is_never_longer_than_the_grace_period(make_live_s
     await page.wait_for("ticket")
     await page.close()
     await asyncio.wait_for(_disconnected_at(server.room.store, mine["ticket"]["id"]), WAIT)
+
+
+@pytest.mark.redis
+async def test_the_stop_notes_the_latest_closes_for_a_survivor(make_live_server, redis_url, redis_prefix, clients):
+    """A page that closed less than a round before the stop: noted in Redis by the stop itself, before the
+    cluster's stop, so that a survivor reaping this node (should its stop fail) starts the grace period from the
+    close too (review)."""
+    server = await make_live_server(None, page_away_seconds=60, redis_url=redis_url, redis_prefix=redis_prefix)
+    mine = await join(server.url)
+    page = await citizen_socket(server.url, mine["token"])
+    await page.wait_for("ticket")
+    signaling = server.app[SIGNALING]
+    await page.close()
+    ticket_id = mine["ticket"]["id"]
+    assert ticket_id in signaling._away  # (noted by its round within a second, or else by the stop)
+    closed_at = signaling._away[ticket_id][1]
+    await signaling.shutdown()
+    key = f"{redis_prefix}node:{signaling.cluster.node_id}:closed"
+    noted = await signaling.cluster._resp.call("HGET", key, f"ticket:{ticket_id}")
+    assert noted is not None and float(noted) == closed_at

@@ -131,6 +131,8 @@ async def test_recording_starts_only_after_every_consent_and_is_found_by_the_cle
         assert tail.headers["Content-Range"] == f"bytes {rec.size - 50}-{rec.size - 1}/{rec.size}"
         empty = await http.get(media, headers={"Range": "bytes=-0"})
         assert empty.status == 416 and (await empty.json())["error"]["code"] == "range_not_satisfiable"
+        everything = await http.get(media, headers={"Range": f"bytes=-{rec.size + 100}"})  # the whole file: a view
+        assert everything.status == 206 and await everything.read() == body  # (review: it was not in the log)
         download = await http.get(media + "?download=1")
         assert "attachment" in download.headers["Content-Disposition"]
         exported = await (await http.get(f"{live_server.url}/api/staff/recordings/{rec_id}/consent")).json()
@@ -142,7 +144,7 @@ async def test_recording_starts_only_after_every_consent_and_is_found_by_the_cle
         log = await http.get(f"{live_server.url}/api/staff/recordings/access-log")
         assert log.status == 404
     entries = await service.store.access_log(["buergerbuero"])
-    assert [e.action for e in reversed(entries)] == ["view", "download", "export"]
+    assert [e.action for e in reversed(entries)] == ["view", "view", "download", "export"]
     assert {e.actor for e in entries} == {"anna"}
     assert "Alex" not in json.dumps([e.to_dict() for e in entries])  # no names in the log
 

@@ -136,6 +136,7 @@ def test_create_event_accepts(over: dict[str, Any]) -> None:
         ({"title": "Bürger\u202efragen"}, InvalidInput),  # control characters, by the check-in's rule (probing)
         ({"title": "Bürger\x07fragen"}, InvalidInput),
         ({"description": "Zeile 1\nZeile\u202e 2"}, InvalidInput),
+        ({"description": "Zeile 1\x1cZeile 2"}, InvalidInput),  # (splitlines took it for a line break: review)
         ({"recording_purpose": "Website\x1b"}, InvalidInput),
     ],
 )

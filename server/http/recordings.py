@@ -87,7 +87,9 @@ async def media(request: web.Request) -> web.StreamResponse:
     refused = check_range(request, path)
     if refused is not None:
         return refused
-    if download or (request.http_range.start or 0) == 0:  # byte 0 once per load; seeking asks for later ranges
+    start = request.http_range.start
+    # Byte 0 once per load (seeking asks for later ranges); a suffix range reaching back to it reads the file too.
+    if download or start is None or start == 0 or (start < 0 and -start >= path.stat().st_size):
         await service.log_access(session.clerk, rec, "download" if download else "view")
     return media_response(path, f"aufzeichnung-{rec.id}.webm" if download else None, private=True)
 

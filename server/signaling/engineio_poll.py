@@ -17,6 +17,7 @@ import asyncio
 from typing import Any
 
 from engineio import async_socket, exceptions
+from engineio import packet as eio_packet
 
 from .engineio_ws import close_now
 
@@ -60,9 +61,25 @@ async def handle_post_request(self: Any, environ: dict[str, Any]) -> None:
     if length > self.server.max_http_buffer_size:
         await close_now(self)
         raise exceptions.ContentTooLongError()
-    await _original_handle_post_request(self, environ)
+    try:
+        await _original_handle_post_request(self, environ)
+    except exceptions.UnknownPacketError:  # a packet of no known type: the session ends, as on the websocket
+        await close_now(self)
+        raise
+
+
+_original_receive = async_socket.AsyncSocket.receive
+
+
+async def receive(self: Any, pkt: Any) -> None:
+    """engine.io's ``receive``, refusing a packet type past 6 ("7", "9x") as unknown: engine.io's own looks its
+    name up first and fails with an IndexError, a traceback per long-polling POST (found by probing)."""
+    if not 0 <= pkt.packet_type < len(eio_packet.packet_names):
+        raise exceptions.UnknownPacketError()
+    await _original_receive(self, pkt)
 
 
 def install() -> None:
     async_socket.AsyncSocket.poll = poll  # type: ignore[method-assign]
     async_socket.AsyncSocket.handle_post_request = handle_post_request  # type: ignore[method-assign]
+    async_socket.AsyncSocket.receive = receive  # type: ignore[method-assign]

@@ -74,7 +74,10 @@ def _same_but_time(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def _library_logger(name: str) -> logging.Logger:
     logger = logging.getLogger(name)
     if logger.level == logging.NOTSET:
-        logger.setLevel(logging.WARNING)  # their info lines (every event received) are per message
+        # Errors only, as their own default: their info lines are per message, and their warnings too (one per
+        # frame of a namespace a session never joined: anyone could fill the log, and forge lines with the
+        # namespace's text).
+        logger.setLevel(logging.ERROR)
     return logger
 
 
@@ -99,7 +102,7 @@ class Signaling:
             max_http_buffer_size=settings.max_socket_message_bytes,
             serializer=SafePacket,  # JSON nested too deeply becomes an "invalid_payload" event, answered below
             ping_interval=settings.ping_interval,
-            # The libraries' own loggers in our hierarchy, warnings and up: with ``False`` they add a handler of
+            # The libraries' own loggers in our hierarchy, errors only: with ``False`` they add a handler of
             # their own to stderr, and each of their errors (python-socketio's "Cannot receive from redis" in
             # a Redis outage) was printed twice, once without a timestamp.
             logger=_library_logger("sprechstunde.socketio"),
@@ -117,6 +120,8 @@ class Signaling:
         """Tickets whose last page on this node closed less than ``page_away_seconds`` ago, in the order they
         closed: when it is settled (loop time) and when it closed (wall clock). Still counted in the cluster
         as one page of this node (``settle_away``)."""
+        self._noted_epoch = 0
+        """Raised when the notes must all be written again (``_connections_restored``)."""
         self._noted: dict[str, float] = {}
         """Close times of pages away (and unsettled) as last noted in the cluster (``_note_closes``), so that a
         survivor of this node's death starts their grace periods from their close, as this node would have."""
@@ -339,9 +344,12 @@ class Signaling:
         gone = [t for t in self._noted if t not in closes]
         if not new and not gone:
             return
+        epoch = self._noted_epoch
         await self.cluster.note_closed("ticket", new, gone)
+        if epoch != self._noted_epoch:  # restored meanwhile (the notes were dropped): all noted again next round
+            return
         for t in gone:
-            del self._noted[t]
+            self._noted.pop(t, None)
         self._noted.update(new)
 
     async def _settle_away_due(self, now: float) -> None:
@@ -402,8 +410,9 @@ class Signaling:
         (``closed_at``, noted by that node; or known here: this node's own stop) starts the grace period
         from its close; one still open, from now."""
         if kind == "ticket":
-            if closed_at is None:
-                closed_at = self._closes().get(ident)
+            if closed_at is None:  # looked up directly: a stop drops thousands, one by one
+                away = self._away.get(ident)
+                closed_at = away[1] if away is not None else self._unsettled.get(ident)
             await self._no_page_left(ident, closed_at)
         elif kind == "clerk":
             account = await self.room.store.get_staff(ident)
@@ -414,6 +423,7 @@ class Signaling:
         """This node had been taken for dead and is back: its pages' tickets are connected again (its
         clerks' presence comes back with ``renew_presence``)."""
         self._noted.clear()  # the survivor that dropped this node's counts dropped its notes too: noted again
+        self._noted_epoch += 1
         if kind == "ticket" and self._citizen_sockets.get(ident):
             with contextlib.suppress(QueueError):
                 await self.room.citizen_connected(ident)
@@ -750,6 +760,9 @@ class Signaling:
         if not self._stopping_settled:
             await self._settle_away_due(math.inf)
             self._away.clear()
+        else:  # the latest closes noted too: should this node's stop fail, the survivor that reaps it has them
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._note_closes(), 1.0)
         # (Otherwise they stay in ``_away`` for the cluster's stop: ``_connections_dropped`` finds their close.)
         await self.sio.shutdown()  # several nodes: the Redis manager stays open for ``finish_stop``
 

@@ -41,9 +41,11 @@ RESUBSCRIBE_GRACE = 0.5
 """Seconds a node waits before taking over the room of a node that still heartbeats but did not receive the
 request (its relay listener may be subscribing again): a second silence means it is gone."""
 RESUBSCRIBE_DELAY = 0.1
-RESUBSCRIBE_MAX_DELAY = 2.0
-"""Subscribing again after a failure waits RESUBSCRIBE_DELAY, doubled per failure up to this."""
-"""Seconds between two attempts of a relay listener to subscribe again after Redis went away."""
+"""Seconds between two attempts of a relay listener to subscribe again after Redis went away ..."""
+RESUBSCRIBE_MAX_DELAY = 0.25
+"""... doubled per failure up to this: below ``RESUBSCRIBE_GRACE``, the patience of a node whose message found
+no listener before it takes the room over (a longer pause split consultations over two nodes after an
+outage of Redis). The outage is logged once per 10 s whatever the number of attempts."""
 
 HAND_OFF_RETRY_AFTER = 0.5
 """``retry_after`` for a page on another node whose media node stops: it reconnects after 0.5-1 s."""

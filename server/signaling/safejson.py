@@ -20,9 +20,10 @@ NO_EVENT = "\x00no event"
 """What an event packet that names no event a client may send becomes: no handler takes it, the catch-all
 answers ``unknown_event`` (server/signaling/hub.py)."""
 RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconnecting", "newListener",
-                             "removeListener"})
+                             "removeListener", "*"})
 """Names socket.io keeps for itself: python-socketio would run the server's own connect or disconnect handler
-for a client's event of that name (a page's bookkeeping while it stays connected)."""
+for a client's event of that name (a page's bookkeeping while it stays connected), or its catch-all ("*")
+with the arguments shifted."""
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")

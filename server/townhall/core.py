@@ -89,8 +89,8 @@ def create_event(
     title = _clean(title, MAX_TITLE, "title", required=True)
     if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
         raise InvalidInput(f"description must be text of at most {MAX_DESCRIPTION} characters")
-    for line in description.splitlines():  # several lines may be, each of them plain text
-        one_line(line, MAX_DESCRIPTION, "description")
+    for line in description.replace("\r\n", "\n").split("\n"):  # lines, each plain text (not splitlines: it
+        one_line(line, MAX_DESCRIPTION, "description")  # takes U+001C-U+001E for line breaks)
     if (not isinstance(politicians, list | tuple) or not politicians or len(politicians) > MAX_POLITICIANS
             or not all(isinstance(p, str) and p for p in politicians) or len(set(politicians)) != len(politicians)):
         raise InvalidInput(f"politicians: 1 to {MAX_POLITICIANS} different staff usernames")
