@@ -66,7 +66,7 @@ def write_config(directory: Path, departments: list[str], redis_url: str | None,
         "demo = false",
         "position_interval = 1.0",
         "grace_seconds = 300",
-        "joins_per_address = 100000000",
+        "joins_per_address = 0",  # 0: not limited
         "join_window_seconds = 600",
         "login_attempts_per_address = 100000",
     ]
