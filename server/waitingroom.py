@@ -252,6 +252,10 @@ class WaitingRoom:
         ``w`` holds the arrival seqs of the waiting tickets, delta-encoded (first value, then
         gaps); a page finds its own seq in it. No ids, names or counts per person are sent.
         """
+        return (await self.queue_update_and_load(department_id))[0]
+
+    async def queue_update_and_load(self, department_id: str) -> tuple[dict[str, Any], DepartmentLoad]:
+        """``queue_update`` and the load it was made from (the dashboards' ``load``): one read of both."""
         load = await self.load(department_id)
         seqs = await self.store.waiting_seqs(department_id)
         deltas = [seqs[0]] + [b - a for a, b in zip(seqs, seqs[1:], strict=False)] if seqs else []
@@ -265,7 +269,7 @@ class WaitingRoom:
             "a": load.available,
             "b": load.busy,
             "s": round(load.service_seconds),
-        }
+        }, load
 
     async def ticket_for_token(self, token: Any) -> Ticket:
         """The citizen's ticket. Unknown, malformed and expired tokens get the same answer; a ticket ended by

@@ -264,3 +264,35 @@ async def test_the_redis_manager_hands_every_department_update_it_delivers_to_th
     finally:
         for m in (sender, receiver):
             await m.close()
+
+
+async def test_an_update_every_page_was_just_told_is_not_broadcast_again(node, monkeypatch):
+    """With several nodes, check-ins land on one and calls on another: both have the department to tell at
+    their slots, and every page got each update twice (round 10: two nodes spent half as much CPU again as
+    one, most of it fanning out the second copy). A node leaves out a queue update saying what every page was
+    told within the last two intervals, by itself or by another node (heard through Redis); the dashboards'
+    ``load`` still goes."""
+    signaling, room = node
+    await check_in(room, "Erste")
+    emitted: list[tuple[str, Any]] = []
+
+    async def emit(event: str, data: Any, **kwargs: Any) -> None:
+        if event in ("queue", "load"):  # (a check-in's "ticket" events go out as they happen)
+            emitted.append((event, data))
+
+    monkeypatch.setattr(signaling.sio, "emit", emit)
+    await signaling._send_department(DEPARTMENT)
+    await signaling._send_department(DEPARTMENT)  # the other node's slot, nothing changed in between
+    assert [e for e, _ in emitted] == ["queue", "load", "load"]
+
+    emitted.clear()
+    second = await changed_elsewhere(signaling, room, "Zweite")
+    theirs = {**await room.queue_update(DEPARTMENT), "t": room.clock() + 0.1}  # the other node told every page
+    signaling._heard_update(DEPARTMENT, theirs, "encoded by the manager")
+    await signaling._send_department(DEPARTMENT)
+    assert [e for e, _ in emitted] == ["load"]
+
+    emitted.clear()
+    third = await check_in(room, "Dritte")  # something new: told
+    await signaling._send_department(DEPARTMENT)
+    assert [e for e, _ in emitted] == ["queue", "load"] and seqs(emitted[0][1])[-2:] == [second, third]

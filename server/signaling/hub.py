@@ -137,6 +137,9 @@ class Signaling:
         self._connectivity: dict[str, dict[str, float | None]] = {}
         """Per department: tickets whose page connected or disconnected since the last ``connectivity``
         message, with their ``disconnected_at`` (None: connected again)."""
+        self._told: dict[str, tuple[float, dict[str, Any]]] = {}
+        """Per department: the latest ``queue`` update broadcast to every page (by this node or another, heard
+        through Redis), and when (loop time)."""
         self._computing: dict[str, asyncio.Future[None]] = {}
         """Per department: a computation of its update under way for a connecting page (``_queue_update``)."""
         self._updates: dict[str, tuple[float, dict[str, Any], Any, frozenset[int]]] = {}
@@ -596,6 +599,7 @@ class Signaling:
                 del self._updates[department]
             return
         self._remember_update(department, update, encoded, age=max(0.0, self.room.clock() - t))
+        self._told[department] = (asyncio.get_running_loop().time(), update)  # every page was told it
 
     async def _on_presence(self, clerk: Clerk, presence: Presence) -> None:
         if self._closing and not self._others_hear:
@@ -643,6 +647,7 @@ class Signaling:
                 except UnknownDepartment:  # removed meanwhile (at /admin): nobody left to tell, nothing to retry
                     if d not in self.room.departments:
                         self._updates.pop(d, None)
+                        self._told.pop(d, None)
                         self._opening.pop(d, None)
                         continue
                     self._dirty.add(d)  # (added again since, under the same id: its next slot)
@@ -665,10 +670,20 @@ class Signaling:
                     log.exception("connectivity broadcast failed")
 
     async def _send_department(self, d: str) -> None:
-        """The department's queue update to its waiting pages, its load to its dashboards (every node's)."""
-        update, _ = self._remember_update(d, await self.room.queue_update(d))
-        await self.sio.emit("queue", update, room=f"d:{d}")
-        await self.sio.emit("load", (await self.room.load(d)).to_public(), room=f"s:{d}")
+        """The department's queue update to its waiting pages, its load to its dashboards (every node's).
+
+        The queue update is left out when every page was told the same within the last two intervals: with
+        several nodes, check-ins land on one and calls on another, both have the department to tell, and
+        each page got two updates per interval, the later one saying nothing new (two nodes spent half as
+        much CPU again as one: docs/performance.md, round 10)."""
+        update, load = await self.room.queue_update_and_load(d)
+        told = self._told.get(d)
+        now = asyncio.get_running_loop().time()
+        if told is None or now - told[0] > 2 * self.settings.position_interval or not _same_but_time(told[1], update):
+            self._remember_update(d, update)
+            await self.sio.emit("queue", update, room=f"d:{d}")
+            self._told[d] = (now, update)
+        await self.sio.emit("load", load.to_public(), room=f"s:{d}")
 
     async def _send_connectivity(self, d: str) -> None:
         """The tickets of the department whose pages came or went since the last time, to its dashboards."""
@@ -680,6 +695,7 @@ class Signaling:
         (through the Redis manager, on every node), not at the next coalescing slot."""
         for d in sorted(changed):
             self._updates.pop(d, None)
+            self._told.pop(d, None)  # told again, whatever the update says
             if d not in self.room.departments or self._closing:
                 self._opening.pop(d, None)
                 continue
