@@ -8,7 +8,9 @@
 
 With ``--nodes N`` (N > 1, Redis only) N server processes share one Redis behind Debian's nginx with the
 shipped site (deploy/nginx/sprechstunde.conf), set up as tests/test_nodes_nginx.py does; pages and clerks
-connect through nginx over TLS, each page from its own loopback address (nginx routes by client address).
+connect through nginx over TLS, each page from its own loopback address (nginx routes by client address);
+``--proxy-tls off`` has nginx listen for them without TLS (the generator's Python TLS otherwise takes most of
+a core of a 2-core host in a storm; in a deployment the clients' side runs on their own devices).
 ``--nodes 1`` is the direct run unless ``--nginx`` is given. Several values run one after the other, each
 with a fresh Redis prefix and its own table.
 
