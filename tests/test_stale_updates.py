@@ -296,3 +296,26 @@ async def test_an_update_every_page_was_just_told_is_not_broadcast_again(node, m
     third = await check_in(room, "Dritte")  # something new: told
     await signaling._send_department(DEPARTMENT)
     assert [e for e, _ in emitted] == ["queue", "load"] and seqs(emitted[0][1])[-2:] == [second, third]
+
+
+@pytest.mark.redis
+async def test_one_node_tells_a_department_at_its_slot(make_app, redis_url, redis_prefix):
+    """Slots follow the wall clock, the same on every node; of the nodes that changed a department, the first to
+    claim its slot tells it (round 10: with three nodes each told it, 506 updates where one node sends 314).
+    One node claims nothing."""
+    from server.cluster import CLUSTER
+
+    nodes = [make_app(None, redis_url=redis_url, redis_prefix=redis_prefix) for _ in range(2)]
+    a, b = (app[SIGNALING] for app in nodes)
+    assert a._others_hear and b._others_hear
+    try:
+        slot = 12_345_678 + uuid.uuid4().int % 1000  # a slot number no other test claims
+        won = [await a._claim_slot(DEPARTMENT, slot, 0.05), await b._claim_slot(DEPARTMENT, slot, 0.05)]
+        assert won == [True, False]
+        assert await b._claim_slot(DEPARTMENT, slot + 1, 0.05)  # the next slot: whoever comes first
+        assert await b._claim_slot("bauamt", slot, 0.05)  # another department's: its own
+    finally:
+        for app in nodes:
+            await app[CLUSTER].close()
+    alone = make_app()[SIGNALING]
+    assert not alone._others_hear and await alone._claim_slot(DEPARTMENT, 1, 0.05)

@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import logging
 import math
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from http.cookies import SimpleCookie
@@ -621,28 +622,26 @@ class Signaling:
         pages of all departments are not written to, and do not wake up, in one burst. With thousands of
         waiting pages that burst delayed a called citizen's message behind every other department's
         update (bench/queue_load.py)."""
-        loop = asyncio.get_running_loop()
-        due = loop.time()
-        turn = 0
         # Also ends on the stop flag: a cancellation can be lost inside redis-py's own timeout (Python 3.11's
         # asyncio.timeout may uncancel the task when both fire together), which hung the stop in CI.
         while not self._closing:
             configured = list(self.room.departments)  # the live directory: departments come and go at /admin
             slot = self.settings.position_interval / max(1, len(configured))
-            due += slot
-            now = loop.time()
-            if due < now - self.settings.position_interval:  # far behind (a stalled loop): no catch-up burst
-                due = now
-            await asyncio.sleep(max(0.0, due - now))
-            dep = configured[turn % len(configured)] if configured else None
-            turn += 1
+            # The slots follow the wall clock (not this node's loop): a department's slot is the same moment on
+            # every node, and one node tells it (``_claim_slot``). A stalled loop skips to the next slot.
+            now = time.time()
+            k = math.floor(now / slot) + 1
+            await asyncio.sleep(max(0.0, k * slot - now))
+            dep = configured[k % len(configured)] if configured else None
             if dep is not None and self._opening_changed(dep):
                 self._dirty.add(dep)
             mine = [dep] if dep in self._dirty else []
             mine += [d for d in self._dirty if d not in configured]  # not configured (any more): any slot
             for d in mine:
-                self._dirty.discard(d)
                 try:
+                    if d == dep and not await self._claim_slot(d, k, slot):
+                        continue  # another node tells this slot; a change it read too early goes at our next
+                    self._dirty.discard(d)
                     await self._send_department(d)
                 except UnknownDepartment:  # removed meanwhile (at /admin): nobody left to tell, nothing to retry
                     if d not in self.room.departments:
@@ -668,6 +667,16 @@ class Signaling:
                     if stopping():
                         raise asyncio.CancelledError from None
                     log.exception("connectivity broadcast failed")
+
+    async def _claim_slot(self, department: str, k: int, slot: float) -> bool:
+        """Whether this node tells the department at its ``k``-th slot: with several nodes, the first of those
+        that changed it since their last slot (round 10: each told it, every page got an update per node and
+        interval). The others keep it changed: the winner reads the queue after its claim, which is after their
+        change unless that came within the claim's round trip, and then their next slot tells it (an update
+        saying what every page was told is left out: ``_send_department``). One node: always."""
+        if not self._others_hear:
+            return True
+        return await self.cluster.claim(f"bcast:{department}:{k}", 2 * slot * max(1, len(self.room.departments)))
 
     async def _send_department(self, d: str) -> None:
         """The department's queue update to its waiting pages, its load to its dashboards (every node's).
