@@ -211,6 +211,8 @@ class WaitingRoom:
     def department(self, department_id: object) -> Department:
         d = self.departments.get(department_id) if isinstance(department_id, str) else None
         if d is None:
+            if not isinstance(department_id, str) or not department_id:  # (probing: "unknown department None")
+                raise UnknownDepartment("department missing: the id of a department is needed")
             raise UnknownDepartment(f"unknown department {department_id!r}")
         return d
 

@@ -138,6 +138,7 @@ def test_legal_edits(changes: dict[str, Any], admin: bool, expected: dict[str, A
     ({"hours": {"mon": "8-12"}}, True, "invalid opening slot"),
     ({"hours": {"moon": "08:00-12:00"}}, True, "unknown day"),
     ({"hours": {"mon": "12:00-08:00"}}, True, "ends before it starts"),
+    ({"hours": {"mon": ["08:00-12:00", "10:00-14:00"]}}, True, "opening slots overlap on mon"),  # probing
     ({"hours": ["mon"]}, True, "hours must map"),
     ({"queue_cap": 0}, True, "queue_cap"),
     ({"queue_cap": True}, True, "queue_cap"),

@@ -374,3 +374,17 @@ async def test_a_websocket_session_whose_handler_is_cancelled_leaves_the_session
         assert handlers[0].cancelled()
         assert eio_sid not in sio.eio.sockets
         assert await asyncio.wait_for(page, PROMPT) == []
+
+
+async def test_call_next_without_a_department_says_so(live_server, clients):
+    """Found by probing: ``call_next {}`` answered "unknown department None" (Python's text for nothing)."""
+    from .socket_clients import staff_socket
+
+    await live_server.add_staff("anna", "correct horse battery", ["buergerbuero"])
+    clerk = await staff_socket(live_server.url, "anna", "correct horse battery")
+    clients.append(clerk)
+    await clerk.wait_for("dashboard")
+    for payload in ({}, {"department": None}, {"department": ""}, {"department": 5}):
+        answer = await clerk.call("call_next", payload)
+        assert answer["error"]["code"] == "unknown_department" and "None" not in answer["error"]["message"], payload
+        assert "department missing" in answer["error"]["message"]

@@ -116,6 +116,10 @@ def parse_hours(spec: dict[str, str | list[str]] | None) -> OpeningHours:
             if end <= start:
                 raise InvalidInput(f"opening slot {part!r} on {day} ends before it starts")
             slots.append((start, end))
+        ordered = sorted(slots)
+        for (_, end), (start, _) in zip(ordered, ordered[1:], strict=False):
+            if start < end:  # (found by probing: stored as given, and shown twice)
+                raise InvalidInput(f"opening slots overlap on {day}")
         per_day.append(tuple(slots))
     return OpeningHours(tuple(per_day))
 
