@@ -95,7 +95,7 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return await handler(request)
     except QueueError as e:
         retry_after = getattr(e, "retry_after", None)
-        if isinstance(retry_after, int):  # a limit that knows when it lifts: the page can say so
+        if isinstance(retry_after, int):  # a limit that knows when it lifts (check-ins, bookings, logins, questions)
             body = error_body(e.code, str(e))
             body["error"]["retry_after"] = retry_after
             return web.json_response(body, status=e.status, headers={"Retry-After": str(retry_after)})

@@ -16,13 +16,12 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from ..errors import error_body, error_response
-from ..queue.errors import InvalidInput, JoinLimited, QueueError
+from ..queue.errors import InvalidInput, QueueError
 from ..queue.model import JoinRequest
 from ..settings import Settings
 from ..signaling.safejson import lone_surrogates
 from ..waitingroom import staff_view
-from .auth import SESSION_COOKIE, LoginLimited, StaffSession
+from .auth import SESSION_COOKIE, StaffSession
 from .keys import AUTH, ROOM, SETTINGS, STORE
 
 routes = web.RouteTableDef()
@@ -180,20 +179,11 @@ async def join(request: web.Request) -> web.Response:
             raise InvalidInput(f"unknown field {key!r}")
         if not isinstance(value, fields[key]):
             raise InvalidInput(f"{key} has the wrong type")
-    try:
-        ticket, token = await room.join(
-            department.id, JoinRequest(**body), client_address(request), existing_token=bearer(request)
-        )
-    except JoinLimited as e:
-        return limited_response(e)
+    # (too many check-ins: JoinLimited, answered with its retry_after by the error middleware, server/errors.py)
+    ticket, token = await room.join(
+        department.id, JoinRequest(**body), client_address(request), existing_token=bearer(request)
+    )
     return web.json_response({"token": token, "ticket": await room.citizen_view(ticket)}, status=201)
-
-
-def limited_response(e: JoinLimited) -> web.Response:
-    """A 429 that says when to try again: in the body for the page (``error.retry_after``) and the header."""
-    body = error_body(e.code, str(e))
-    body["error"]["retry_after"] = e.retry_after
-    return web.json_response(body, status=e.status, headers={"Retry-After": str(e.retry_after)})
 
 
 async def _citizen(request: web.Request):  # type: ignore[no-untyped-def]
@@ -249,12 +239,7 @@ async def login(request: web.Request) -> web.Response:
         raise CsrfError("login from a foreign origin")
     body = await json_body(request)
     settings = request.app[SETTINGS]
-    try:
-        session = await request.app[AUTH].login(body.get("username"), body.get("password"), client_address(request))
-    except LoginLimited as e:
-        refused = error_response(e.code, str(e), e.status)
-        refused.headers["Retry-After"] = str(e.retry_after)
-        return refused
+    session = await request.app[AUTH].login(body.get("username"), body.get("password"), client_address(request))
     response = web.json_response(_session_body(session))
     set_session_cookie(response, session, settings)
     return response

@@ -14,8 +14,8 @@ from aiohttp import web
 from ..appointments.errors import NotOffered
 from ..appointments.service import AppointmentService, appointment_link
 from ..queue.core import MAX_CONCERN, MAX_NAME
-from ..queue.errors import InvalidInput, JoinLimited, UnknownDepartment
-from .api import CsrfError, _same_origin, bearer, client_address, json_body, limited_response, staff_session
+from ..queue.errors import InvalidInput, UnknownDepartment
+from .api import CsrfError, _same_origin, bearer, client_address, json_body, staff_session
 from .keys import SETTINGS
 
 APPOINTMENTS: web.AppKey[AppointmentService] = web.AppKey("appointments", AppointmentService)
@@ -67,11 +67,7 @@ async def book(request: web.Request) -> web.Response:
     _check_origin(request)
     service = _service(request)
     fields = _booking_fields(await json_body(request))
-    try:
-        appointment, token, mailed = await service.book(request.match_info["department"], fields,
-                                                        client_address(request))
-    except JoinLimited as e:
-        return limited_response(e)
+    appointment, token, mailed = await service.book(request.match_info["department"], fields, client_address(request))
     return web.json_response({
         "token": token, "link": appointment_link(appointment.id, token), "appointment": service.view(appointment),
         "email_sent": mailed,
@@ -113,10 +109,7 @@ async def move(request: web.Request) -> web.Response:
     body = await json_body(request)
     if set(body) != {"start"}:
         raise InvalidInput("the body must be {\"start\": <epoch seconds>}")
-    try:
-        appointment = await service.move(bearer(request), body["start"], client_address(request))
-    except JoinLimited as e:
-        return limited_response(e)
+    appointment = await service.move(bearer(request), body["start"], client_address(request))
     return web.json_response({"appointment": service.view(appointment)})
 
 
